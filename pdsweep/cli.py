@@ -1,0 +1,204 @@
+"""The `pdsweep` command line: thin commands that parse, call one function and render.
+
+Heavy modules (pydantic models, torch, mlflow, ...) are imported inside the commands, so
+`pdsweep --help` starts fast and never imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pdsweep import __version__
+
+app = typer.Typer(
+    name="pdsweep",
+    help="Pre-training distillation sweeps: a YAML design space → training runs → MLflow → paper-style tables.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+SweepFile = Annotated[Path, typer.Argument(help="A sweep YAML file.", show_default=False)]
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    """Bad input: one line per problem on stderr, exit code 2, no traceback."""
+    from pdsweep.specfile import SpecError
+
+    try:
+        yield
+    except SpecError as e:
+        for line in e.problems:
+            typer.echo(f"error: {line}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pdsweep {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    """pdsweep: pre-training distillation sweeps you can trust."""
+
+
+def _load_any(path: Path):  # noqa: ANN202 - returns a Sweep or a RunSpec
+    """A sweep file (it has any sweep key: `name:`, `base:`, `grid:`, ...) or a single-run file."""
+    from pdsweep import expand, spec
+    from pdsweep.specfile import read_yaml
+
+    data = read_yaml(path)
+    if not isinstance(data, dict) or set(data) & (set(spec.Sweep.model_fields) - set(spec.RunSpec.model_fields)):
+        sweep = expand.load_sweep(path)
+        return sweep, expand.expand(sweep, str(path))
+    return expand.load_run(path), None
+
+
+@app.command()
+def validate(files: Annotated[list[Path], typer.Argument(help="Sweep or run YAML files.", show_default=False)]) -> None:
+    """Check sweep (or run) files: every field, every axis path, every expanded run."""
+    from pdsweep.specfile import SpecError
+
+    failed = False
+    for path in files:
+        try:
+            _, runs = _load_any(path)
+        except SpecError as e:
+            failed = True
+            for line in e.problems:
+                typer.echo(f"error: {line}", err=True)
+            continue
+        if runs is None:
+            typer.echo(f"ok  {path}: one run")
+        else:
+            counts = {role: sum(r.role == role for r in runs) for role in ("teacher", "baseline", "student")}
+            typer.echo(
+                f"ok  {path}: {len(runs)} runs ({counts['teacher']} teacher, {counts['baseline']} baseline, "
+                f"{counts['student']} student)"
+            )
+    if failed:
+        raise typer.Exit(2)
+
+
+def _human(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "?"
+    for suffix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}"
+
+
+@app.command()
+def plan(
+    file: SweepFile,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON instead of a table.")] = False,
+) -> None:
+    """Show every run a sweep stands for, with derived sizes, before spending any compute."""
+    from pdsweep import expand
+
+    with _user_errors():
+        sweep = expand.load_sweep(file)
+        runs = expand.expand(sweep, str(file))
+        rows, passes = expand.plan_rows(runs)
+    if as_json:
+        out = {
+            "sweep": sweep.name,
+            "runs": rows,
+            "teacher_passes": [
+                {**{k: v for k, v in vars(p).items() if k != "runs"}, "runs": len(p.runs), "store_bytes_upper_bound": p.store_bytes_upper_bound()}
+                for p in passes.values()
+            ],
+        }
+        sys.stdout.write(json.dumps(out, indent=1) + "\n")
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
+        console = Console(width=240)
+    axes = list(rows[0]["axes"]) if rows else []
+    table = Table(title=f"{sweep.name}: {len(rows)} runs", title_justify="left")
+    for col in ("run_id", "role", "label", *axes, "seed", "params", "tokens", "steps", "teacher pass"):
+        numeric = col in ("seed", "params", "tokens", "steps")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=col in ("run_id", "label"))
+    for r in rows:
+        # Teacher and baseline rows are LM-only: PD axes (logits.*, loss.*, teacher) do not apply.
+        cells = [_cell(r["axes"][a]) if r["role"] == "student" or not a.startswith(expand.PD_ONLY) else "-" for a in axes]
+        table.add_row(
+            r["run_id"], r["role"], r["label"], *cells, str(r["seed"]),
+            _human(r["params"]), _human(r["tokens"]), str(r["steps"]), r["teacher_pass"] or "-",
+        )
+    console.print(table)
+    counts = {role: sum(r["role"] == role for r in rows) for role in ("teacher", "baseline", "student")}
+    configs = len({r.config_id for r in runs if r.role != "teacher"})
+    console.print(
+        f"{len(rows)} runs: {counts['teacher']} teacher, {counts['baseline']} baseline, {counts['student']} student "
+        f"({configs} configurations × {len(sweep.seeds)} seeds); "
+        f"{_human(sum(r['tokens'] for r in rows))} training tokens in all"
+    )
+    if passes:
+        pt = Table(title="teacher passes", caption="one pass per teacher × corpus, at the largest p and k; smaller p, k and any τ are applied when reading", title_justify="left", caption_justify="left")
+        for col in ("pass", "teacher", "mode", "p_max", "k_max", "tokens", "runs", "store ≤"):
+            pt.add_column(col)
+        for p in passes.values():
+            k = "inf" if p.top_k is None else str(p.top_k)
+            pt.add_row(p.pass_id, p.teacher, p.mode, f"{p.top_p:g}", k if not p.sampling_draws else f"{p.sampling_draws} draws",
+                       _human(p.tokens), str(len(p.runs)), _human(p.store_bytes_upper_bound(), "B"))
+        console.print(pt)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    return str(value)
+
+
+@app.command()
+def explain(path: Annotated[str, typer.Argument(help="A dotted RunSpec path such as logits.top_p, or a sweep key such as zip.", show_default=False)] = "") -> None:
+    """Print a field's documentation, type, default and constraints."""
+    from pdsweep import expand, spec
+    from pdsweep.specfile import SpecError, describe_field
+
+    with _user_errors():
+        if not path:
+            typer.echo("RunSpec sections (pdsweep explain SECTION.FIELD for details):")
+            for name, info in spec.RunSpec.model_fields.items():
+                typer.echo(f"  {name:9s} {' '.join((info.description or '').split())}")
+            typer.echo("Sweep keys: " + ", ".join(spec.Sweep.model_fields))
+            return
+        entries = describe_field(spec.RunSpec, path) or describe_field(spec.Sweep, path)
+        if entries is None:
+            expand.check_path(path, "")  # raises with the closest valid paths
+            raise SpecError(f"{path}: not a field")
+        for e in entries:
+            typer.echo(f"{e['path']}  ({e['in']})")
+            typer.echo(f"  type:        {e['type']}")
+            typer.echo(f"  default:     {e['default']}")
+            if e["constraints"]:
+                typer.echo(f"  constraints: {e['constraints']}")
+            typer.echo(f"  {e['doc']}")
+            for v in e["variants"]:
+                typer.echo(f"    - {v}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,463 @@
+"""Sweep → RunSpecs: a pure function, plus the plan of what those runs need.
+
+`expand(sweep)` turns a sweep file into the list of runs it stands for:
+
+    teachers (LM-only runs named in `teachers:`)
+    + baseline (base + `baseline:` overrides, α = 0)
+    + configurations (base × grid (cartesian) × zip (parallel) × runs (explicit))
+    each configuration × seeds
+
+Every run is validated; problems from all runs are reported together. Each run is identified by
+`run_id`, a short hash of its resolved RunSpec's canonical JSON, so identical runs merge and a
+re-run of the sweep finds what it already did. LM-only runs are normalised first (teacher, logits
+and KD settings cannot change an α ≡ 0 run, so they do not change its run_id either).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import itertools
+import json
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from pdsweep import spec as S
+from pdsweep.specfile import SpecError, models_in, read_yaml, validate
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def load_sweep(path: str | Path) -> S.Sweep:
+    """Read and validate a sweep file (SpecError with one line per problem)."""
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a sweep file must be a mapping (name:, base:, grid:, ...), got {type(data).__name__}")
+    return validate(S.Sweep, data, prefix=f"{path}: ")
+
+
+def load_run(path: str | Path) -> S.RunSpec:
+    """Read and validate a single RunSpec file (for `pdsweep train`); dotted keys are allowed."""
+    data = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a run file must be a mapping, got {type(data).__name__}")
+    raw = apply_overrides({}, data, where=f"{path}: ")
+    return validate(S.RunSpec, raw, prefix=f"{path}: ")
+
+
+# ----------------------------------------------------------------------------------------------
+# Dotted paths
+# ----------------------------------------------------------------------------------------------
+
+
+def _collect_paths(model: type[BaseModel], prefix: str, out: dict[str, type[BaseModel] | None]) -> None:
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        members = models_in(info.annotation)
+        out[path] = None if not members else model
+        for m in members:
+            _collect_paths(m, f"{path}.", out)
+
+
+_PATHS: dict[str, Any] = {}
+
+
+def valid_paths() -> list[str]:
+    """Every dotted path into a RunSpec, union members' fields included (`loss.alpha.max`)."""
+    if not _PATHS:
+        _collect_paths(S.RunSpec, "", _PATHS)
+    return list(_PATHS)
+
+
+def check_path(path: str, where: str) -> None:
+    if path in valid_paths():
+        return
+    close = difflib.get_close_matches(path, valid_paths(), n=3, cutoff=0.6)
+    if not close:  # try the last component alone: `top_pp` → logits.top_p
+        leaf = path.rsplit(".", 1)[-1]
+        close = [p for p in valid_paths() if difflib.get_close_matches(leaf, [p.rsplit(".", 1)[-1]], cutoff=0.75)][:3]
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise SpecError(f"{where}{path}: unknown RunSpec path{hint}")
+
+
+def _flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections → dotted paths; a tagged-union value (a dict with `kind`) stays one value."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and "kind" not in value and value:
+            out.update(_flatten(value, f"{path}."))
+        else:
+            out[path] = value
+    return out
+
+
+def _set(raw: dict[str, Any], path: str, value: Any, where: str) -> None:
+    keys = path.split(".")
+    node = raw
+    for i, key in enumerate(keys[:-1]):
+        nxt = node.get(key)
+        if nxt is None:
+            nxt = node[key] = {}
+        elif not isinstance(nxt, dict):
+            parent = ".".join(keys[: i + 1])
+            nxt = S.SHORTHANDS[parent](nxt) if parent in S.SHORTHANDS else nxt  # `student: tiny-s`
+            if not isinstance(nxt, dict):
+                raise SpecError(f"{where}{path}: {parent} is set to {nxt!r} here; write {parent} as a mapping to set {path}")
+            node[key] = nxt
+        node = nxt
+    leaf = keys[-1]
+    old = node.get(leaf)
+    if path in S.SHORTHANDS:  # compare like with like: `alpha: 0.9` is {kind: constant, value: 0.9}
+        old, value = S.SHORTHANDS[path](old), S.SHORTHANDS[path](value)
+    if isinstance(old, dict) and isinstance(value, dict) and value.get("kind", old.get("kind")) == old.get("kind"):
+        node[leaf] = {**old, **value}  # same variant: merge parameters
+    else:
+        node[leaf] = copy.deepcopy(value)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A copy of `raw` with `overrides` (dotted paths or nested sections) applied; paths are checked."""
+    out = copy.deepcopy(raw)
+    for path, value in _flatten(overrides).items():
+        check_path(path, where)
+        _set(out, path, value, where)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity and labels
+# ----------------------------------------------------------------------------------------------
+
+
+def canonical_json(spec: S.RunSpec, drop_seed: bool = False) -> str:
+    data = spec.model_dump(mode="json")
+    if drop_seed:
+        del data["train"]["seed"]
+    return json.dumps({"spec_version": S.SPEC_VERSION, "run": data}, sort_keys=True, separators=(",", ":"))
+
+
+def run_id(spec: S.RunSpec) -> str:
+    """12 hex digits of SHA-256 over the resolved spec's canonical JSON."""
+    return hashlib.sha256(canonical_json(spec).encode()).hexdigest()[:12]
+
+
+def config_id(spec: S.RunSpec) -> str:
+    """Like run_id but without the seed: the replicates of one configuration share it."""
+    return hashlib.sha256(canonical_json(spec, drop_seed=True).encode()).hexdigest()[:12]
+
+
+_ALPHA_NAMES = {"linear_inc": "Linear Inc", "linear_dec": "Linear Dec", "period": "Period", "wsd_alpha": "WSD-α", "wsd_beta": "WSD-β"}
+_ADAPTIVE_NAMES = {"none": "static τ", "normkd": "NormKD", "wttm": "WTTM", "adakd_sd": "AdaKD-SD", "adakd_h": "AdaKD-H"}
+_LR_NAMES = {"cosine": "Cos-LR", "wsd": "WSD-LR"}
+
+
+def _human(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:g}{unit}"
+    return f"{n:g}"
+
+
+def label(spec: S.RunSpec, varied: set[str]) -> str:
+    """A row label in the paper's style from the concepts the sweep varies (`top-0.95-50 + KLD`)."""
+    parts: list[str] = []
+
+    def varies(prefix: str) -> bool:
+        return any(p == prefix or p.startswith(prefix + ".") for p in varied)
+
+    handled = set()
+
+    def take(prefix: str, text: str | None) -> None:
+        if varies(prefix):
+            handled.update(p for p in varied if p == prefix or p.startswith(prefix + "."))
+            if text:
+                parts.append(text)
+
+    st = spec.student
+    size = st.preset.upper() if st.preset[0].isdigit() else st.preset  # the paper's '1.9B'
+    take("student", size if st.preset != "custom" else f"h{st.hidden_size}-L{st.num_layers}")
+    take("teacher", spec.teacher.ref.rstrip("/").rsplit("/", 1)[-1] if spec.teacher else "no teacher")
+    take("data.tokens", f"{_human(spec.data.tokens)} tokens")
+    lg = spec.logits
+    take("logits.mode", lg.mode if lg.mode == "offline" else "online {:g}–{:g}".format(*lg.online_window))
+    if varies("logits.top_p") or varies("logits.top_k") or varies("logits.sampling"):
+        take("logits.top_p", None)
+        take("logits.top_k", None)
+        take("logits.sampling", None)
+        parts.append(lg.label if lg.sampling is None else f"sampled-{lg.sampling.draws}")
+    take("logits.temperature", f"τ = {S._num(lg.temperature)}")
+    take("logits.adaptive", _ADAPTIVE_NAMES[lg.adaptive.kind])
+    take("loss.kd", spec.loss.kd.upper())
+    a = spec.loss.alpha
+    take("loss.alpha", f"α = {S._num(a.value)}" if isinstance(a, S.ConstantAlpha) else _ALPHA_NAMES[a.kind])
+    take("optim.lr_schedule", _LR_NAMES[spec.optim.lr_schedule.kind])
+    for path in sorted(varied - handled):
+        parts.append(f"{path}={_lookup(spec, path)}")
+    return " + ".join(parts) if parts else "PD"
+
+
+# ----------------------------------------------------------------------------------------------
+# Expansion
+# ----------------------------------------------------------------------------------------------
+
+Role = Literal["teacher", "baseline", "student"]
+
+PD_ONLY = ("teacher", "logits", "loss")
+"""Sections that cannot change an LM-only run: axes outside them get a baseline per value."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One run of a sweep: its resolved spec, identity and place in the sweep."""
+
+    run_id: str
+    config_id: str
+    label: str
+    role: Role
+    spec: S.RunSpec
+    seed: int
+    axes: dict[str, Any] = field(default_factory=dict)
+    """The dotted paths this run sets on top of `base`, with the values as written."""
+    name: str | None = None
+    """Teacher runs: their name in `teachers:`."""
+    baseline: str | None = None
+    """Students: config_id of the LM-only baseline their Δ is measured against."""
+
+
+def lm_only(spec: S.RunSpec) -> S.RunSpec:
+    """Normalise an α ≡ 0 run: drop settings that cannot affect it, so equal runs share a run_id."""
+    if spec.uses_teacher:
+        return spec
+    keep_teacher = isinstance(spec.data.tokenizer, S.TeacherTokenizer) or "teacher_agreement" in spec.eval.suites
+    return spec.model_copy(
+        update={
+            "teacher": spec.teacher if keep_teacher else None,
+            "logits": S.LogitsSpec(),
+            "loss": S.LossSpec(alpha=S.ConstantAlpha(value=0.0), chunk_tokens=spec.loss.chunk_tokens),
+        }
+    )
+
+
+def _configurations(sweep: S.Sweep) -> list[tuple[dict[str, Any], str | None]]:
+    """(overrides, explicit label) per configuration: grid × zip × runs, or just base."""
+    grid_keys = list(sweep.grid)
+    grid = [dict(zip(grid_keys, combo, strict=True)) for combo in itertools.product(*sweep.grid.values())]
+    n_zip = len(next(iter(sweep.zip.values()))) if sweep.zip else 0
+    zipped = [{k: v[i] for k, v in sweep.zip.items()} for i in range(n_zip)] or [{}]
+    explicit: list[tuple[dict[str, Any], str | None]] = [(r.set, r.label) for r in sweep.runs] or [({}, None)]
+    out = []
+    for g in grid:
+        for z in zipped:
+            for overrides, lab in explicit:
+                out.append(({**g, **z, **overrides}, lab))
+    return out
+
+
+def expand(sweep: S.Sweep, source: str = "") -> list[PlannedRun]:
+    """All runs of `sweep`: teachers, baseline, then configurations × seeds (SpecError on problems)."""
+    where = f"{source}: " if source else ""
+    problems: list[str] = []
+    runs: dict[str, PlannedRun] = {}
+
+    def build(overrides: dict[str, Any], ctx: str, teacher_run: bool = False) -> S.RunSpec | None:
+        try:
+            raw = apply_overrides(base, overrides, where=f"{where}{ctx}")
+            if teacher_run:  # a teacher run cannot be compared with itself
+                suites = raw.get("eval", {}).get("suites")
+                if isinstance(suites, list) and "teacher_agreement" in suites:
+                    raw["eval"]["suites"] = [x for x in suites if x != "teacher_agreement"]
+            return lm_only(validate(S.RunSpec, raw, prefix=f"{where}{ctx}"))
+        except SpecError as e:
+            problems.extend(p for p in e.problems if p not in problems)
+            return None
+
+    def add(run: PlannedRun) -> None:
+        if run.run_id not in runs:  # identical runs merge; the first role (teacher, baseline) wins
+            runs[run.run_id] = run
+
+    base = apply_overrides({}, sweep.base, where=f"{where}base: ") if sweep.base else {}
+    seeds = sweep.seeds
+    base_seed = base.get("train", {}).get("seed") if isinstance(base.get("train"), dict) else None
+    if base_seed is not None:
+        if "seeds" in sweep.model_fields_set:
+            raise SpecError(f"{where}base: train.seed: the sweep's seeds: sets it; remove one of the two")
+        seeds = [base_seed]
+
+    # Teacher runs: LM-only runs of base + their overrides; one seed (students share a teacher).
+    for name, overrides in sweep.teachers.items():
+        spec = build({**overrides, "loss.alpha": 0.0, "teacher": None}, f"teachers.{name}: ", teacher_run=True)
+        if spec:
+            add(PlannedRun(run_id(spec), config_id(spec), f"teacher:{name}", "teacher", spec, spec.train.seed, dict(overrides), name))
+
+    configs = _configurations(sweep)
+    varied = set()
+    for overrides, _ in configs:
+        varied.update(_flatten(overrides))
+    axis_paths = set(_flatten(sweep.grid)) | set(_flatten(sweep.zip))
+    shared = sorted(p for p in axis_paths if not p.startswith(PD_ONLY))
+
+    baselines: dict[str, str | None] = {}  # (non-PD axis values, seed) → baseline config_id
+
+    def baseline_for(key: dict[str, Any], seed: int) -> str | None:
+        """Each configuration is compared with the LM-only run sharing its non-PD axis values
+        (student size, token budget, ...): one baseline per distinct combination and seed."""
+        cache_key = json.dumps([key, seed], sort_keys=True, default=str)
+        if cache_key not in baselines:
+            baselines[cache_key] = None
+            spec = build({**(sweep.baseline or {}), **key, "loss.alpha": 0.0, "train.seed": seed}, "baseline: ")
+            if spec:
+                lab = "LM-only" + (f" ({label(spec, set(key))})" if key else "")
+                baselines[cache_key] = config_id(spec)
+                add(PlannedRun(run_id(spec), config_id(spec), lab, "baseline", spec, seed, dict(sweep.baseline or {}) | key))
+        return baselines[cache_key]
+
+    for seed in seeds:
+        for overrides, explicit_label in configs:
+            flat = _flatten(overrides)
+            ctx = f"{_describe(overrides)}: " if overrides else "base: "
+            baseline_cfg = None
+            if sweep.baseline is not None:
+                baseline_cfg = baseline_for({p: flat[p] for p in shared if p in flat}, seed)
+            spec = build({**overrides, "train.seed": seed}, ctx)
+            if spec is None:
+                continue
+            lab = label(spec, varied)
+            if explicit_label:  # the run's own label, plus the grid/zip values it is combined with
+                lab = " + ".join([explicit_label] + ([label(spec, axis_paths)] if axis_paths else []))
+            add(PlannedRun(run_id(spec), config_id(spec), lab, "student", spec, seed, dict(overrides), baseline=baseline_cfg))
+        if problems:  # the same problem would repeat for every seed
+            break
+
+    teacher_names = set(sweep.teachers)
+    for run in runs.values():
+        t = run.spec.teacher
+        if t is not None and t.kind == "run" and t.ref not in teacher_names:
+            known = ", ".join(sorted(teacher_names)) or "none defined"
+            problems.append(f"{where}{run.label}: teacher: run:{t.ref} is not in teachers: ({known})")
+    if problems:
+        raise SpecError(list(dict.fromkeys(problems)))
+    return _disambiguate(list(runs.values()))
+
+
+def _describe(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in _flatten(overrides).items())
+
+
+def _disambiguate(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """Distinct configurations never share a label: append the config_id where they would."""
+    by_label: dict[str, set[str]] = {}
+    for r in runs:
+        by_label.setdefault(r.label, set()).add(r.config_id)
+    return [
+        r if len(by_label[r.label]) == 1 or r.role == "baseline" else _relabel(r, f"{r.label} [{r.config_id[:6]}]")
+        for r in runs
+    ]
+
+
+def _relabel(run: PlannedRun, new: str) -> PlannedRun:
+    return dataclasses.replace(run, label=new)
+
+
+# ----------------------------------------------------------------------------------------------
+# Plan: teacher passes and derived sizes
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TeacherPass:
+    """One forward pass of a teacher over a tokenized corpus, serving every run that needs it."""
+
+    pass_id: str
+    teacher: str
+    mode: str
+    corpus: str
+    tokenizer: str
+    top_p: float = 0.0
+    top_k: int | None = 0
+    sampling_draws: int = 0
+    tokens: int = 0
+    vocab_size: int | None = None
+    runs: list[str] = field(default_factory=list)
+
+    def store_bytes_upper_bound(self) -> int | None:
+        """Uncompressed upper bound: every position keeps k_max entries (id + fp16 value) plus a
+        4-byte log-sum-exp and a 2-byte count. The real store is smaller (see `logits stats`)."""
+        entries = self.sampling_draws or self.top_k or self.vocab_size
+        if entries is None or self.vocab_size is None:
+            return None
+        id_bytes = 2 if self.vocab_size <= 65536 else 4
+        return self.tokens * (entries * (id_bytes + 2) + 6)
+
+
+def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
+    """Group student runs by (teacher, corpus, tokenizer, mode): one pass each, at the largest p and
+    k any of its runs needs (smaller p, k and any τ are applied when reading the store)."""
+    passes: dict[str, TeacherPass] = {}
+    for run in runs:
+        s = run.spec
+        if not s.uses_teacher or s.teacher is None:
+            continue
+        tok = s.data.tokenizer.model_dump_json()
+        sampled = s.logits.sampling is not None
+        key_src = json.dumps([s.teacher.source, s.data.corpus, s.data.text_field, s.data.heldout_fraction, tok, s.logits.mode, s.logits.online_window if s.logits.mode == "online" else None, sampled])
+        pid = hashlib.sha256(key_src.encode()).hexdigest()[:8]
+        tp = passes.setdefault(pid, TeacherPass(pid, s.teacher.source, s.logits.mode, s.data.corpus, s.data.tokenizer.kind, vocab_size=s.vocab_size()))
+        tp.top_p = max(tp.top_p, s.logits.top_p)
+        tp.top_k = None if (tp.top_k is None or s.logits.top_k is None) else max(tp.top_k, s.logits.top_k)
+        if s.logits.sampling is not None:
+            tp.sampling_draws = max(tp.sampling_draws, s.logits.sampling.draws)
+        tp.tokens = max(tp.tokens, s.data.tokens)
+        tp.runs.append(run.run_id)
+    return passes
+
+
+def pass_of(run: PlannedRun, passes: dict[str, TeacherPass]) -> str | None:
+    return next((p.pass_id for p in passes.values() if run.run_id in p.runs), None)
+
+
+def plan_rows(runs: list[PlannedRun]) -> tuple[list[dict[str, Any]], dict[str, TeacherPass]]:
+    """The table `pdsweep plan` prints: a row per run with its derived numbers."""
+    passes = teacher_passes(runs)
+    varied = sorted({p for r in runs if r.role == "student" for p in _flatten(r.axes)})
+    pass_by_run = {rid: p.pass_id for p in passes.values() for rid in p.runs}
+    rows = []
+    for r in runs:
+        s = r.spec
+        vocab = s.vocab_size()
+        rows.append(
+            {
+                "run_id": r.run_id,
+                "role": r.role,
+                "label": r.label,
+                "seed": r.seed,
+                "axes": {p: _lookup(s, p) for p in varied},
+                "params": s.student.num_params(vocab) if vocab else None,
+                "vocab_size": vocab,
+                "tokens": s.data.tokens,
+                "steps": s.steps(),
+                "teacher": s.teacher.source if s.teacher and s.uses_teacher else None,
+                "teacher_pass": pass_by_run.get(r.run_id),
+            }
+        )
+    return rows, passes
+
+
+def _lookup(spec: S.RunSpec, path: str) -> Any:
+    value: Any = spec
+    for key in path.split("."):
+        value = getattr(value, key, None)
+    if isinstance(value, S.TeacherSpec):
+        return value.source
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value

@@ -1,0 +1,172 @@
+"""Sweep expansion: a pure function, checked table by table."""
+
+from __future__ import annotations
+
+import pytest
+
+from pdsweep import expand as E
+from pdsweep import spec as S
+from pdsweep.specfile import SpecError
+
+BASE = {"student": "tiny-xs", "teacher": "hf:/models/teacher", "loss": {"alpha": 1.0}}
+
+
+def sweep(**kw) -> S.Sweep:
+    return S.Sweep.model_validate({"name": "t", "base": BASE} | kw)
+
+
+def students(runs: list[E.PlannedRun]) -> list[E.PlannedRun]:
+    return [r for r in runs if r.role == "student"]
+
+
+@pytest.mark.parametrize(
+    ("axes", "n_configs"),
+    [
+        ({}, 1),
+        ({"grid": {"logits.top_p": [0.5, 0.9]}}, 2),
+        ({"grid": {"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50, 100]}}, 6),
+        ({"zip": {"logits.top_p": [0.5, 0.9, 0.95], "logits.top_k": [10, 50, 100]}}, 3),
+        ({"grid": {"loss.kd": ["nll", "kld"]}, "zip": {"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]}}, 4),
+        ({"runs": [{"loss.kd": "kld"}, {"loss.kd": "mse"}, {"logits.temperature": 2.0}]}, 3),
+        ({"grid": {"logits.temperature": [1.0, 2.0]}, "runs": [{"loss.kd": "kld"}, {"loss.kd": "mse"}]}, 4),
+    ],
+)
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_counts(axes: dict, n_configs: int, seeds: int) -> None:
+    runs = E.expand(sweep(seeds=seeds, **axes))
+    assert len(students(runs)) == n_configs * seeds
+    assert sum(r.role == "baseline" for r in runs) == seeds
+    assert len({r.run_id for r in runs}) == len(runs)
+    assert sorted({r.seed for r in runs}) == list(range(seeds))
+
+
+def test_grid_is_cartesian_and_zip_is_parallel() -> None:
+    g = students(E.expand(sweep(grid={"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]})))
+    assert {(r.spec.logits.top_p, r.spec.logits.top_k) for r in g} == {(0.5, 10), (0.5, 50), (0.9, 10), (0.9, 50)}
+    z = students(E.expand(sweep(zip={"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]})))
+    assert [(r.spec.logits.top_p, r.spec.logits.top_k) for r in z] == [(0.5, 10), (0.9, 50)]
+
+
+def test_baseline_is_lm_only_and_ignores_pd_settings() -> None:
+    runs = E.expand(sweep(grid={"logits.temperature": [0.5, 2.0]}))
+    (baseline,) = [r for r in runs if r.role == "baseline"]
+    assert not baseline.spec.uses_teacher and baseline.spec.teacher is None
+    assert baseline.label == "LM-only"
+    # Changing PD-only settings of the base does not change the baseline's identity.
+    other = E.expand(S.Sweep.model_validate({"name": "t", "base": BASE | {"logits": {"top_p": 0.5}, "loss": {"alpha": 0.3, "kd": "mse"}}}))
+    assert [r.run_id for r in other if r.role == "baseline"] == [baseline.run_id]
+    assert all(r.baseline == baseline.config_id for r in students(runs))
+
+
+def test_baseline_overrides_apply_and_null_disables_it() -> None:
+    runs = E.expand(sweep(baseline={"optim.lr": 0.01}))
+    (b,) = [r for r in runs if r.role == "baseline"]
+    assert b.spec.optim.lr == 0.01 and b.spec.loss.alpha == S.ConstantAlpha(value=0.0)
+    assert not [r for r in E.expand(sweep(baseline=None)) if r.role == "baseline"]
+
+
+def test_each_student_size_gets_its_own_baseline() -> None:
+    runs = E.expand(sweep(grid={"student.preset": ["tiny-xs", "tiny-s"], "loss.kd": ["nll", "kld"]}, seeds=2))
+    baselines = {r.config_id: r for r in runs if r.role == "baseline"}
+    assert len(baselines) == 2 and sum(r.role == "baseline" for r in runs) == 4
+    for r in students(runs):
+        assert baselines[r.baseline].spec.student == r.spec.student
+    assert {b.label for b in baselines.values()} == {"LM-only (tiny-xs)", "LM-only (tiny-s)"}
+
+
+def test_identical_runs_merge() -> None:
+    # α = 0 in the grid is the baseline itself (the paper's Table 10 row "α = 0" equals LLM-LM).
+    runs = E.expand(sweep(grid={"loss.alpha": [0.0, 0.5]}))
+    assert len(runs) == 2
+    assert {r.role for r in runs} == {"baseline", "student"}
+    # Two explicit runs that resolve to the same spec are one run.
+    runs = E.expand(sweep(runs=[{"loss.kd": "kld"}, {"loss": {"kd": "kld"}}]))
+    assert len(students(runs)) == 1
+
+
+def test_run_id_is_a_function_of_the_resolved_spec() -> None:
+    a = E.expand(sweep(grid={"logits.top_k": [50]}))
+    b = E.expand(S.Sweep.model_validate({"name": "other-name", "base": BASE | {"logits": {"top_k": 50}}}))
+    assert {r.run_id for r in a} == {r.run_id for r in b}
+    c = E.expand(sweep(grid={"logits.top_k": [51]}))
+    assert students(a)[0].run_id != students(c)[0].run_id
+    # Seeds change run_id but not config_id.
+    s = students(E.expand(sweep(seeds=2)))
+    assert s[0].run_id != s[1].run_id and s[0].config_id == s[1].config_id
+
+
+@pytest.mark.parametrize(
+    ("axes", "expected"),
+    [
+        ({"zip": {"logits.top_p": [0.95], "logits.top_k": [50]}}, "top-0.95-50"),
+        ({"grid": {"logits.temperature": [2.0]}}, "τ = 2.0"),
+        ({"grid": {"loss.alpha": [0.9]}}, "α = 0.9"),
+        ({"grid": {"loss.kd": ["kld"]}}, "KLD"),
+        ({"grid": {"logits.adaptive": ["adakd_h"]}}, "AdaKD-H"),
+        ({"runs": [{"loss.alpha": {"kind": "wsd_alpha"}, "optim.lr_schedule": "wsd"}]}, "WSD-α + WSD-LR"),
+        ({"runs": [{"loss.alpha": "linear_dec"}]}, "Linear Dec"),
+        ({"grid": {"student.preset": ["1.9b"]}}, "1.9B"),
+        ({"grid": {"optim.lr": [0.01]}}, "optim.lr=0.01"),
+        ({"runs": [{"label": "PD*", "loss.kd": "kld"}]}, "PD*"),
+        ({"grid": {"student.preset": ["tiny-s"]}, "runs": [{"label": "PD*", "loss.kd": "kld"}]}, "PD* + tiny-s"),
+    ],
+)
+def test_labels_follow_the_paper(axes: dict, expected: str) -> None:
+    (run,) = students(E.expand(sweep(**axes)))
+    assert run.label == expected
+
+
+def test_nested_and_dotted_overrides_are_the_same() -> None:
+    a = E.expand(sweep(runs=[{"logits": {"top_p": 0.9, "temperature": 2.0}}]))
+    b = E.expand(sweep(runs=[{"logits.top_p": 0.9, "logits.temperature": 2.0}]))
+    assert [r.run_id for r in a] == [r.run_id for r in b]
+
+
+def test_overrides_through_shorthands() -> None:
+    # base says `student: tiny-xs`; an axis may still set student.num_layers.
+    (run,) = students(E.expand(sweep(grid={"student.num_layers": [3]})))
+    assert (run.spec.student.preset, run.spec.student.num_layers) == ("tiny-xs", 3)
+    # base says `alpha: 1.0`; an axis switches the schedule kind without leftover fields.
+    (run,) = students(E.expand(sweep(grid={"loss.alpha": [{"kind": "wsd_alpha", "max": 0.8}]})))
+    assert run.spec.loss.alpha == S.WsdAlpha(max=0.8)
+
+
+def test_teacher_runs_are_lm_only_and_referenced() -> None:
+    runs = E.expand(
+        S.Sweep.model_validate(
+            {"name": "t", "base": BASE | {"teacher": "run:big"}, "teachers": {"big": {"student": "tiny-m"}}, "seeds": 2}
+        )
+    )
+    (teacher,) = [r for r in runs if r.role == "teacher"]
+    assert teacher.name == "big" and teacher.spec.student.preset == "tiny-m" and not teacher.spec.uses_teacher
+    assert all(r.spec.teacher.source == "run:big" for r in students(runs))
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"grid": {"logits.top_pp": [0.5]}}, "logits.top_pp: unknown RunSpec path (did you mean logits.top_p"),
+        ({"grid": {"temperature": [0.5]}}, "did you mean logits.temperature"),
+        ({"grid": {"logits.top_p": []}}, "grid: logits.top_p: must not be empty"),
+        ({"grid": {"logits.top_p": 0.5}}, "grid: logits.top_p: must be a list of values"),
+        ({"zip": {"logits.top_p": [0.5, 0.9], "logits.top_k": [10]}}, "zip: lists must have equal length: logits.top_p has 2, logits.top_k has 1"),
+        ({"grid": {"logits.top_p": [0.5, 1.5]}}, "logits.top_p=1.5: logits.top_p: must be ≤ 1, got 1.5"),
+        ({"base": BASE | {"teacher": "run:nope"}}, "teacher: run:nope is not in teachers: (none defined)"),
+        ({"seeds": [1, 1]}, "seeds: seeds must be distinct"),
+        ({"seeds": 0}, "seeds: must be ≥ 1, got 0"),
+        ({"grid": {"loss.alpha.value.x": [1]}}, "unknown RunSpec path"),
+    ],
+)
+def test_bad_sweeps_name_file_and_field(kw: dict, expected: str, write_yaml) -> None:
+    import yaml
+
+    path = write_yaml(yaml.safe_dump({"name": "t", "base": BASE} | kw, allow_unicode=True, sort_keys=False))
+    with pytest.raises(SpecError) as err:
+        E.expand(E.load_sweep(path), str(path))
+    assert any(expected in p for p in err.value.problems), err.value.problems
+    assert all(p.startswith(f"{path}: ") for p in err.value.problems)
+
+
+def test_a_seed_in_base_is_the_sweeps_only_seed() -> None:
+    runs = E.expand(S.Sweep.model_validate({"name": "t", "base": BASE | {"train": {"seed": 7}}}))
+    assert {r.seed for r in runs} == {7} and {r.spec.train.seed for r in runs} == {7}
