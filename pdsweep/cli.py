@@ -49,7 +49,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
 ) -> None:
     """pdsweep: pre-training distillation sweeps you can trust."""
 
@@ -67,7 +70,9 @@ def _load_any(path: Path):  # noqa: ANN202 - returns a Sweep or a RunSpec
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="Sweep or run YAML files.", show_default=False)]) -> None:
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="Sweep or run YAML files.", show_default=False)],
+) -> None:
     """Check sweep (or run) files: every field, every axis path, every expanded run."""
     from pdsweep.specfile import SpecError
 
@@ -118,7 +123,11 @@ def plan(
             "sweep": sweep.name,
             "runs": rows,
             "teacher_passes": [
-                {**{k: v for k, v in vars(p).items() if k != "runs"}, "runs": len(p.runs), "store_bytes_upper_bound": p.store_bytes_upper_bound()}
+                {
+                    **{k: v for k, v in vars(p).items() if k != "runs"},
+                    "runs": len(p.runs),
+                    "store_bytes_upper_bound": p.store_bytes_upper_bound(),
+                }
                 for p in passes.values()
             ],
         }
@@ -126,40 +135,106 @@ def plan(
         return
 
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console = Console(width=240)
-    axes = list(rows[0]["axes"]) if rows else []
-    table = Table(title=f"{sweep.name}: {len(rows)} runs", title_justify="left")
-    for col in ("run_id", "role", "label", *axes, "seed", "params", "tokens", "steps", "teacher pass"):
-        numeric = col in ("seed", "params", "tokens", "steps")
-        table.add_column(col, justify="right" if numeric else "left", no_wrap=col in ("run_id", "label"))
-    for r in rows:
-        # Teacher and baseline rows are LM-only: PD axes (logits.*, loss.*, teacher) do not apply.
-        cells = [_cell(r["axes"][a]) if r["role"] == "student" or not a.startswith(expand.PD_ONLY) else "-" for a in axes]
-        table.add_row(
-            r["run_id"], r["role"], r["label"], *cells, str(r["seed"]),
-            _human(r["params"]), _human(r["tokens"]), str(r["steps"]), r["teacher_pass"] or "-",
-        )
-    console.print(table)
+    console.print(_runs_table(f"{sweep.name}: {len(rows)} runs", rows, expand.PD_ONLY))
     counts = {role: sum(r["role"] == role for r in rows) for role in ("teacher", "baseline", "student")}
     configs = len({r.config_id for r in runs if r.role != "teacher"})
     console.print(
         f"{len(rows)} runs: {counts['teacher']} teacher, {counts['baseline']} baseline, {counts['student']} student "
-        f"({configs} configurations × {len(sweep.seeds)} seeds); "
+        f"({configs} configurations × {len({r['seed'] for r in rows if r['role'] != 'teacher'})} seeds); "
         f"{_human(sum(r['tokens'] for r in rows))} training tokens in all"
     )
     if passes:
-        pt = Table(title="teacher passes", caption="one pass per teacher × corpus, at the largest p and k; smaller p, k and any τ are applied when reading", title_justify="left", caption_justify="left")
-        for col in ("pass", "teacher", "mode", "p_max", "k_max", "tokens", "runs", "store ≤"):
-            pt.add_column(col)
-        for p in passes.values():
-            k = "inf" if p.top_k is None else str(p.top_k)
-            pt.add_row(p.pass_id, p.teacher, p.mode, f"{p.top_p:g}", k if not p.sampling_draws else f"{p.sampling_draws} draws",
-                       _human(p.tokens), str(len(p.runs)), _human(p.store_bytes_upper_bound(), "B"))
-        console.print(pt)
+        console.print(_passes_table(passes))
+
+
+PLAN_TABLE_MAX_RUNS = 200
+"""Above this many runs, `plan` prints one row per configuration (seeds collapsed)."""
+
+
+def _runs_table(title: str, rows: list[dict], pd_only: tuple[str, ...]):  # noqa: ANN202 - a rich Table
+    from rich.table import Table
+
+    collapsed = len(rows) > PLAN_TABLE_MAX_RUNS
+    if collapsed:  # one row per (role, label), listing its seeds
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for r in rows:
+            groups.setdefault((r["role"], r["label"]), []).append(r)
+        rows = [
+            {
+                **g[0],
+                "run_id": f"{g[0]['run_id']} +{len(g) - 1}" if len(g) > 1 else g[0]["run_id"],
+                "seed": _seed_list([r["seed"] for r in g]),
+            }
+            for g in groups.values()
+        ]
+        title += " (one row per configuration; --json lists every run)"
+    axes = list(rows[0]["axes"]) if rows else []
+    table = Table(title=title, title_justify="left")
+    for col in (
+        "run_id",
+        "role",
+        "label",
+        *axes,
+        "seeds" if collapsed else "seed",
+        "params",
+        "tokens",
+        "steps",
+        "teacher pass",
+    ):
+        numeric = col in ("seed", "params", "tokens", "steps")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=col in ("run_id", "label"))
+    for r in rows:
+        # Teacher and baseline rows are LM-only: PD axes (logits.*, loss.*, teacher) do not apply.
+        cells = [_cell(r["axes"][a]) if r["role"] == "student" or not a.startswith(pd_only) else "-" for a in axes]
+        table.add_row(
+            r["run_id"],
+            r["role"],
+            r["label"],
+            *cells,
+            str(r["seed"]),
+            _human(r["params"]),
+            _human(r["tokens"]),
+            str(r["steps"]),
+            r["teacher_pass"] or "-",
+        )
+    return table
+
+
+def _seed_list(seeds: list[int]) -> str:
+    seeds = sorted(seeds)
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def _passes_table(passes: dict):  # noqa: ANN202 - a rich Table
+    from rich.table import Table
+
+    table = Table(
+        title="teacher passes",
+        caption="one pass per teacher × corpus, at the largest p and k; smaller p, k and any τ are applied when reading",
+        title_justify="left",
+        caption_justify="left",
+    )
+    for col in ("pass", "teacher", "mode", "p_max", "k_max", "tokens", "runs", "store ≤"):
+        table.add_column(col)
+    for p in passes.values():
+        k = "inf" if p.top_k is None else str(p.top_k)
+        table.add_row(
+            p.pass_id,
+            p.teacher,
+            p.mode,
+            f"{p.top_p:g}",
+            k if not p.sampling_draws else f"{p.sampling_draws} draws",
+            _human(p.tokens),
+            str(len(p.runs)),
+            _human(p.store_bytes_upper_bound(), "B"),
+        )
+    return table
 
 
 def _cell(value: object) -> str:
@@ -169,7 +244,15 @@ def _cell(value: object) -> str:
 
 
 @app.command()
-def explain(path: Annotated[str, typer.Argument(help="A dotted RunSpec path such as logits.top_p, or a sweep key such as zip.", show_default=False)] = "") -> None:
+def explain(
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="A dotted RunSpec path such as logits.top_p, or a sweep key such as zip.",
+            show_default=False,
+        ),
+    ] = "",
+) -> None:
     """Print a field's documentation, type, default and constraints."""
     from pdsweep import expand, spec
     from pdsweep.specfile import SpecError, describe_field

@@ -16,11 +16,11 @@ and KD settings cannot change an α ≡ 0 run, so they do not change its run_id 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import hashlib
 import itertools
 import json
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -79,7 +79,10 @@ def valid_paths() -> list[str]:
 
 
 def check_path(path: str, where: str) -> None:
-    if path in valid_paths():
+    """SpecError naming the closest valid paths when `path` is not a RunSpec path."""
+    if not _PATHS:
+        valid_paths()
+    if path in _PATHS:
         return
     close = difflib.get_close_matches(path, valid_paths(), n=3, cutoff=0.6)
     if not close:  # try the last component alone: `top_pp` → logits.top_p
@@ -112,7 +115,9 @@ def _set(raw: dict[str, Any], path: str, value: Any, where: str) -> None:
             parent = ".".join(keys[: i + 1])
             nxt = S.SHORTHANDS[parent](nxt) if parent in S.SHORTHANDS else nxt  # `student: tiny-s`
             if not isinstance(nxt, dict):
-                raise SpecError(f"{where}{path}: {parent} is set to {nxt!r} here; write {parent} as a mapping to set {path}")
+                raise SpecError(
+                    f"{where}{path}: {parent} is set to {nxt!r} here; write {parent} as a mapping to set {path}"
+                )
             node[key] = nxt
         node = nxt
     leaf = keys[-1]
@@ -140,10 +145,10 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str =
 
 
 def canonical_json(spec: S.RunSpec, drop_seed: bool = False) -> str:
-    data = spec.model_dump(mode="json")
-    if drop_seed:
-        del data["train"]["seed"]
-    return json.dumps({"spec_version": S.SPEC_VERSION, "run": data}, sort_keys=True, separators=(",", ":"))
+    """The resolved spec as JSON, fields in schema order (every RunSpec field is a model, scalar or
+    list, so the order is fixed by the schema), prefixed by the spec version."""
+    body = spec.model_dump_json(exclude={"train": {"seed"}} if drop_seed else None)
+    return f'{{"spec_version":{S.SPEC_VERSION},"run":{body}}}'
 
 
 def run_id(spec: S.RunSpec) -> str:
@@ -156,8 +161,20 @@ def config_id(spec: S.RunSpec) -> str:
     return hashlib.sha256(canonical_json(spec, drop_seed=True).encode()).hexdigest()[:12]
 
 
-_ALPHA_NAMES = {"linear_inc": "Linear Inc", "linear_dec": "Linear Dec", "period": "Period", "wsd_alpha": "WSD-α", "wsd_beta": "WSD-β"}
-_ADAPTIVE_NAMES = {"none": "static τ", "normkd": "NormKD", "wttm": "WTTM", "adakd_sd": "AdaKD-SD", "adakd_h": "AdaKD-H"}
+_ALPHA_NAMES = {
+    "linear_inc": "Linear Inc",
+    "linear_dec": "Linear Dec",
+    "period": "Period",
+    "wsd_alpha": "WSD-α",
+    "wsd_beta": "WSD-β",
+}
+_ADAPTIVE_NAMES = {
+    "none": "static τ",
+    "normkd": "NormKD",
+    "wttm": "WTTM",
+    "adakd_sd": "AdaKD-SD",
+    "adakd_h": "AdaKD-H",
+}
 _LR_NAMES = {"cosine": "Cos-LR", "wsd": "WSD-LR"}
 
 
@@ -175,7 +192,7 @@ def label(spec: S.RunSpec, varied: set[str]) -> str:
     def varies(prefix: str) -> bool:
         return any(p == prefix or p.startswith(prefix + ".") for p in varied)
 
-    handled = set()
+    handled: set[str] = set()
 
     def take(prefix: str, text: str | None) -> None:
         if varies(prefix):
@@ -189,7 +206,10 @@ def label(spec: S.RunSpec, varied: set[str]) -> str:
     take("teacher", spec.teacher.ref.rstrip("/").rsplit("/", 1)[-1] if spec.teacher else "no teacher")
     take("data.tokens", f"{_human(spec.data.tokens)} tokens")
     lg = spec.logits
-    take("logits.mode", lg.mode if lg.mode == "offline" else "online {:g}–{:g}".format(*lg.online_window))
+    take(
+        "logits.mode",
+        lg.mode if lg.mode == "offline" else "online {:g}–{:g}".format(*lg.online_window),
+    )
     if varies("logits.top_p") or varies("logits.top_k") or varies("logits.sampling"):
         take("logits.top_p", None)
         take("logits.top_k", None)
@@ -199,7 +219,10 @@ def label(spec: S.RunSpec, varied: set[str]) -> str:
     take("logits.adaptive", _ADAPTIVE_NAMES[lg.adaptive.kind])
     take("loss.kd", spec.loss.kd.upper())
     a = spec.loss.alpha
-    take("loss.alpha", f"α = {S._num(a.value)}" if isinstance(a, S.ConstantAlpha) else _ALPHA_NAMES[a.kind])
+    take(
+        "loss.alpha",
+        f"α = {S._num(a.value)}" if isinstance(a, S.ConstantAlpha) else _ALPHA_NAMES[a.kind],
+    )
     take("optim.lr_schedule", _LR_NAMES[spec.optim.lr_schedule.kind])
     for path in sorted(varied - handled):
         parts.append(f"{path}={_lookup(spec, path)}")
@@ -264,10 +287,13 @@ def _configurations(sweep: S.Sweep) -> list[tuple[dict[str, Any], str | None]]:
 
 
 def expand(sweep: S.Sweep, source: str = "") -> list[PlannedRun]:
-    """All runs of `sweep`: teachers, baseline, then configurations × seeds (SpecError on problems)."""
+    """All runs of `sweep`: teachers, baselines, then configurations × seeds (SpecError on problems).
+
+    Each configuration (and each baseline) is validated once; its replicates differ only in
+    `train.seed`. Runs are ordered seed-major, so the first seed of every configuration comes first.
+    """
     where = f"{source}: " if source else ""
     problems: list[str] = []
-    runs: dict[str, PlannedRun] = {}
 
     def build(overrides: dict[str, Any], ctx: str, teacher_run: bool = False) -> S.RunSpec | None:
         try:
@@ -281,72 +307,94 @@ def expand(sweep: S.Sweep, source: str = "") -> list[PlannedRun]:
             problems.extend(p for p in e.problems if p not in problems)
             return None
 
-    def add(run: PlannedRun) -> None:
-        if run.run_id not in runs:  # identical runs merge; the first role (teacher, baseline) wins
-            runs[run.run_id] = run
-
     base = apply_overrides({}, sweep.base, where=f"{where}base: ") if sweep.base else {}
     seeds = sweep.seeds
-    base_seed = base.get("train", {}).get("seed") if isinstance(base.get("train"), dict) else None
-    if base_seed is not None:
+    base_train = base.get("train")
+    if isinstance(base_train, dict) and base_train.get("seed") is not None:
         if "seeds" in sweep.model_fields_set:
             raise SpecError(f"{where}base: train.seed: the sweep's seeds: sets it; remove one of the two")
-        seeds = [base_seed]
+        seeds = [base_train["seed"]]
 
     # Teacher runs: LM-only runs of base + their overrides; one seed (students share a teacher).
+    teachers = []
     for name, overrides in sweep.teachers.items():
         spec = build({**overrides, "loss.alpha": 0.0, "teacher": None}, f"teachers.{name}: ", teacher_run=True)
         if spec:
-            add(PlannedRun(run_id(spec), config_id(spec), f"teacher:{name}", "teacher", spec, spec.train.seed, dict(overrides), name))
+            teachers.append(
+                PlannedRun(
+                    run_id(spec),
+                    config_id(spec),
+                    f"teacher:{name}",
+                    "teacher",
+                    spec,
+                    spec.train.seed,
+                    dict(overrides),
+                    name,
+                )
+            )
 
     configs = _configurations(sweep)
-    varied = set()
-    for overrides, _ in configs:
-        varied.update(_flatten(overrides))
+    varied = {p for overrides, _ in configs for p in _flatten(overrides)}
     axis_paths = set(_flatten(sweep.grid)) | set(_flatten(sweep.zip))
     shared = sorted(p for p in axis_paths if not p.startswith(PD_ONLY))
 
-    baselines: dict[str, str | None] = {}  # (non-PD axis values, seed) → baseline config_id
-
-    def baseline_for(key: dict[str, Any], seed: int) -> str | None:
-        """Each configuration is compared with the LM-only run sharing its non-PD axis values
-        (student size, token budget, ...): one baseline per distinct combination and seed."""
-        cache_key = json.dumps([key, seed], sort_keys=True, default=str)
-        if cache_key not in baselines:
-            baselines[cache_key] = None
-            spec = build({**(sweep.baseline or {}), **key, "loss.alpha": 0.0, "train.seed": seed}, "baseline: ")
-            if spec:
-                lab = "LM-only" + (f" ({label(spec, set(key))})" if key else "")
-                baselines[cache_key] = config_id(spec)
-                add(PlannedRun(run_id(spec), config_id(spec), lab, "baseline", spec, seed, dict(sweep.baseline or {}) | key))
-        return baselines[cache_key]
-
-    for seed in seeds:
-        for overrides, explicit_label in configs:
-            flat = _flatten(overrides)
-            ctx = f"{_describe(overrides)}: " if overrides else "base: "
-            baseline_cfg = None
-            if sweep.baseline is not None:
-                baseline_cfg = baseline_for({p: flat[p] for p in shared if p in flat}, seed)
-            spec = build({**overrides, "train.seed": seed}, ctx)
-            if spec is None:
-                continue
-            lab = label(spec, varied)
-            if explicit_label:  # the run's own label, plus the grid/zip values it is combined with
-                lab = " + ".join([explicit_label] + ([label(spec, axis_paths)] if axis_paths else []))
-            add(PlannedRun(run_id(spec), config_id(spec), lab, "student", spec, seed, dict(overrides), baseline=baseline_cfg))
-        if problems:  # the same problem would repeat for every seed
-            break
+    # Baselines: each configuration is compared with the LM-only run that shares its non-PD axis
+    # values (student size, token budget, ...): one baseline per distinct combination.
+    baselines: dict[str, tuple[S.RunSpec, str, dict[str, Any]] | None] = {}
+    students: list[tuple[S.RunSpec, str, dict[str, Any], str | None]] = []
+    for overrides, explicit_label in configs:
+        flat = _flatten(overrides)
+        baseline_key = None
+        if sweep.baseline is not None:
+            key = {p: flat[p] for p in shared if p in flat}
+            baseline_key = json.dumps(key, sort_keys=True, default=str)
+            if baseline_key not in baselines:
+                spec = build({**sweep.baseline, **key, "loss.alpha": 0.0}, "baseline: ")
+                lab = "LM-only" + (f" ({label(spec, set(key))})" if spec and key else "")
+                baselines[baseline_key] = (spec, lab, dict(sweep.baseline) | key) if spec else None
+        spec = build(overrides, f"{_describe(overrides)}: " if overrides else "base: ")
+        if spec is None:
+            continue
+        lab = label(spec, varied)
+        if explicit_label:  # the run's own label, plus the grid/zip values it is combined with
+            lab = " + ".join([explicit_label] + ([label(spec, axis_paths)] if axis_paths else []))
+        students.append((spec, lab, dict(overrides), baseline_key))
 
     teacher_names = set(sweep.teachers)
-    for run in runs.values():
-        t = run.spec.teacher
+    for spec, lab, _, _ in students:
+        t = spec.teacher
         if t is not None and t.kind == "run" and t.ref not in teacher_names:
             known = ", ".join(sorted(teacher_names)) or "none defined"
-            problems.append(f"{where}{run.label}: teacher: run:{t.ref} is not in teachers: ({known})")
+            problems.append(f"{where}{lab}: teacher: run:{t.ref} is not in teachers: ({known})")
     if problems:
         raise SpecError(list(dict.fromkeys(problems)))
+
+    runs: dict[str, PlannedRun] = {}
+    for run in teachers:
+        runs.setdefault(run.run_id, run)
+    for seed in seeds:
+        baseline_ids: dict[str, str] = {}
+        for key, entry in baselines.items():
+            if entry is not None:
+                spec, lab, axes = entry
+                run = _planned(with_seed(spec, seed), lab, "baseline", seed, axes)
+                runs.setdefault(run.run_id, run)  # identical runs merge; the first role wins
+                baseline_ids[key] = run.config_id
+        for spec, lab, axes, key in students:
+            run = _planned(with_seed(spec, seed), lab, "student", seed, axes, baseline_ids.get(key) if key else None)
+            runs.setdefault(run.run_id, run)
     return _disambiguate(list(runs.values()))
+
+
+def with_seed(spec: S.RunSpec, seed: int) -> S.RunSpec:
+    """The same run with another `train.seed` (seeds are validated by the Sweep model)."""
+    return spec.model_copy(update={"train": spec.train.model_copy(update={"seed": seed})})
+
+
+def _planned(
+    spec: S.RunSpec, lab: str, role: Role, seed: int, axes: dict[str, Any], baseline: str | None = None
+) -> PlannedRun:
+    return PlannedRun(run_id(spec), config_id(spec), lab, role, spec, seed, axes, baseline=baseline)
 
 
 def _describe(overrides: dict[str, Any]) -> str:
@@ -409,9 +457,30 @@ def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
             continue
         tok = s.data.tokenizer.model_dump_json()
         sampled = s.logits.sampling is not None
-        key_src = json.dumps([s.teacher.source, s.data.corpus, s.data.text_field, s.data.heldout_fraction, tok, s.logits.mode, s.logits.online_window if s.logits.mode == "online" else None, sampled])
+        key_src = json.dumps(
+            [
+                s.teacher.source,
+                s.data.corpus,
+                s.data.text_field,
+                s.data.heldout_fraction,
+                tok,
+                s.logits.mode,
+                s.logits.online_window if s.logits.mode == "online" else None,
+                sampled,
+            ]
+        )
         pid = hashlib.sha256(key_src.encode()).hexdigest()[:8]
-        tp = passes.setdefault(pid, TeacherPass(pid, s.teacher.source, s.logits.mode, s.data.corpus, s.data.tokenizer.kind, vocab_size=s.vocab_size()))
+        tp = passes.setdefault(
+            pid,
+            TeacherPass(
+                pid,
+                s.teacher.source,
+                s.logits.mode,
+                s.data.corpus,
+                s.data.tokenizer.kind,
+                vocab_size=s.vocab_size(),
+            ),
+        )
         tp.top_p = max(tp.top_p, s.logits.top_p)
         tp.top_k = None if (tp.top_k is None or s.logits.top_k is None) else max(tp.top_k, s.logits.top_k)
         if s.logits.sampling is not None:

@@ -98,7 +98,9 @@ def alpha_at(step: int, total: int, schedule: AlphaSpec, lr_schedule: LRSchedule
         case "linear_inc" | "linear_dec":
             a = schedule.start + (schedule.end - schedule.start) * t
         case "period":
-            a = schedule.min + (schedule.max - schedule.min) * 0.5 * (1.0 + math.cos(2.0 * math.pi * t / schedule.period))
+            a = schedule.min + (schedule.max - schedule.min) * 0.5 * (
+                1.0 + math.cos(2.0 * math.pi * t / schedule.period)
+            )
         case "wsd_alpha":
             w, d = alpha_phases(schedule, lr_schedule)
             a = _wsd(t, schedule.min, schedule.max, w, d, schedule.decay_shape)

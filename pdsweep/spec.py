@@ -30,9 +30,7 @@ SPEC_VERSION = 1
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
 
 
 def _shorthand_kind(value: Any) -> Any:
@@ -71,16 +69,79 @@ SHORTHANDS = {
 
 PRESETS: dict[str, dict[str, Any]] = {
     # CPU scale: trains on a laptop in minutes. Head dim 32 or 64.
-    "tiny-xs": dict(hidden_size=64, ffn_hidden_size=192, num_layers=2, num_heads=2, num_kv_groups=1, tie_embeddings=True),
-    "tiny-s": dict(hidden_size=128, ffn_hidden_size=384, num_layers=4, num_heads=4, num_kv_groups=2, tie_embeddings=True),
-    "tiny-m": dict(hidden_size=256, ffn_hidden_size=768, num_layers=6, num_heads=8, num_kv_groups=4, tie_embeddings=True),
-    "tiny-l": dict(hidden_size=512, ffn_hidden_size=1536, num_layers=6, num_heads=8, num_kv_groups=4, tie_embeddings=True),
+    "tiny-xs": dict(
+        hidden_size=64,
+        ffn_hidden_size=192,
+        num_layers=2,
+        num_heads=2,
+        num_kv_groups=1,
+        tie_embeddings=True,
+    ),
+    "tiny-s": dict(
+        hidden_size=128,
+        ffn_hidden_size=384,
+        num_layers=4,
+        num_heads=4,
+        num_kv_groups=2,
+        tie_embeddings=True,
+    ),
+    "tiny-m": dict(
+        hidden_size=256,
+        ffn_hidden_size=768,
+        num_layers=6,
+        num_heads=8,
+        num_kv_groups=4,
+        tie_embeddings=True,
+    ),
+    "tiny-l": dict(
+        hidden_size=512,
+        ffn_hidden_size=1536,
+        num_layers=6,
+        num_heads=8,
+        num_kv_groups=4,
+        tie_embeddings=True,
+    ),
     # The paper's students, exactly as its Table 7.
-    "330m": dict(hidden_size=1024, ffn_hidden_size=4096, num_layers=12, num_heads=16, num_kv_groups=2, tie_embeddings=True),
-    "670m": dict(hidden_size=1024, ffn_hidden_size=4096, num_layers=24, num_heads=16, num_kv_groups=2, tie_embeddings=False),
-    "1.9b": dict(hidden_size=2048, ffn_hidden_size=6912, num_layers=24, num_heads=16, num_kv_groups=2, tie_embeddings=False),
-    "3.8b": dict(hidden_size=3072, ffn_hidden_size=8192, num_layers=28, num_heads=24, num_kv_groups=8, tie_embeddings=False),
-    "6.8b": dict(hidden_size=4096, ffn_hidden_size=12800, num_layers=28, num_heads=32, num_kv_groups=8, tie_embeddings=False),
+    "330m": dict(
+        hidden_size=1024,
+        ffn_hidden_size=4096,
+        num_layers=12,
+        num_heads=16,
+        num_kv_groups=2,
+        tie_embeddings=True,
+    ),
+    "670m": dict(
+        hidden_size=1024,
+        ffn_hidden_size=4096,
+        num_layers=24,
+        num_heads=16,
+        num_kv_groups=2,
+        tie_embeddings=False,
+    ),
+    "1.9b": dict(
+        hidden_size=2048,
+        ffn_hidden_size=6912,
+        num_layers=24,
+        num_heads=16,
+        num_kv_groups=2,
+        tie_embeddings=False,
+    ),
+    "3.8b": dict(
+        hidden_size=3072,
+        ffn_hidden_size=8192,
+        num_layers=28,
+        num_heads=24,
+        num_kv_groups=8,
+        tie_embeddings=False,
+    ),
+    "6.8b": dict(
+        hidden_size=4096,
+        ffn_hidden_size=12800,
+        num_layers=28,
+        num_heads=32,
+        num_kv_groups=8,
+        tie_embeddings=False,
+    ),
 }
 PresetName = Literal["tiny-xs", "tiny-s", "tiny-m", "tiny-l", "330m", "670m", "1.9b", "3.8b", "6.8b", "custom"]
 
@@ -131,7 +192,9 @@ class ModelSpec(_Model):
         if self.num_heads % self.num_kv_groups:
             raise ValueError(f"num_kv_groups ({self.num_kv_groups}) must divide num_heads ({self.num_heads})")
         if (self.hidden_size // self.num_heads) % 2:
-            raise ValueError(f"head dim hidden_size/num_heads = {self.hidden_size // self.num_heads} must be even for RoPE")
+            raise ValueError(
+                f"head dim hidden_size/num_heads = {self.hidden_size // self.num_heads} must be even for RoPE"
+            )
         return self
 
     @property
@@ -599,7 +662,18 @@ class TrainSpec(_Model):
         return self
 
 
-EvalSuite = Literal["heldout", "teacher_agreement", "hellaswag", "winogrande", "piqa", "mmlu", "arc_easy", "arc_challenge", "lambada", "gsm8k"]
+EvalSuite = Literal[
+    "heldout",
+    "teacher_agreement",
+    "hellaswag",
+    "winogrande",
+    "piqa",
+    "mmlu",
+    "arc_easy",
+    "arc_challenge",
+    "lambada",
+    "gsm8k",
+]
 
 
 class EvalSpec(_Model):

@@ -35,9 +35,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             mark = key_node.start_mark
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark
-            )
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
         seen[key] = True
     return loader.construct_mapping(node, deep=deep)
 
@@ -132,9 +130,14 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _message(err: dict[str, Any], here: list[type[BaseModel]]) -> str:
+def _message(err: Any, here: list[type[BaseModel]]) -> str:
     kind, ctx, got = err["type"], err.get("ctx") or {}, err.get("input")
-    bounds = {"less_than_equal": "≤ {le:g}", "less_than": "< {lt:g}", "greater_than_equal": "≥ {ge:g}", "greater_than": "> {gt:g}"}
+    bounds = {
+        "less_than_equal": "≤ {le:g}",
+        "less_than": "< {lt:g}",
+        "greater_than_equal": "≥ {ge:g}",
+        "greater_than": "> {gt:g}",
+    }
     if kind in bounds:
         return f"must be {bounds[kind].format(**ctx)}, got {_short(got)}"
     if kind == "extra_forbidden":
@@ -237,10 +240,7 @@ def describe_field(root: type[BaseModel], path: str) -> list[dict[str, Any]] | N
             models = [sub for _, info in found for sub in models_in(info.annotation)]
     out = []
     for owner, info in found:
-        if info.default_factory is not None:
-            default = info.default_factory()
-        else:
-            default = info.default
+        default = info.default_factory() if info.default_factory is not None else info.default
         if isinstance(default, BaseModel):
             default = default.model_dump(mode="json")
         kinds = models_in(info.annotation)

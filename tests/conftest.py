@@ -18,7 +18,11 @@ def pdsweep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(
         [sys.executable, "-m", "pdsweep.cli", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd or ROOT, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=cwd or ROOT,
+        env=env,
+        timeout=120,
     )
 
 

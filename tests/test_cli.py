@@ -39,7 +39,9 @@ def test_plan_truncation_lists_the_papers_13_settings_plus_baseline_times_seeds(
     students = [r for r in plan["runs"] if r["role"] == "student"]
     baselines = [r for r in plan["runs"] if r["role"] == "baseline"]
     seeds = {r["seed"] for r in students}
-    expected = {f"top-{p}-100" for p in ("0.5", "0.6", "0.7", "0.8", "0.85", "0.9")} | {f"top-0.95-{k}" for k in (1, 3, 5, 10, 20, 50, 100)}
+    expected = {f"top-{p}-100" for p in ("0.5", "0.6", "0.7", "0.8", "0.85", "0.9")} | {
+        f"top-0.95-{k}" for k in (1, 3, 5, 10, 20, 50, 100)
+    }
     assert {r["label"] for r in students} == expected
     assert len(students) == 13 * len(seeds) and len(baselines) == len(seeds) and len(seeds) == 3
     # One teacher pass, at the largest p and k of the sweep, serves all 13 settings.
@@ -52,7 +54,14 @@ def test_plan_truncation_lists_the_papers_13_settings_plus_baseline_times_seeds(
 def test_plan_table_shows_runs_and_derived_numbers() -> None:
     out = pdsweep("plan", SWEEPS / "tiny" / "truncation.yaml")
     assert out.returncode == 0, out.stderr
-    for text in ("run_id", "top-0.95-50", "LM-only", "1.84M", "teacher passes", "43 runs: 1 teacher, 3 baseline, 39 student"):
+    for text in (
+        "run_id",
+        "top-0.95-50",
+        "LM-only",
+        "1.84M",
+        "teacher passes",
+        "43 runs: 1 teacher, 3 baseline, 39 student",
+    ):
         assert text in out.stdout
 
 
@@ -76,24 +85,57 @@ def test_explain_prints_doc_type_default_and_constraints() -> None:
 def test_explain_unknown_path() -> None:
     out = pdsweep("explain", "logits.top_pp")
     assert out.returncode == 2
-    assert out.stderr.strip() == "error: logits.top_pp: unknown RunSpec path (did you mean logits.top_p, logits.top_k, logits.mode?)"
+    assert (
+        out.stderr.strip()
+        == "error: logits.top_pp: unknown RunSpec path (did you mean logits.top_p, logits.top_k, logits.mode?)"
+    )
 
 
 GOOD_BASE = "base: {student: tiny-xs, teacher: hf:/t, loss: {alpha: 1.0}}\n"
 
 BAD_INPUTS = {
-    "malformed_yaml": ("name: x\nbase: {student: [tiny-xs\n", re.compile(r"sweep.yaml:\d+:\d+: invalid YAML")),
+    "malformed_yaml": (
+        "name: x\nbase: {student: [tiny-xs\n",
+        re.compile(r"sweep.yaml:\d+:\d+: invalid YAML"),
+    ),
     "duplicate_key": ("name: x\nname: y\n", "duplicate key 'name'"),
     "not_a_mapping": ("- just\n- a list\n", "a sweep file must be a mapping"),
-    "unknown_key": ("name: x\n" + GOOD_BASE + "seedz: 3\n", "sweep.yaml: seedz: unknown key (did you mean seeds?)"),
-    "unknown_nested_key": ("name: x\nbase: {logits: {top_pp: 0.9}, loss: {alpha: 0}}\n", "base: logits.top_pp: unknown RunSpec path (did you mean logits.top_p"),
-    "wrong_type": ("name: x\nbase: {train: {global_batch: abc}, loss: {alpha: 0}}\n", "train.global_batch: input should be a valid integer"),
-    "seed_twice": ("name: x\nbase: {train: {seed: 3}, loss: {alpha: 0}}\nseeds: 2\n", "base: train.seed: the sweep's seeds: sets it"),
-    "out_of_range": ("name: x\nbase: {logits: {top_p: 1.5}, loss: {alpha: 0}}\n", "logits.top_p: must be ≤ 1, got 1.5"),
-    "out_of_range_in_axis": ("name: x\n" + GOOD_BASE + "grid: {logits.top_p: [0.5, 1.5]}\n", "logits.top_p: must be ≤ 1, got 1.5"),
-    "unknown_axis_path": ("name: x\n" + GOOD_BASE + "grid: {logit.top_p: [0.5]}\n", "logit.top_p: unknown RunSpec path (did you mean logits.top_p"),
-    "empty_grid": ("name: x\n" + GOOD_BASE + "grid: {logits.top_p: []}\n", "grid: logits.top_p: must not be empty"),
-    "zip_unequal": ("name: x\n" + GOOD_BASE + "zip: {logits.top_p: [0.5, 0.9], logits.top_k: [10]}\n", "zip: lists must have equal length"),
+    "unknown_key": (
+        "name: x\n" + GOOD_BASE + "seedz: 3\n",
+        "sweep.yaml: seedz: unknown key (did you mean seeds?)",
+    ),
+    "unknown_nested_key": (
+        "name: x\nbase: {logits: {top_pp: 0.9}, loss: {alpha: 0}}\n",
+        "base: logits.top_pp: unknown RunSpec path (did you mean logits.top_p",
+    ),
+    "wrong_type": (
+        "name: x\nbase: {train: {global_batch: abc}, loss: {alpha: 0}}\n",
+        "train.global_batch: input should be a valid integer",
+    ),
+    "seed_twice": (
+        "name: x\nbase: {train: {seed: 3}, loss: {alpha: 0}}\nseeds: 2\n",
+        "base: train.seed: the sweep's seeds: sets it",
+    ),
+    "out_of_range": (
+        "name: x\nbase: {logits: {top_p: 1.5}, loss: {alpha: 0}}\n",
+        "logits.top_p: must be ≤ 1, got 1.5",
+    ),
+    "out_of_range_in_axis": (
+        "name: x\n" + GOOD_BASE + "grid: {logits.top_p: [0.5, 1.5]}\n",
+        "logits.top_p: must be ≤ 1, got 1.5",
+    ),
+    "unknown_axis_path": (
+        "name: x\n" + GOOD_BASE + "grid: {logit.top_p: [0.5]}\n",
+        "logit.top_p: unknown RunSpec path (did you mean logits.top_p",
+    ),
+    "empty_grid": (
+        "name: x\n" + GOOD_BASE + "grid: {logits.top_p: []}\n",
+        "grid: logits.top_p: must not be empty",
+    ),
+    "zip_unequal": (
+        "name: x\n" + GOOD_BASE + "zip: {logits.top_p: [0.5, 0.9], logits.top_k: [10]}\n",
+        "zip: lists must have equal length",
+    ),
     "missing_name": (GOOD_BASE, "sweep.yaml: name: required, but missing"),
 }
 
@@ -108,7 +150,9 @@ def test_bad_input_is_one_line_per_problem_exit_2(case: str, command: str, write
     assert "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert lines and all(line.startswith(f"error: {path}") for line in lines), lines
-    matches = (lambda line: expected.search(line)) if isinstance(expected, re.Pattern) else (lambda line: expected in line)
+    matches = (
+        (lambda line: expected.search(line)) if isinstance(expected, re.Pattern) else (lambda line: expected in line)
+    )
     assert any(matches(line) for line in lines), lines
     assert out.stdout == ""
 
@@ -125,7 +169,10 @@ def test_validate_reports_every_file_and_fails_if_any_is_bad(write_yaml) -> None
     out = pdsweep("validate", SWEEPS / "quickstart.yaml", bad)
     assert out.returncode == 2
     assert "ok  " in out.stdout and "quickstart.yaml" in out.stdout
-    assert "bad.yaml: base: logits.top_p: must be ≤ 1, got 2" in out.stderr or "bad.yaml: logits.top_p: must be ≤ 1, got 2" in out.stderr
+    assert (
+        "bad.yaml: base: logits.top_p: must be ≤ 1, got 2" in out.stderr
+        or "bad.yaml: logits.top_p: must be ≤ 1, got 2" in out.stderr
+    )
 
 
 def test_validate_a_single_run_file(write_yaml) -> None:

@@ -26,9 +26,21 @@ def students(runs: list[E.PlannedRun]) -> list[E.PlannedRun]:
         ({"grid": {"logits.top_p": [0.5, 0.9]}}, 2),
         ({"grid": {"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50, 100]}}, 6),
         ({"zip": {"logits.top_p": [0.5, 0.9, 0.95], "logits.top_k": [10, 50, 100]}}, 3),
-        ({"grid": {"loss.kd": ["nll", "kld"]}, "zip": {"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]}}, 4),
+        (
+            {
+                "grid": {"loss.kd": ["nll", "kld"]},
+                "zip": {"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]},
+            },
+            4,
+        ),
         ({"runs": [{"loss.kd": "kld"}, {"loss.kd": "mse"}, {"logits.temperature": 2.0}]}, 3),
-        ({"grid": {"logits.temperature": [1.0, 2.0]}, "runs": [{"loss.kd": "kld"}, {"loss.kd": "mse"}]}, 4),
+        (
+            {
+                "grid": {"logits.temperature": [1.0, 2.0]},
+                "runs": [{"loss.kd": "kld"}, {"loss.kd": "mse"}],
+            },
+            4,
+        ),
     ],
 )
 @pytest.mark.parametrize("seeds", [1, 3])
@@ -42,7 +54,12 @@ def test_counts(axes: dict, n_configs: int, seeds: int) -> None:
 
 def test_grid_is_cartesian_and_zip_is_parallel() -> None:
     g = students(E.expand(sweep(grid={"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]})))
-    assert {(r.spec.logits.top_p, r.spec.logits.top_k) for r in g} == {(0.5, 10), (0.5, 50), (0.9, 10), (0.9, 50)}
+    assert {(r.spec.logits.top_p, r.spec.logits.top_k) for r in g} == {
+        (0.5, 10),
+        (0.5, 50),
+        (0.9, 10),
+        (0.9, 50),
+    }
     z = students(E.expand(sweep(zip={"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]})))
     assert [(r.spec.logits.top_p, r.spec.logits.top_k) for r in z] == [(0.5, 10), (0.9, 50)]
 
@@ -53,7 +70,14 @@ def test_baseline_is_lm_only_and_ignores_pd_settings() -> None:
     assert not baseline.spec.uses_teacher and baseline.spec.teacher is None
     assert baseline.label == "LM-only"
     # Changing PD-only settings of the base does not change the baseline's identity.
-    other = E.expand(S.Sweep.model_validate({"name": "t", "base": BASE | {"logits": {"top_p": 0.5}, "loss": {"alpha": 0.3, "kd": "mse"}}}))
+    other = E.expand(
+        S.Sweep.model_validate(
+            {
+                "name": "t",
+                "base": BASE | {"logits": {"top_p": 0.5}, "loss": {"alpha": 0.3, "kd": "mse"}},
+            }
+        )
+    )
     assert [r.run_id for r in other if r.role == "baseline"] == [baseline.run_id]
     assert all(r.baseline == baseline.config_id for r in students(runs))
 
@@ -103,12 +127,18 @@ def test_run_id_is_a_function_of_the_resolved_spec() -> None:
         ({"grid": {"loss.alpha": [0.9]}}, "α = 0.9"),
         ({"grid": {"loss.kd": ["kld"]}}, "KLD"),
         ({"grid": {"logits.adaptive": ["adakd_h"]}}, "AdaKD-H"),
-        ({"runs": [{"loss.alpha": {"kind": "wsd_alpha"}, "optim.lr_schedule": "wsd"}]}, "WSD-α + WSD-LR"),
+        (
+            {"runs": [{"loss.alpha": {"kind": "wsd_alpha"}, "optim.lr_schedule": "wsd"}]},
+            "WSD-α + WSD-LR",
+        ),
         ({"runs": [{"loss.alpha": "linear_dec"}]}, "Linear Dec"),
         ({"grid": {"student.preset": ["1.9b"]}}, "1.9B"),
         ({"grid": {"optim.lr": [0.01]}}, "optim.lr=0.01"),
         ({"runs": [{"label": "PD*", "loss.kd": "kld"}]}, "PD*"),
-        ({"grid": {"student.preset": ["tiny-s"]}, "runs": [{"label": "PD*", "loss.kd": "kld"}]}, "PD* + tiny-s"),
+        (
+            {"grid": {"student.preset": ["tiny-s"]}, "runs": [{"label": "PD*", "loss.kd": "kld"}]},
+            "PD* + tiny-s",
+        ),
     ],
 )
 def test_labels_follow_the_paper(axes: dict, expected: str) -> None:
@@ -134,7 +164,12 @@ def test_overrides_through_shorthands() -> None:
 def test_teacher_runs_are_lm_only_and_referenced() -> None:
     runs = E.expand(
         S.Sweep.model_validate(
-            {"name": "t", "base": BASE | {"teacher": "run:big"}, "teachers": {"big": {"student": "tiny-m"}}, "seeds": 2}
+            {
+                "name": "t",
+                "base": BASE | {"teacher": "run:big"},
+                "teachers": {"big": {"student": "tiny-m"}},
+                "seeds": 2,
+            }
         )
     )
     (teacher,) = [r for r in runs if r.role == "teacher"]
@@ -145,13 +180,25 @@ def test_teacher_runs_are_lm_only_and_referenced() -> None:
 @pytest.mark.parametrize(
     ("kw", "expected"),
     [
-        ({"grid": {"logits.top_pp": [0.5]}}, "logits.top_pp: unknown RunSpec path (did you mean logits.top_p"),
+        (
+            {"grid": {"logits.top_pp": [0.5]}},
+            "logits.top_pp: unknown RunSpec path (did you mean logits.top_p",
+        ),
         ({"grid": {"temperature": [0.5]}}, "did you mean logits.temperature"),
         ({"grid": {"logits.top_p": []}}, "grid: logits.top_p: must not be empty"),
         ({"grid": {"logits.top_p": 0.5}}, "grid: logits.top_p: must be a list of values"),
-        ({"zip": {"logits.top_p": [0.5, 0.9], "logits.top_k": [10]}}, "zip: lists must have equal length: logits.top_p has 2, logits.top_k has 1"),
-        ({"grid": {"logits.top_p": [0.5, 1.5]}}, "logits.top_p=1.5: logits.top_p: must be ≤ 1, got 1.5"),
-        ({"base": BASE | {"teacher": "run:nope"}}, "teacher: run:nope is not in teachers: (none defined)"),
+        (
+            {"zip": {"logits.top_p": [0.5, 0.9], "logits.top_k": [10]}},
+            "zip: lists must have equal length: logits.top_p has 2, logits.top_k has 1",
+        ),
+        (
+            {"grid": {"logits.top_p": [0.5, 1.5]}},
+            "logits.top_p=1.5: logits.top_p: must be ≤ 1, got 1.5",
+        ),
+        (
+            {"base": BASE | {"teacher": "run:nope"}},
+            "teacher: run:nope is not in teachers: (none defined)",
+        ),
         ({"seeds": [1, 1]}, "seeds: seeds must be distinct"),
         ({"seeds": 0}, "seeds: must be ≥ 1, got 0"),
         ({"grid": {"loss.alpha.value.x": [1]}}, "unknown RunSpec path"),

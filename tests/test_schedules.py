@@ -21,7 +21,12 @@ def lr_schedules(draw):
     if draw(st.booleans()):
         return S.CosineLR(warmup=draw(st.floats(0, 0.5)), min_lr_ratio=draw(fraction))
     w = draw(st.floats(0, 0.5))
-    return S.WsdLR(warmup=w, decay=draw(st.floats(0, 1 - w)), decay_shape=draw(shapes), min_lr_ratio=draw(fraction))
+    return S.WsdLR(
+        warmup=w,
+        decay=draw(st.floats(0, 1 - w)),
+        decay_shape=draw(shapes),
+        min_lr_ratio=draw(fraction),
+    )
 
 
 @st.composite

@@ -23,7 +23,14 @@ TABLE_7 = {
 def test_paper_presets_match_table_7(preset: str) -> None:
     h, f, layers, heads, groups, tie, size = TABLE_7[preset]
     m = S.ModelSpec(preset=preset)
-    assert (m.hidden_size, m.ffn_hidden_size, m.num_layers, m.num_heads, m.num_kv_groups, m.tie_embeddings) == (h, f, layers, heads, groups, tie)
+    assert (
+        m.hidden_size,
+        m.ffn_hidden_size,
+        m.num_layers,
+        m.num_heads,
+        m.num_kv_groups,
+        m.tie_embeddings,
+    ) == (h, f, layers, heads, groups, tie)
     assert m.num_params(151_552) == pytest.approx(size, rel=0.03)
 
 
@@ -44,23 +51,56 @@ def test_custom_preset_needs_dimensions() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        ({"student": {"hidden_size": 96, "num_heads": 5}}, "num_heads (5) must divide hidden_size (96)"),
-        ({"student": {"num_heads": 4, "num_kv_groups": 3}}, "num_kv_groups (3) must divide num_heads (4)"),
+        (
+            {"student": {"hidden_size": 96, "num_heads": 5}},
+            "num_heads (5) must divide hidden_size (96)",
+        ),
+        (
+            {"student": {"num_heads": 4, "num_kv_groups": 3}},
+            "num_kv_groups (3) must divide num_heads (4)",
+        ),
         ({"logits": {"top_p": 1.5}}, "logits.top_p: must be ≤ 1, got 1.5"),
         ({"logits": {"top_p": 0}}, "logits.top_p: must be > 0, got 0"),
         ({"logits": {"top_k": 0}}, "logits.top_k: must be ≥ 1, got 0"),
         ({"logits": {"temperature": 0}}, "logits.temperature: must be > 0, got 0"),
         ({"loss": {"alpha": 1.2}, "teacher": "hf:/t"}, "loss.alpha.value: must be ≤ 1, got 1.2"),
-        ({"loss": {"alpha": {"kind": "wsd_alpha", "warmup": 0.6, "decay": 0.6}}, "teacher": "hf:/t"}, "warmup + decay = 1.2 must be ≤ 1"),
-        ({"optim": {"lr_schedule": {"kind": "wsd", "warmup": 1.5}}}, "optim.lr_schedule.warmup: must be ≤ 1, got 1.5"),
-        ({"train": {"global_batch": 10, "micro_batch": 4}}, "micro_batch (4) must divide global_batch (10)"),
+        (
+            {
+                "loss": {"alpha": {"kind": "wsd_alpha", "warmup": 0.6, "decay": 0.6}},
+                "teacher": "hf:/t",
+            },
+            "warmup + decay = 1.2 must be ≤ 1",
+        ),
+        (
+            {"optim": {"lr_schedule": {"kind": "wsd", "warmup": 1.5}}},
+            "optim.lr_schedule.warmup: must be ≤ 1, got 1.5",
+        ),
+        (
+            {"train": {"global_batch": 10, "micro_batch": 4}},
+            "micro_batch (4) must divide global_batch (10)",
+        ),
         ({"loss": {"alpha": 0.5}}, "teacher is required"),
-        ({"teacher": "http://x", "loss": {"alpha": 0.5}}, "teacher.source: must look like run:NAME"),
+        (
+            {"teacher": "http://x", "loss": {"alpha": 0.5}},
+            "teacher.source: must look like run:NAME",
+        ),
         ({"teacher": "builtin:gpt5"}, "unknown builtin teacher 'gpt5'"),
-        ({"data": {"tokenizer": "teacher"}, "loss": {"alpha": 0}}, "data.tokenizer 'teacher' needs an hf: or builtin: teacher"),
-        ({"logits": {"mode": "online"}, "teacher": "hf:/t", "loss": {"alpha": 1.0}}, "logits.mode online needs a teacher run"),
+        (
+            {"data": {"tokenizer": "teacher"}, "loss": {"alpha": 0}},
+            "data.tokenizer 'teacher' needs an hf: or builtin: teacher",
+        ),
+        (
+            {"logits": {"mode": "online"}, "teacher": "hf:/t", "loss": {"alpha": 1.0}},
+            "logits.mode online needs a teacher run",
+        ),
         ({"logits": {"online_window": [0.5, 0.2]}}, "logits.online_window: must be [start, end]"),
-        ({"loss": {"alpha": {"kind": "linear_inc", "start": 0.8, "end": 0.2}}, "teacher": "hf:/t"}, "end (0.2) must be ≥ start (0.8)"),
+        (
+            {
+                "loss": {"alpha": {"kind": "linear_inc", "start": 0.8, "end": 0.2}},
+                "teacher": "hf:/t",
+            },
+            "end (0.2) must be ≥ start (0.8)",
+        ),
         ({"logits": {"top_pp": 0.9}}, "logits.top_pp: unknown key (did you mean top_p"),
         ({"loss": {"alpha": {"kind": "cosine"}}}, "loss.alpha: kind must be one of"),
         ({"student": "7b"}, "student.preset: must be one of"),
@@ -83,7 +123,13 @@ def test_unknown_preset_is_one_problem_not_many() -> None:
 
 
 def test_shorthands_mean_their_mappings() -> None:
-    short = S.RunSpec(student="tiny-m", teacher="hf:/t", loss={"alpha": 0.9}, optim={"lr_schedule": "wsd"}, logits={"adaptive": "normkd"})
+    short = S.RunSpec(
+        student="tiny-m",
+        teacher="hf:/t",
+        loss={"alpha": 0.9},
+        optim={"lr_schedule": "wsd"},
+        logits={"adaptive": "normkd"},
+    )
     long = S.RunSpec(
         student={"preset": "tiny-m"},
         teacher={"source": "hf:/t"},
@@ -127,7 +173,11 @@ def test_uses_teacher_is_false_exactly_when_alpha_is_identically_zero(a: float, 
 
 
 def test_steps_derive_from_the_token_budget() -> None:
-    spec = S.RunSpec(loss={"alpha": 0}, data={"tokens": 1_000_000, "seq_len": 128}, train={"global_batch": 16, "micro_batch": 8})
+    spec = S.RunSpec(
+        loss={"alpha": 0},
+        data={"tokens": 1_000_000, "seq_len": 128},
+        train={"global_batch": 16, "micro_batch": 8},
+    )
     assert spec.steps() == 1_000_000 // (16 * 128)
 
 

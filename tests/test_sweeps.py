@@ -13,8 +13,17 @@ FILES = sorted(SWEEPS.rglob("*.yaml"))
 def test_there_is_a_tiny_and_a_paper_file_for_every_table() -> None:
     tiny = {p.name for p in (SWEEPS / "tiny").glob("*.yaml")}
     paper = {p.name for p in (SWEEPS / "paper").glob("*.yaml")}
-    expected = {"temperature.yaml", "adaptive_temperature.yaml", "alpha.yaml", "loss_schedules.yaml", "online_logits.yaml",
-                "truncation.yaml", "sizes.yaml", "tokens.yaml", "pd_star.yaml"}
+    expected = {
+        "temperature.yaml",
+        "adaptive_temperature.yaml",
+        "alpha.yaml",
+        "loss_schedules.yaml",
+        "online_logits.yaml",
+        "truncation.yaml",
+        "sizes.yaml",
+        "tokens.yaml",
+        "pd_star.yaml",
+    }
     assert tiny == paper == expected
     assert (SWEEPS / "quickstart.yaml").exists()
 
@@ -36,7 +45,13 @@ def test_paper_scale_matches_the_paper_setup(path) -> None:
     runs = [r for r in E.expand(E.load_sweep(path)) if r.role != "teacher"]
     for r in runs:
         s = r.spec
-        assert (s.data.seq_len, s.train.global_batch, s.train.precision, s.train.backend, s.train.zero_stage) == (4096, 2048, "bf16", "deepspeed", 3)
+        assert (
+            s.data.seq_len,
+            s.train.global_batch,
+            s.train.precision,
+            s.train.backend,
+            s.train.zero_stage,
+        ) == (4096, 2048, "bf16", "deepspeed", 3)
         assert s.data.tokens >= 100_000_000_000
         assert s.student.preset in ("330m", "670m", "1.9b", "3.8b", "6.8b")
 
@@ -44,5 +59,16 @@ def test_paper_scale_matches_the_paper_setup(path) -> None:
 def test_table_5_rows_are_all_there() -> None:
     runs = E.expand(E.load_sweep(SWEEPS / "tiny" / "loss_schedules.yaml"))
     labels = {r.label for r in runs if r.role == "student"}
-    assert labels == {"0-α + WSD-LR", "NLL", "KLD", "MSE", "Linear Inc", "Linear Dec", "Period", "1-α + WSD-LR",
-                      "WSD-α + Cos-LR", "WSD-β + WSD-LR", "WSD-α + WSD-LR"}
+    assert labels == {
+        "0-α + WSD-LR",
+        "NLL",
+        "KLD",
+        "MSE",
+        "Linear Inc",
+        "Linear Dec",
+        "Period",
+        "1-α + WSD-LR",
+        "WSD-α + Cos-LR",
+        "WSD-β + WSD-LR",
+        "WSD-α + WSD-LR",
+    }
