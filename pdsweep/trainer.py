@@ -1,0 +1,247 @@
+"""The training loop: one readable function for every backend.
+
+    for step in steps:                                  (resumes from the last checkpoint)
+        lr ← lr_at(step)                                 schedules.py
+        batch ← batch_at(seed, step, rank)               data.py: a pure function of the step
+        for micro-batch in batch:  loss ← LM loss; backend.backward(loss)
+        backend.step()                                   clip + AdamW (torch) / ZeRO (DeepSpeed)
+        every eval.interval: held-out loss               every checkpoint_every: checkpoint
+
+Side concerns (metrics files, progress bars, tracking) are callbacks with named hooks. Because
+batches depend only on (seed, step, rank) and a checkpoint holds the model, optimizer and step, a
+run killed at any point and resumed ends exactly where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pdsweep import data, files, losses, model
+from pdsweep.backends import Backend, peak_flops
+from pdsweep.schedules import lr_at
+from pdsweep.spec import RunSpec
+
+
+class TrainingFailed(Exception):
+    """The run cannot continue (non-finite loss, ...): `step` and `reason` say where and why."""
+
+    def __init__(self, step: int, reason: str):
+        self.step, self.reason = step, reason
+        super().__init__(f"step {step}: {reason}")
+
+
+@dataclass
+class TrainState:
+    """What callbacks see."""
+
+    spec: RunSpec
+    run_dir: Path
+    total_steps: int
+    rank: int
+    step: int = 0
+    tokens_seen: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Callback:
+    """Named hooks; override the ones you need. Called on every rank (check `state.rank`)."""
+
+    def on_start(self, state: TrainState, net: torch.nn.Module) -> None: ...
+    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None: ...
+    def on_eval(self, state: TrainState, metrics: dict[str, float]) -> None: ...
+    def on_checkpoint(self, state: TrainState, path: Path) -> None: ...
+    def on_end(self, state: TrainState, result: dict[str, Any]) -> None: ...
+
+
+class MetricsFile(Callback):
+    """Rank 0 appends every step's and evaluation's metrics to `metrics.jsonl` in the run dir."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.jsonl"
+
+    def _write(self, state: TrainState, kind: str, metrics: dict[str, float]) -> None:
+        if state.rank == 0:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"kind": kind, "step": state.step, **metrics}) + "\n")
+
+    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
+        self._write(state, "train", metrics)
+
+    def on_eval(self, state: TrainState, metrics: dict[str, float]) -> None:
+        self._write(state, "eval", metrics)
+
+
+def truncate_metrics(run_dir: Path, step: int) -> None:
+    """On resume, forget metrics logged after the checkpoint (they will be logged again)."""
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        files.write_text(path, "".join(ln + "\n" for ln in lines))
+
+
+# ----------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+KEEP_CHECKPOINTS = 2
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = run_dir / "checkpoints" / "LATEST"
+    if not pointer.exists():
+        return None
+    path = run_dir / "checkpoints" / pointer.read_text().strip()
+    return path if (path / "trainer.json").exists() else None
+
+
+def save_checkpoint(backend: Backend, state: TrainState) -> Path:
+    """All ranks write into a temporary directory; rank 0 renames it into place and moves LATEST,
+    so a checkpoint directory that exists is always complete."""
+    root = state.run_dir / "checkpoints"
+    final = root / f"step_{state.step:08d}"
+    tmp = root / f".step_{state.step:08d}.tmp"
+    if backend.rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    backend.barrier()
+    backend.save(tmp, {"step": state.step, "tokens_seen": state.tokens_seen})
+    backend.barrier()
+    if backend.rank == 0:
+        files.write_json(tmp / "trainer.json", {"step": state.step, "tokens_seen": state.tokens_seen,
+                                                "world_size": backend.world_size, "backend": backend.name})
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        files.write_text(root / "LATEST", final.name)
+        for old in sorted(root.glob("step_*"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old)
+    backend.barrier()
+    return final
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation during training
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def heldout_loss(net: torch.nn.Module, backend: Backend, tokens: data.TokenData, spec: RunSpec) -> dict[str, float]:
+    """Mean next-token loss on the first `eval.heldout_tokens` held-out tokens, its perplexity and
+    bits per byte (bytes of the held-out text per token, from the token manifest)."""
+    net.eval()
+    total, count = 0.0, 0
+    for batch in data.heldout_batches(tokens, spec.data.seq_len, spec.train.micro_batch, spec.eval.heldout_tokens):
+        inputs = torch.from_numpy(batch.inputs).to(backend.device)
+        targets = torch.from_numpy(batch.targets).to(backend.device)
+        with backend.autocast():
+            logits = net(inputs)
+        total += float(losses.lm_loss(logits, targets)) * targets.numel()
+        count += targets.numel()
+    net.train()
+    if count == 0:
+        return {}
+    loss = total / count
+    split = tokens.manifest["splits"]["heldout"]
+    bytes_per_token = split["bytes"] / max(1, split["tokens"])
+    return {"heldout/loss": loss, "heldout/ppl": math.exp(min(loss, 50.0)),
+            "heldout/bits_per_byte": loss / math.log(2) / bytes_per_token}
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+
+def train(spec: RunSpec, run_dir: Path, tokens: data.TokenData, backend: Backend,
+          callbacks: list[Callback] | tuple[Callback, ...] = ()) -> dict[str, Any]:
+    """Train `spec` in `run_dir` (resuming from its last checkpoint); return the final metrics."""
+    t, tr = spec.data, spec.train
+    total = spec.steps()
+    per_rank = tr.global_batch // backend.world_size
+    if tr.global_batch % backend.world_size or per_rank % tr.micro_batch:
+        raise ValueError(f"train.global_batch {tr.global_batch} does not split into {backend.world_size} ranks × micro_batch {tr.micro_batch}")
+    accum = per_rank // tr.micro_batch
+    if data.num_windows(len(tokens.train), t.seq_len) == 0:
+        from pdsweep.specfile import SpecError
+
+        raise SpecError(f"data.seq_len: {t.seq_len} is longer than the training data ({len(tokens.train)} tokens)")
+
+    net = model.build(spec.student, tokens.vocab_size, t.seq_len, seed=tr.seed)
+    engine = backend.setup(net, spec.optim, accum)
+    state = TrainState(spec, run_dir, total, backend.rank)
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is not None:
+        resumed = backend.load(ckpt)
+        state.step, state.tokens_seen = resumed["step"], resumed["tokens_seen"]
+        if backend.rank == 0:
+            truncate_metrics(run_dir, state.step)
+    for cb in callbacks:
+        cb.on_start(state, engine)
+
+    flops_per_token = spec.student.flops_per_token(tokens.vocab_size, t.seq_len)
+    peak = peak_flops(backend.device)
+    tokens_per_step = tr.global_batch * t.seq_len
+    engine.train()
+    while state.step < total:
+        step = state.step
+        started = time.perf_counter()
+        lr = spec.optim.lr * lr_at(step, total, spec.optim.lr_schedule)
+        backend.set_lr(lr)
+        batch = data.batch_at(tokens.train, t.seq_len, tr.global_batch, tr.seed, step, backend.rank, backend.world_size)
+        step_loss = 0.0
+        for m in range(accum):
+            rows = slice(m * tr.micro_batch, (m + 1) * tr.micro_batch)
+            inputs = torch.from_numpy(batch.inputs[rows]).to(backend.device)
+            targets = torch.from_numpy(batch.targets[rows]).to(backend.device)
+            with backend.autocast():
+                logits = engine(inputs)
+            loss = losses.lm_loss(logits, targets)
+            backend.backward(loss)
+            step_loss += float(loss.detach()) / accum
+        grad_norm = backend.step()
+        step_loss = backend.mean(step_loss)
+        if not math.isfinite(step_loss):
+            raise TrainingFailed(step, f"non-finite loss ({step_loss}) at step {step}")
+        state.step += 1
+        state.tokens_seen += tokens_per_step
+        elapsed = time.perf_counter() - started
+        tps = tokens_per_step / elapsed
+        metrics = {"loss": step_loss, "lm_loss": step_loss, "lr": lr, "grad_norm": grad_norm,
+                   "tokens_per_s": tps, "tokens_seen": float(state.tokens_seen)}
+        if peak:
+            metrics["mfu"] = flops_per_token * tps / (peak * backend.world_size)
+        state.metrics = metrics
+        for cb in callbacks:
+            cb.on_step(state, metrics)
+        if state.step % spec.eval.interval == 0 and state.step < total:
+            ev = heldout_loss(engine, backend, tokens, spec)
+            for cb in callbacks:
+                cb.on_eval(state, ev)
+        if state.step % tr.checkpoint_every == 0 and state.step < total:
+            path = save_checkpoint(backend, state)
+            for cb in callbacks:
+                cb.on_checkpoint(state, path)
+
+    final_eval = heldout_loss(engine, backend, tokens, spec)
+    for cb in callbacks:
+        cb.on_eval(state, final_eval)
+    if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != f"step_{state.step:08d}":  # type: ignore[union-attr]
+        path = save_checkpoint(backend, state)
+        for cb in callbacks:
+            cb.on_checkpoint(state, path)
+    result = {"step": state.step, "tokens_seen": state.tokens_seen, "train/loss": state.metrics.get("loss", float("nan")),
+              **final_eval, "unigram_entropy_nats": tokens.manifest["unigram_entropy_nats"], "backend": backend.name,
+              "world_size": backend.world_size, "params": spec.student.num_params(tokens.vocab_size)}
+    if backend.rank == 0:
+        files.write_json(run_dir / "result.json", result)
+    for cb in callbacks:
+        cb.on_end(state, result)
+    return result
