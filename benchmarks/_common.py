@@ -44,7 +44,13 @@ def run_cmd(cmd: list[str], **kw) -> Callable[[], object]:
 def summary(times: list[float]) -> dict[str, float]:
     """Median and spread (min, max, interquartile range) of repeated measurements."""
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
-    return {"median": statistics.median(times), "min": min(times), "max": max(times), "iqr": q[2] - q[0], "n": len(times)}
+    return {
+        "median": statistics.median(times),
+        "min": min(times),
+        "max": max(times),
+        "iqr": q[2] - q[0],
+        "n": len(times),
+    }
 
 
 def write(script: str, metrics: list[dict]) -> Path:

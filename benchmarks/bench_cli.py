@@ -42,12 +42,31 @@ def main() -> None:
         plan_table = summary(repeat(run_cmd([exe, "plan", str(sweep)]), 7))
     metrics = [
         {"metric": "cli_help_s", "value": round(help_["median"], 4), "unit": "s", "goal": "<= 0.3", "spread": help_},
-        {"metric": "cli_help_vs_python_start_ratio", "value": round(help_["median"] / python["median"], 2), "unit": "x",
-         "goal": "informational", "spread": python},
-        {"metric": "plan_10k_s", "value": round(plan_json["median"], 3), "unit": "s", "goal": "<= 2",
-         "runs": n, "spread": plan_json, "note": "pdsweep plan FILE --json, whole process"},
-        {"metric": "plan_10k_table_s", "value": round(plan_table["median"], 3), "unit": "s", "goal": "<= 2",
-         "runs": n, "spread": plan_table, "note": "pdsweep plan FILE (rich table, one row per configuration)"},
+        {
+            "metric": "cli_help_vs_python_start_ratio",
+            "value": round(help_["median"] / python["median"], 2),
+            "unit": "x",
+            "goal": "informational",
+            "spread": python,
+        },
+        {
+            "metric": "plan_10k_s",
+            "value": round(plan_json["median"], 3),
+            "unit": "s",
+            "goal": "<= 2",
+            "runs": n,
+            "spread": plan_json,
+            "note": "pdsweep plan FILE --json, whole process",
+        },
+        {
+            "metric": "plan_10k_table_s",
+            "value": round(plan_table["median"], 3),
+            "unit": "s",
+            "goal": "<= 2",
+            "runs": n,
+            "spread": plan_table,
+            "note": "pdsweep plan FILE (rich table, one row per configuration)",
+        },
     ]
     path = write("bench_cli", metrics)
     for m in metrics:

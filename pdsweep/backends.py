@@ -30,7 +30,8 @@ from pdsweep.spec import OptimSpec, RunSpec
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     """Decay matrices (linear and embedding weights); never norms or biases."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     seen = set()
     for p in model.parameters():
         if not p.requires_grad or id(p) in seen:
@@ -81,7 +82,10 @@ class TorchBackend:
         self.model = model.to(self.device)
         self.accum = accum
         self.optimizer = torch.optim.AdamW(
-            param_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas, eps=optim.eps,
+            param_groups(model, optim.weight_decay),
+            lr=optim.lr,
+            betas=optim.betas,
+            eps=optim.eps,
             foreach=self.device.type == "cuda",
         )
         return self.model
@@ -107,8 +111,10 @@ class TorchBackend:
 
     def save(self, path: Path, state: dict[str, Any]) -> None:
         path.mkdir(parents=True, exist_ok=True)
-        torch.save({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "state": state},
-                   path / "engine.pt")
+        torch.save(
+            {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "state": state},
+            path / "engine.pt",
+        )
 
     def load(self, path: Path) -> dict[str, Any]:
         ckpt = torch.load(path / "engine.pt", map_location=self.device, weights_only=False)
@@ -124,6 +130,15 @@ class TorchBackend:
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().float().cpu() for k, v in self.model.state_dict().items()}
+
+
+def die_with_parent(sig: int = 9) -> None:
+    """Linux: have the kernel send `sig` to this process when its parent exits, so the workers of a
+    killed launcher never run on as orphans (they would race a re-run of the same run)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
 
 
 def _free_port() -> int:
@@ -143,8 +158,9 @@ class DeepSpeedBackend:
     def __init__(self, spec: RunSpec):
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         if "RANK" not in os.environ:  # a single process without a launcher
-            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                              MASTER_PORT=str(_free_port()))
+            os.environ.update(
+                RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+            )
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed.*")
         warnings.filterwarnings("ignore", message=r".*deprecated.*", category=FutureWarning)
         import deepspeed
@@ -185,8 +201,12 @@ class DeepSpeedBackend:
         import deepspeed
 
         # torch's AdamW as the client optimizer: DeepSpeed's own Adam kernels JIT-compile on CPU.
-        optimizer = torch.optim.AdamW(param_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas, eps=optim.eps)
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=self.config(accum))
+        optimizer = torch.optim.AdamW(
+            param_groups(model, optim.weight_decay), lr=optim.lr, betas=optim.betas, eps=optim.eps
+        )
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=self.config(accum)
+        )
         return self.engine
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
@@ -245,6 +265,8 @@ def make(spec: RunSpec) -> Backend:
         many = int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.device_count() > 1
         kind = "deepspeed" if many else "torch"
     if kind == "deepspeed":
+        if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
+            die_with_parent()  # started by torchrun / the deepspeed launcher
         return DeepSpeedBackend(spec)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RuntimeError("train.backend torch runs one process; use deepspeed for several")

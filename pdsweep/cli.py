@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -287,8 +287,9 @@ app.add_typer(data_app, name="data")
 def _progress_bar():  # noqa: ANN202 - (rich Progress, progress hook)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   transient=True)
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+    )
     tasks: dict[str, int] = {}
 
     def hook(what: str, done: int, total: int) -> None:
@@ -329,8 +330,10 @@ def data_prepare(file: Annotated[Path, typer.Argument(help="A run or sweep YAML 
                 tokens = data.prepare(spec, progress=hook)
                 data.verify(tokens)
                 m = tokens.manifest
-                typer.echo(f"{tokens.path}: {m['splits']['train']['tokens']:,} train + {m['splits']['heldout']['tokens']:,} held-out "
-                           f"tokens, vocabulary {m['vocab_size']:,}, unigram entropy {m['unigram_entropy_nats']:.3f} nats")
+                typer.echo(
+                    f"{tokens.path}: {m['splits']['train']['tokens']:,} train + {m['splits']['heldout']['tokens']:,} held-out "
+                    f"tokens, vocabulary {m['vocab_size']:,}, unigram entropy {m['unigram_entropy_nats']:.3f} nats"
+                )
 
 
 @app.command()
@@ -358,10 +361,26 @@ def _relaunch(file: Path, run_dir: Path, nproc: int) -> int:
     import os
     import subprocess
 
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "pdsweep.cli", "train", str(file), "--out", str(run_dir)]
-    return subprocess.run(cmd, env=env).returncode
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "pdsweep.cli",
+        "train",
+        str(file),
+        "--out",
+        str(run_dir),
+    ]
+    from pdsweep.backends import die_with_parent
+
+    return subprocess.run(cmd, env=env, preexec_fn=die_with_parent).returncode  # noqa: PLW1509
 
 
 def _train_one(spec, run_dir: Path) -> int:  # noqa: ANN001 - a RunSpec
@@ -375,10 +394,14 @@ def _train_one(spec, run_dir: Path) -> int:  # noqa: ANN001 - a RunSpec
     rank0 = backend.rank == 0
     with _user_errors():
         if rank0:
+            _lock(run_dir)
             existing = run_dir / "spec.yaml"
             if existing.exists() and yaml.safe_load(existing.read_text()).get("run_id") != expand.run_id(spec):
                 raise SpecError(f"{run_dir}: holds a different run (its spec.yaml has another run_id)")
-            files.write_text(existing, yaml.safe_dump({"run_id": expand.run_id(spec), **spec.model_dump(mode="json")}, sort_keys=False))
+            files.write_text(
+                existing,
+                yaml.safe_dump({"run_id": expand.run_id(spec), **spec.model_dump(mode="json")}, sort_keys=False),
+            )
         tokens = data.prepare(spec)
     bar = _train_bar(enabled=rank0)
     if rank0:
@@ -391,12 +414,38 @@ def _train_one(spec, run_dir: Path) -> int:  # noqa: ANN001 - a RunSpec
             files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})
         typer.echo(f"failed: {e.reason}", err=True)
         return 1
+    except SpecError as e:  # a problem of the input found only now (e.g. data shorter than seq_len)
+        if rank0:
+            files.write_json(run_dir / "status.json", {"status": "failed", "reason": "; ".join(e.problems)})
+        for line in e.problems:
+            typer.echo(f"error: {line}", err=True)
+        return 2
     if rank0:
         files.write_json(run_dir / "status.json", {"status": "done"})
         ev = f", held-out loss {result['heldout/loss']:.4f}" if "heldout/loss" in result else ""
-        typer.echo(f"done: {run_dir} — {result['step']} steps, train loss {result['train/loss']:.4f}{ev} "
-                   f"(unigram entropy {result['unigram_entropy_nats']:.3f})")
+        typer.echo(
+            f"done: {run_dir} — {result['step']} steps, train loss {result['train/loss']:.4f}{ev} "
+            f"(unigram entropy {result['unigram_entropy_nats']:.3f})"
+        )
     return 0
+
+
+_locks: list = []
+
+
+def _lock(run_dir: Path) -> None:
+    """Hold an exclusive lock on the run directory for the life of this process."""
+    import fcntl
+
+    from pdsweep.specfile import SpecError
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until the process exits
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SpecError(f"{run_dir}: another pdsweep process is training this run") from None
+    _locks.append(f)
 
 
 def _train_bar(enabled: bool):  # noqa: ANN202 - a trainer Callback with a live() context
@@ -409,9 +458,15 @@ def _train_bar(enabled: bool):  # noqa: ANN202 - a trainer Callback with a live(
 
     class TrainBar(Callback):
         def __init__(self) -> None:
-            self.bar = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                                TimeRemainingColumn(), transient=True)
-            self.task = None
+            self.bar = Progress(
+                TextColumn("train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            self.task: Any = None
 
         def live(self):  # noqa: ANN202
             return self.bar if enabled else contextlib.nullcontext()

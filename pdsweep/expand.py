@@ -374,14 +374,14 @@ def expand(sweep: S.Sweep, source: str = "") -> list[PlannedRun]:
         runs.setdefault(run.run_id, run)
     for seed in seeds:
         baseline_ids: dict[str, str] = {}
-        for key, entry in baselines.items():
+        for bkey, entry in baselines.items():
             if entry is not None:
                 spec, lab, axes = entry
                 run = _planned(with_seed(spec, seed), lab, "baseline", seed, axes)
                 runs.setdefault(run.run_id, run)  # identical runs merge; the first role wins
-                baseline_ids[key] = run.config_id
-        for spec, lab, axes, key in students:
-            run = _planned(with_seed(spec, seed), lab, "student", seed, axes, baseline_ids.get(key) if key else None)
+                baseline_ids[bkey] = run.config_id
+        for spec, lab, axes, skey in students:
+            run = _planned(with_seed(spec, seed), lab, "student", seed, axes, baseline_ids.get(skey) if skey else None)
             runs.setdefault(run.run_id, run)
     return _disambiguate(list(runs.values()))
 

@@ -42,8 +42,14 @@ def llama_config(cfg: ModelConfig, eos_token_id: int | None = None) -> dict:
     }
 
 
-def export(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, out: Path, tokenizer_json: Path | None = None,
-           eos_token: str | None = None, eos_token_id: int | None = None) -> Path:
+def export(
+    state_dict: dict[str, torch.Tensor],
+    cfg: ModelConfig,
+    out: Path,
+    tokenizer_json: Path | None = None,
+    eos_token: str | None = None,
+    eos_token_id: int | None = None,
+) -> Path:
     """Write a Hugging Face checkpoint directory atomically: config.json, model.safetensors and,
     when given, the tokenizer (tokenizer.json + tokenizer_config.json)."""
     from safetensors.torch import save_file
@@ -61,10 +67,16 @@ def export(state_dict: dict[str, torch.Tensor], cfg: ModelConfig, out: Path, tok
         files.write_json(tmp / "config.json", llama_config(cfg, eos_token_id))
         if tokenizer_json is not None:
             shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
-            files.write_json(tmp / "tokenizer_config.json", {
-                "tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eos_token, "bos_token": eos_token,
-                "model_max_length": cfg.max_seq_len, "clean_up_tokenization_spaces": False,
-            })
+            files.write_json(
+                tmp / "tokenizer_config.json",
+                {
+                    "tokenizer_class": "PreTrainedTokenizerFast",
+                    "eos_token": eos_token,
+                    "bos_token": eos_token,
+                    "model_max_length": cfg.max_seq_len,
+                    "clean_up_tokenization_spaces": False,
+                },
+            )
     return out
 
 
@@ -84,10 +96,16 @@ def load(path: Path) -> tuple[Transformer, ModelConfig]:
     if hf.get("head_dim", hf["hidden_size"] // heads) != hf["hidden_size"] // heads:
         raise SpecError(f"{path}: head_dim {hf['head_dim']} differs from hidden_size / heads")
     cfg = ModelConfig(
-        vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], ffn_hidden_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"], num_heads=heads, num_kv_groups=hf.get("num_key_value_heads", heads),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)), rope_theta=float(hf.get("rope_theta", 10000.0)),
-        norm_eps=float(hf.get("rms_norm_eps", 1e-5)), max_seq_len=int(hf.get("max_position_embeddings", 4096)),
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        ffn_hidden_size=hf["intermediate_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=heads,
+        num_kv_groups=hf.get("num_key_value_heads", heads),
+        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
+        max_seq_len=int(hf.get("max_position_embeddings", 4096)),
     )
     shards = sorted(path.glob("*.safetensors"))
     if not shards:
@@ -104,5 +122,7 @@ def load(path: Path) -> tuple[Transformer, ModelConfig]:
     missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
     unexpected = [u for u in unexpected if not u.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:
-        raise SpecError(f"{path}: weights do not match a Llama model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise SpecError(
+            f"{path}: weights do not match a Llama model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return net, cfg

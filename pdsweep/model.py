@@ -35,8 +35,18 @@ class ModelConfig:
 
     @classmethod
     def from_spec(cls, spec: ModelSpec, vocab_size: int, max_seq_len: int) -> ModelConfig:
-        return cls(vocab_size, spec.hidden_size, spec.ffn_hidden_size, spec.num_layers, spec.num_heads,
-                   spec.num_kv_groups, spec.tie_embeddings, spec.rope_theta, spec.norm_eps, max_seq_len)
+        return cls(
+            vocab_size,
+            spec.hidden_size,
+            spec.ffn_hidden_size,
+            spec.num_layers,
+            spec.num_heads,
+            spec.num_kv_groups,
+            spec.tie_embeddings,
+            spec.rope_theta,
+            spec.norm_eps,
+            max_seq_len,
+        )
 
     @property
     def head_dim(self) -> int:
@@ -58,7 +68,9 @@ class RMSNorm(nn.Module):
 
 def rope_tables(cfg: ModelConfig, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin of shape (T, head_dim) for rotate-half RoPE."""
-    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device, dtype=torch.float32) / cfg.head_dim))
+    inv_freq = 1.0 / (
+        cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, device=device, dtype=torch.float32) / cfg.head_dim)
+    )
     angles = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # (T, hd/2)
     emb = torch.cat((angles, angles), dim=-1)  # (T, hd)
     return emb.cos(), emb.sin()
@@ -137,7 +149,11 @@ class Transformer(nn.Module):
         for name, p in self.named_parameters():
             if p.dim() < 2:
                 continue
-            scale = 1.0 / math.sqrt(2 * self.cfg.num_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1.0
+            scale = (
+                1.0 / math.sqrt(2 * self.cfg.num_layers)
+                if name.endswith(("o_proj.weight", "down_proj.weight"))
+                else 1.0
+            )
             nn.init.normal_(p, mean=0.0, std=std * scale)
 
     def hidden(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -113,11 +113,18 @@ def save_checkpoint(backend: Backend, state: TrainState) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     backend.barrier()
-    backend.save(tmp, {"step": state.step, "tokens_seen": state.tokens_seen})
+    backend.save(tmp, {"step": state.step, "tokens_seen": state.tokens_seen, "metrics": state.metrics})
     backend.barrier()
     if backend.rank == 0:
-        files.write_json(tmp / "trainer.json", {"step": state.step, "tokens_seen": state.tokens_seen,
-                                                "world_size": backend.world_size, "backend": backend.name})
+        files.write_json(
+            tmp / "trainer.json",
+            {
+                "step": state.step,
+                "tokens_seen": state.tokens_seen,
+                "world_size": backend.world_size,
+                "backend": backend.name,
+            },
+        )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         files.write_text(root / "LATEST", final.name)
@@ -151,8 +158,11 @@ def heldout_loss(net: torch.nn.Module, backend: Backend, tokens: data.TokenData,
     loss = total / count
     split = tokens.manifest["splits"]["heldout"]
     bytes_per_token = split["bytes"] / max(1, split["tokens"])
-    return {"heldout/loss": loss, "heldout/ppl": math.exp(min(loss, 50.0)),
-            "heldout/bits_per_byte": loss / math.log(2) / bytes_per_token}
+    return {
+        "heldout/loss": loss,
+        "heldout/ppl": math.exp(min(loss, 50.0)),
+        "heldout/bits_per_byte": loss / math.log(2) / bytes_per_token,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -160,27 +170,39 @@ def heldout_loss(net: torch.nn.Module, backend: Backend, tokens: data.TokenData,
 # ----------------------------------------------------------------------------------------------
 
 
-def train(spec: RunSpec, run_dir: Path, tokens: data.TokenData, backend: Backend,
-          callbacks: list[Callback] | tuple[Callback, ...] = ()) -> dict[str, Any]:
+def train(
+    spec: RunSpec,
+    run_dir: Path,
+    tokens: data.TokenData,
+    backend: Backend,
+    callbacks: list[Callback] | tuple[Callback, ...] = (),
+) -> dict[str, Any]:
     """Train `spec` in `run_dir` (resuming from its last checkpoint); return the final metrics."""
     t, tr = spec.data, spec.train
     total = spec.steps()
     per_rank = tr.global_batch // backend.world_size
     if tr.global_batch % backend.world_size or per_rank % tr.micro_batch:
-        raise ValueError(f"train.global_batch {tr.global_batch} does not split into {backend.world_size} ranks × micro_batch {tr.micro_batch}")
+        raise ValueError(
+            f"train.global_batch {tr.global_batch} does not split into {backend.world_size} ranks × micro_batch {tr.micro_batch}"
+        )
     accum = per_rank // tr.micro_batch
     if data.num_windows(len(tokens.train), t.seq_len) == 0:
         from pdsweep.specfile import SpecError
 
         raise SpecError(f"data.seq_len: {t.seq_len} is longer than the training data ({len(tokens.train)} tokens)")
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     net = model.build(spec.student, tokens.vocab_size, t.seq_len, seed=tr.seed)
     engine = backend.setup(net, spec.optim, accum)
     state = TrainState(spec, run_dir, total, backend.rank)
     ckpt = latest_checkpoint(run_dir)
     if ckpt is not None:
         resumed = backend.load(ckpt)
-        state.step, state.tokens_seen = resumed["step"], resumed["tokens_seen"]
+        state.step, state.tokens_seen, state.metrics = (
+            resumed["step"],
+            resumed["tokens_seen"],
+            resumed.get("metrics", {}),
+        )
         if backend.rank == 0:
             truncate_metrics(run_dir, state.step)
     for cb in callbacks:
@@ -214,8 +236,14 @@ def train(spec: RunSpec, run_dir: Path, tokens: data.TokenData, backend: Backend
         state.tokens_seen += tokens_per_step
         elapsed = time.perf_counter() - started
         tps = tokens_per_step / elapsed
-        metrics = {"loss": step_loss, "lm_loss": step_loss, "lr": lr, "grad_norm": grad_norm,
-                   "tokens_per_s": tps, "tokens_seen": float(state.tokens_seen)}
+        metrics = {
+            "loss": step_loss,
+            "lm_loss": step_loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tps,
+            "tokens_seen": float(state.tokens_seen),
+        }
         if peak:
             metrics["mfu"] = flops_per_token * tps / (peak * backend.world_size)
         state.metrics = metrics
@@ -237,9 +265,16 @@ def train(spec: RunSpec, run_dir: Path, tokens: data.TokenData, backend: Backend
         path = save_checkpoint(backend, state)
         for cb in callbacks:
             cb.on_checkpoint(state, path)
-    result = {"step": state.step, "tokens_seen": state.tokens_seen, "train/loss": state.metrics.get("loss", float("nan")),
-              **final_eval, "unigram_entropy_nats": tokens.manifest["unigram_entropy_nats"], "backend": backend.name,
-              "world_size": backend.world_size, "params": spec.student.num_params(tokens.vocab_size)}
+    result = {
+        "step": state.step,
+        "tokens_seen": state.tokens_seen,
+        "train/loss": state.metrics.get("loss", float("nan")),
+        **final_eval,
+        "unigram_entropy_nats": tokens.manifest["unigram_entropy_nats"],
+        "backend": backend.name,
+        "world_size": backend.world_size,
+        "params": spec.student.num_params(tokens.vocab_size),
+    }
     if backend.rank == 0:
         files.write_json(run_dir / "result.json", result)
     for cb in callbacks:

@@ -32,7 +32,9 @@ def test_tokens_round_trip_to_the_text(shakespeare) -> None:
 
 
 def test_prepare_is_cached_and_verified(shakespeare, workdir) -> None:
-    spec = RunSpec(loss={"alpha": 0}, data={"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 128, "tokens": 5})
+    spec = RunSpec(
+        loss={"alpha": 0}, data={"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 128, "tokens": 5}
+    )
     again = data.prepare(spec, workdir)  # seq_len and token budget do not change the tokens
     assert again.path == shakespeare.path
     data.verify(again)
@@ -68,7 +70,9 @@ def test_an_epoch_visits_every_window_once() -> None:
     tokens = np.arange(10 * 16 + 1, dtype=np.uint16)  # exactly 10 windows of 16
     starts = [int(data.batch_at(tokens, 16, 2, seed=5, step=s).positions[r, 0]) for s in range(5) for r in range(2)]
     assert sorted(starts) == list(range(0, 160, 16))
-    second_epoch = [int(data.batch_at(tokens, 16, 2, seed=5, step=s).positions[r, 0]) for s in range(5, 10) for r in range(2)]
+    second_epoch = [
+        int(data.batch_at(tokens, 16, 2, seed=5, step=s).positions[r, 0]) for s in range(5, 10) for r in range(2)
+    ]
     assert sorted(second_epoch) == sorted(starts) and second_epoch != starts
 
 
@@ -99,8 +103,14 @@ def test_bad_corpus_files(setup, expected, tmp_path) -> None:
 def test_jsonl_corpus_with_text_field(tmp_path) -> None:
     lines = [f'{{"body": "Document number {i}. " }}' for i in range(40)]
     (tmp_path / "c.jsonl").write_text("\n".join(lines * 20))
-    spec = RunSpec(loss={"alpha": 0}, data={"corpus": str(tmp_path / "c.jsonl"), "text_field": "body",
-                                            "tokenizer": {"kind": "bpe", "vocab_size": 300}})
+    spec = RunSpec(
+        loss={"alpha": 0},
+        data={
+            "corpus": str(tmp_path / "c.jsonl"),
+            "text_field": "body",
+            "tokenizer": {"kind": "bpe", "vocab_size": 300},
+        },
+    )
     tokens = data.prepare(spec, tmp_path / "work")
     assert tokens.manifest["splits"]["train"]["documents"] + tokens.manifest["splits"]["heldout"]["documents"] == 800
     bad = RunSpec(loss={"alpha": 0}, data={"corpus": str(tmp_path / "c.jsonl")})
@@ -111,3 +121,18 @@ def test_jsonl_corpus_with_text_field(tmp_path) -> None:
 def test_sequence_longer_than_the_data() -> None:
     with pytest.raises(SpecError, match="data.seq_len: 64 is longer than the data"):
         data.batch_at(np.arange(50, dtype=np.uint16), 64, 1, 0, 0)
+
+
+@pytest.mark.slow
+def test_debian_docs_extracts_text_from_real_packages(tmp_path) -> None:
+    from pdsweep import corpus_debian
+
+    out = corpus_debian.fetch(tmp_path / "debian", lambda *a: None, packages=("fortunes", "git-doc"))
+    texts = sorted(out.rglob("*.txt"))
+    assert {p.parent.name for p in texts} == {"fortunes", "git-doc"} and len(texts) > 100
+    git = (out / "git-doc").glob("*__git-commit.txt")
+    assert "commit" in next(git).read_text()
+    manifest = (out / "manifest.json").read_text()
+    assert "deb_sha256" in manifest
+    words = sum(len(p.read_text().split()) for p in texts)
+    assert words > 300_000

@@ -10,8 +10,11 @@ from pdsweep import hf, model
 from pdsweep.spec import ModelSpec
 
 
-@pytest.mark.parametrize("spec", [ModelSpec(preset="tiny-s"), ModelSpec(preset="tiny-xs", tie_embeddings=False, num_kv_groups=2)],
-                         ids=["tied-gqa", "untied-mha"])
+@pytest.mark.parametrize(
+    "spec",
+    [ModelSpec(preset="tiny-s"), ModelSpec(preset="tiny-xs", tie_embeddings=False, num_kv_groups=2)],
+    ids=["tied-gqa", "untied-mha"],
+)
 def test_transformers_gives_the_same_logits(spec: ModelSpec, tmp_path) -> None:
     net = model.build(spec, vocab_size=512, max_seq_len=128, seed=3).eval()
     with torch.no_grad():  # perturb the norms so a swapped or missing weight cannot hide

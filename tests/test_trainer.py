@@ -1,0 +1,127 @@
+"""The training loop on the real corpus: learning, exact resume (also after SIGKILL), failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import yaml
+
+from pdsweep import backends, trainer
+from pdsweep.spec import RunSpec
+from tests.conftest import ROOT, TINY_RUN
+
+
+def run(spec: RunSpec, run_dir, tokens, callbacks=()) -> dict:
+    return trainer.train(spec, run_dir, tokens, backends.TorchBackend(spec), [trainer.MetricsFile(run_dir), *callbacks])
+
+
+def metrics(run_dir, kind="train") -> list[dict]:
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [m for m in map(json.loads, lines) if m["kind"] == kind]
+
+
+def test_training_reduces_loss(shakespeare, tmp_path) -> None:
+    spec = RunSpec.model_validate(TINY_RUN)
+    result = run(spec, tmp_path, shakespeare)
+    losses = [m["loss"] for m in metrics(tmp_path)]
+    assert len(losses) == spec.steps() == 30
+    assert losses[-1] < losses[0] - 0.5  # starts near ln(2048) ≈ 7.6
+    assert result["heldout/loss"] < 7.0 and result["step"] == 30
+    assert [m["step"] for m in metrics(tmp_path)] == list(range(1, 31))
+    assert all(0 < m["lr"] <= spec.optim.lr for m in metrics(tmp_path))
+
+
+class StopAt(trainer.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step(self, state, metrics) -> None:
+        if state.step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_resume_is_exact(shakespeare, tmp_path) -> None:
+    spec = RunSpec.model_validate(TINY_RUN)
+    straight = run(spec, tmp_path / "a", shakespeare)
+    with pytest.raises(KeyboardInterrupt):
+        run(spec, tmp_path / "b", shakespeare, [StopAt(17)])
+    assert trainer.latest_checkpoint(tmp_path / "b").name == "step_00000010"
+    resumed = run(spec, tmp_path / "b", shakespeare)
+    assert resumed["train/loss"] == straight["train/loss"]
+    assert resumed["heldout/loss"] == straight["heldout/loss"]
+    # The metrics of the resumed run are those of the uninterrupted one, each step once.
+    assert [m["loss"] for m in metrics(tmp_path / "b")] == [m["loss"] for m in metrics(tmp_path / "a")]
+
+
+def test_checkpoints_are_complete_and_pruned(shakespeare, tmp_path) -> None:
+    spec = RunSpec.model_validate(TINY_RUN)
+    run(spec, tmp_path, shakespeare)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["LATEST", "step_00000020", "step_00000030"]
+    assert (tmp_path / "checkpoints" / "LATEST").read_text() == "step_00000030"
+    assert not list((tmp_path / "checkpoints").glob(".*tmp"))
+
+
+class Poison(trainer.Callback):
+    def on_start(self, state, net) -> None:
+        with torch.no_grad():
+            net.layers[0].mlp.up_proj.weight.fill_(float("nan"))
+
+
+def test_non_finite_loss_fails_the_run_with_step_and_reason(shakespeare, tmp_path) -> None:
+    spec = RunSpec.model_validate(TINY_RUN)
+    with pytest.raises(trainer.TrainingFailed) as err:
+        run(spec, tmp_path, shakespeare, [Poison()])
+    assert err.value.step == 0 and "non-finite loss" in err.value.reason
+
+
+def _cli_train(spec_file, out, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pdsweep.cli", "train", str(spec_file), "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def test_sigkill_then_rerun_equals_an_uninterrupted_run(shakespeare, tmp_path) -> None:
+    spec = dict(
+        TINY_RUN, data={**TINY_RUN["data"], "tokens": 64 * 16 * 60}, train={**TINY_RUN["train"], "checkpoint_every": 15}
+    )
+    spec_file = tmp_path / "run.yaml"
+    spec_file.write_text(yaml.safe_dump(spec))
+
+    straight = _cli_train(spec_file, tmp_path / "a")
+    assert straight.wait(timeout=300) == 0, straight.stderr.read()
+
+    victim = _cli_train(spec_file, tmp_path / "b")
+    deadline = time.time() + 240
+    while time.time() < deadline:  # kill it after its first checkpoint, mid-way to the second
+        done = metrics(tmp_path / "b") if (tmp_path / "b" / "metrics.jsonl").exists() else []
+        if done and done[-1]["step"] >= 20:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=60)
+    assert victim.returncode == -signal.SIGKILL
+    status = json.loads((tmp_path / "b" / "status.json").read_text())
+    assert status["status"] == "running"  # a killed run leaves its resumable state
+    assert trainer.latest_checkpoint(tmp_path / "b").name == "step_00000015"
+
+    again = _cli_train(spec_file, tmp_path / "b")
+    assert again.wait(timeout=300) == 0, again.stderr.read()
+    a = json.loads((tmp_path / "a" / "result.json").read_text())
+    b = json.loads((tmp_path / "b" / "result.json").read_text())
+    assert b["train/loss"] == a["train/loss"] and b["heldout/loss"] == a["heldout/loss"]
+    assert json.loads((tmp_path / "b" / "status.json").read_text())["status"] == "done"
