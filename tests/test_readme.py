@@ -26,14 +26,18 @@ COMMANDS = [(p.name, c) for p in DOCS for c in shell_commands(p)]
 
 def test_readme_has_the_two_commands() -> None:
     text = (ROOT / "README.md").read_text()
-    assert "pdsweep plan sweeps/quickstart.yaml" in text
+    assert "pdsweep train docs/examples/tiny-lm.yaml" in text
     assert "python -m pytest" in text
     assert "python -m pytest" in (ROOT / ".ci" / "run").read_text(), ".ci/run runs the README's test command"
 
 
 @pytest.mark.parametrize(("doc", "command"), COMMANDS, ids=[c for _, c in COMMANDS])
-def test_documented_command_runs(doc: str, command: str) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+def test_documented_command_runs(doc: str, command: str, workdir) -> None:
+    env = {
+        **os.environ,
+        "PDSWEEP_WORKDIR": str(workdir),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, f"{doc}: {command}\n{out.stderr[-2000:]}"
     assert out.stdout.strip()

@@ -125,3 +125,19 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(shakespeare, tmp_path) -
     b = json.loads((tmp_path / "b" / "result.json").read_text())
     assert b["train/loss"] == a["train/loss"] and b["heldout/loss"] == a["heldout/loss"]
     assert json.loads((tmp_path / "b" / "status.json").read_text())["status"] == "done"
+
+
+@pytest.mark.slow
+def test_held_out_loss_falls_well_below_the_unigram_entropy(shakespeare, tmp_path) -> None:
+    """A model that learned only token frequencies would sit at the unigram entropy; context must
+    take a real language model well below it on held-out text."""
+    spec = RunSpec.model_validate(
+        TINY_RUN
+        | {
+            "student": "tiny-s",
+            "data": {**TINY_RUN["data"], "tokens": 64 * 16 * 250},
+            "train": {**TINY_RUN["train"], "checkpoint_every": 1000},
+        }
+    )
+    result = run(spec, tmp_path, shakespeare)
+    assert result["heldout/loss"] < result["unigram_entropy_nats"] - 0.5, result
