@@ -340,47 +340,67 @@ def data_prepare(file: Annotated[Path, typer.Argument(help="A run or sweep YAML 
 def train(
     file: Annotated[Path, typer.Argument(help="A run YAML file (a RunSpec; dotted keys allowed).", show_default=False)],
     out: Annotated[Path | None, typer.Option(help="Run directory (default: WORKDIR/runs/single/RUN_ID).")] = None,
-    nproc: Annotated[int, typer.Option(min=1, help="Processes on this machine (DeepSpeed over torchrun).")] = 1,
+    nproc: Annotated[int, typer.Option(min=1, help="Processes per machine (GPUs, or CPU workers).")] = 1,
+    launcher: Annotated[
+        str, typer.Option(help="torchrun (one machine) or deepspeed (needed for --hostfile).")
+    ] = "torchrun",
+    hostfile: Annotated[Path | None, typer.Option(help="DeepSpeed hostfile: train on several machines.")] = None,
 ) -> None:
     """Train one run, resuming from its last checkpoint if it was interrupted."""
-    import os
-
     from pdsweep import expand, settings
 
     with _user_errors():
         spec = expand.load_run(file)
         run_dir = out or settings.workdir() / "runs" / "single" / expand.run_id(spec)
-    if nproc > 1 and "RANK" not in os.environ:
-        raise typer.Exit(_relaunch(file, run_dir, nproc))
-    code = _train_one(spec, run_dir)
-    raise typer.Exit(code)
+        if launcher not in ("torchrun", "deepspeed"):
+            raise _spec_error(f"--launcher: must be torchrun or deepspeed, got {launcher!r}")
+        if hostfile is not None and not hostfile.is_file():
+            raise _spec_error(f"--hostfile: {hostfile} does not exist")
+    if (nproc > 1 or hostfile is not None) and "RANK" not in os.environ:
+        raise typer.Exit(_relaunch(file, run_dir, nproc, "deepspeed" if hostfile else launcher, hostfile))
+    raise typer.Exit(_train_one(spec, run_dir))
 
 
-def _relaunch(file: Path, run_dir: Path, nproc: int) -> int:
-    """Run this command again under torchrun with `nproc` processes (one CPU thread pool each)."""
-    import os
+def _spec_error(line: str) -> Exception:
+    from pdsweep.specfile import SpecError
+
+    return SpecError(line)
+
+
+def _relaunch(file: Path, run_dir: Path, nproc: int, launcher: str, hostfile: Path | None) -> int:
+    """Run this command again under torchrun or the deepspeed launcher, `nproc` processes per machine
+    (each with its share of the CPU threads)."""
     import subprocess
 
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc))),
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={nproc}",
-        "-m",
-        "pdsweep.cli",
-        "train",
-        str(file),
-        "--out",
-        str(run_dir),
-    ]
     from pdsweep.backends import die_with_parent
 
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    args = ["-m", "pdsweep.cli", "train", str(file), "--out", str(run_dir)]
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            f"--num_gpus={nproc}",
+            "--master_port",
+            str(_port()),
+            "--no_local_rank",
+            *([f"--hostfile={hostfile}"] if hostfile else []),
+            "--module",
+            *args[1:],
+        ]
     return subprocess.run(cmd, env=env, preexec_fn=die_with_parent).returncode  # noqa: PLW1509
+
+
+def _port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _train_one(spec, run_dir: Path) -> int:  # noqa: ANN001 - a RunSpec

@@ -119,3 +119,56 @@ def test_auto_backend_is_torch_on_one_cpu_process() -> None:
     from pdsweep import backends
 
     assert isinstance(backends.make(spec), backends.TorchBackend)
+
+
+def test_deepspeed_launcher_agrees_with_torchrun(runs) -> None:
+    root, spec_file = runs
+    out = root / "ds-launcher"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pdsweep.cli",
+            "train",
+            str(spec_file),
+            "--out",
+            str(out),
+            "--nproc",
+            "2",
+            "--launcher",
+            "deepspeed",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert losses(out) == pytest.approx(losses(root / "two"), rel=1e-6)
+
+
+def test_hostfile_goes_to_the_deepspeed_launcher(runs, tmp_path) -> None:
+    """Several machines are DeepSpeed's multi-node launcher (pdsh/ssh): the hostfile reaches it.
+    This machine has no ssh server, so the launcher itself refuses — after reading our hostfile."""
+    _, spec_file = runs
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("localhost slots=2\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pdsweep.cli",
+            "train",
+            str(spec_file),
+            "--out",
+            str(tmp_path / "r"),
+            "--hostfile",
+            str(hostfile),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode != 0
+    assert f"Using hostfile at {hostfile}" in proc.stderr + proc.stdout
