@@ -33,6 +33,7 @@ def llama_config(cfg: ModelConfig, eos_token_id: int | None = None) -> dict:
         "max_position_embeddings": cfg.max_seq_len,
         "rms_norm_eps": cfg.norm_eps,
         "rope_theta": cfg.rope_theta,
+        "rope_parameters": {"rope_theta": cfg.rope_theta, "rope_type": "default"},
         "tie_word_embeddings": cfg.tie_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
@@ -90,8 +91,10 @@ def load(path: Path) -> tuple[Transformer, ModelConfig]:
         raise SpecError(f"{path}: no readable config.json ({e})") from None
     if hf.get("model_type") != "llama":
         raise SpecError(f"{path}: model_type {hf.get('model_type')!r} is not llama")
-    if hf.get("rope_scaling"):
-        raise SpecError(f"{path}: rope_scaling {hf['rope_scaling']} is not supported")
+    rope = hf.get("rope_parameters") or {}  # transformers ≥ 5; older configs say rope_theta/rope_scaling
+    if hf.get("rope_scaling") or rope.get("rope_type", "default") != "default":
+        raise SpecError(f"{path}: RoPE scaling ({hf.get('rope_scaling') or rope}) is not supported")
+    rope_theta = float(rope.get("rope_theta") or hf.get("rope_theta") or 10000.0)
     heads = hf["num_attention_heads"]
     if hf.get("head_dim", hf["hidden_size"] // heads) != hf["hidden_size"] // heads:
         raise SpecError(f"{path}: head_dim {hf['head_dim']} differs from hidden_size / heads")
@@ -103,7 +106,7 @@ def load(path: Path) -> tuple[Transformer, ModelConfig]:
         num_heads=heads,
         num_kv_groups=hf.get("num_key_value_heads", heads),
         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        rope_theta=rope_theta,
         norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
         max_seq_len=int(hf.get("max_position_embeddings", 4096)),
     )

@@ -1,0 +1,492 @@
+"""The teacher's logits store: truncation, the on-disk format, the atomic writer, the reader.
+
+What is kept per token position (the global position in the tokenized corpus):
+    n           how many entries survived top-p-k truncation (1 ≤ n ≤ k_max)
+    ids[n]      the kept token ids, most probable first
+    values[n]   their probabilities, quantised (see below)
+    lse         the full-vocabulary log-sum-exp of the teacher's logits (float16), so raw logits
+                z = log p + lse are recoverable
+From these, any p ≤ p_max, k ≤ k_max and any τ are applied at read time: one teacher pass serves a
+whole truncation and temperature sweep.
+
+Format (a directory): `manifest.json` (format version, teacher/tokenizer/corpus fingerprints, p_max,
+k_max, dtypes, the shard list with a SHA-256 each) and shards `shard_NNNNNN.pdl`, each written
+atomically and self-contained. A shard holds a set of positions (a contiguous range for offline
+generation, any set for online recording; a later shard wins for a position recorded twice) and
+its columns, each compressed with zstd:
+    positions   first + count, or delta-coded
+    counts      n per position
+    gaps        each position's kept ids as a set: their ranks in this shard's table of ids by
+                frequency, ascending, as gaps (frequent ids → small ranks → small gaps)
+    values      the quantised probabilities, in the same order
+    argmax      which entry of the set is the most probable (exact even when quantised values tie)
+    id_table    the shard's ids, most frequent first
+    lse         float16
+Values are quantised as y = √p on a grid of step
+VALUE_STEP, so that |p̂ − p| ≤ 1e-3 for every probability, while small probabilities keep their
+relative precision better than a linear grid would (they matter at τ > 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pdsweep import files
+from pdsweep.specfile import SpecError
+
+FORMAT_VERSION = 1
+MAGIC = b"PDSL"
+GAMMA = 0.5
+"""Values are stored as y = p^GAMMA."""
+VALUE_STEP = 2 * GAMMA * 1e-3
+"""Grid step of y: the error in p is at most step/(2·GAMMA)·p^(1−GAMMA) ≤ 1e-3."""
+ZSTD_LEVEL = 19
+"""Slow to compress (~1 M entries/s), fast to read; generation is bounded by the teacher's forward."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Truncation (pure functions over torch tensors)
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Sparse:
+    """Truncated teacher distributions for N positions, padded to K entries.
+
+    ids (N, K) int64, logprobs (N, K) float32 (log-probabilities under the full vocabulary, −inf
+    where padded), count (N,) int64, lse (N,) float32. Entries are sorted, most probable first."""
+
+    ids: Any
+    logprobs: Any
+    count: Any
+    lse: Any
+
+
+def top_p_k(logits: Any, top_p: float, top_k: int | None) -> Sparse:
+    """Nucleus then top-k truncation of the τ = 1 distribution (the paper's top-p-k).
+
+    Keeps the smallest prefix of the sorted distribution whose mass reaches `top_p`, then at most
+    `top_k` entries (None = no cap), and never fewer than one.
+
+    Args:
+        logits: (N, V) float teacher logits.
+    """
+    import torch
+
+    logits = logits.float()
+    vocab = logits.shape[-1]
+    k = vocab if top_k is None else min(top_k, vocab)
+    lse = torch.logsumexp(logits, dim=-1)
+    values, ids = torch.topk(logits, k, dim=-1, sorted=True)
+    logprobs = values - lse[:, None]
+    cum = torch.cumsum(logprobs.exp(), dim=-1)
+    # Entries strictly before the one that reaches p, plus that one; p = 1 keeps all k (in floating
+    # point the cumulative mass can reach 1 early when the tail underflows).
+    count = ((cum < top_p).sum(dim=-1) + 1).clamp(1, k) if top_p < 1 else torch.full_like(lse, k, dtype=torch.long)
+    keep = torch.arange(k, device=logits.device)[None, :] < count[:, None]
+    return Sparse(ids.masked_fill(~keep, 0), logprobs.masked_fill(~keep, float("-inf")), count, lse)
+
+
+def sample_targets(logits: Any, draws: int, generator: Any = None) -> tuple[Any, Any, Any]:
+    """Extension: unbiased random-sampled sparse targets.
+
+    Draws `draws` tokens from each position's teacher distribution; returns (ids (N, draws) int64,
+    counts (N, draws) int64, n (N,) distinct ids) with ids sorted by count. The target q = counts /
+    draws is an unbiased estimate of the teacher distribution: E[q] = p."""
+    import torch
+
+    probs = torch.softmax(logits.float(), dim=-1)
+    samples = torch.multinomial(probs, draws, replacement=True, generator=generator)  # (N, draws)
+    sorted_ids, _ = torch.sort(samples, dim=-1)
+    new = torch.ones_like(sorted_ids, dtype=torch.bool)
+    new[:, 1:] = sorted_ids[:, 1:] != sorted_ids[:, :-1]
+    group = torch.cumsum(new.long(), dim=-1) - 1  # (N, draws): index of each draw's distinct id
+    counts = torch.zeros_like(samples).scatter_add_(1, group, torch.ones_like(samples))
+    ids = torch.zeros_like(samples).scatter_(1, group, sorted_ids)
+    n = new.sum(dim=-1)
+    order = torch.argsort(counts, dim=-1, descending=True, stable=True)
+    return ids.gather(1, order), counts.gather(1, order), n
+
+
+def read_targets(ids: Any, logprobs: Any, count: Any, top_p: float, top_k: int | None, temperature: float,
+                 renormalize: bool = True) -> tuple[Any, Any, Any, Any]:
+    """Targets for a smaller p, k and any τ from stored top-p_max-k_max entries (F(z) = softmax(
+    Truncate(z)/τ), the paper's Eq. 4).
+
+    Returns (ids (N, K), probs (N, K), mask (N, K) bool, residual (N,)): with `renormalize` the
+    kept probabilities sum to 1 and residual is 0; without it they keep the kept mass of the τ = 1
+    distribution and `residual` = 1 − that mass (the untruncated tail as one bucket)."""
+    import torch
+
+    K = ids.shape[-1]
+    k = K if top_k is None else min(top_k, K)
+    ids, logprobs = ids[:, :k], logprobs[:, :k]
+    probs1 = logprobs.exp()  # padded entries: exp(−inf) = 0
+    cum = torch.cumsum(probs1, dim=-1)
+    n = count.clamp(max=k)
+    if top_p < 1:
+        n = torch.minimum(((cum < top_p).sum(dim=-1) + 1).clamp(1, k), n)
+    mask = torch.arange(k, device=ids.device)[None, :] < n[:, None]
+    scaled = (logprobs / temperature).masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
+    if renormalize:
+        return ids, probs, mask, torch.zeros_like(n, dtype=probs.dtype)
+    kept = (probs1 * mask).sum(dim=-1)
+    return ids, probs * kept[:, None], mask, (1.0 - kept).clamp(min=0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Value quantisation
+# ----------------------------------------------------------------------------------------------
+
+
+def quantize(logprobs: np.ndarray) -> np.ndarray:
+    """log p → integer grid of y = p^GAMMA (≥ 1 for any kept entry)."""
+    y = np.exp(GAMMA * logprobs.astype(np.float64))
+    return np.maximum(np.rint(y / VALUE_STEP), 1).astype(np.int64)
+
+
+def dequantize(q: np.ndarray) -> np.ndarray:
+    """Integer grid → log p (float32)."""
+    return (np.log(q.astype(np.float64) * VALUE_STEP) / GAMMA).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Shards
+# ----------------------------------------------------------------------------------------------
+
+
+def _zstd():  # noqa: ANN202
+    import zstandard
+
+    return zstandard
+
+
+def _shuffle(a: np.ndarray) -> bytes:
+    """Byte-transpose a multi-byte integer array (all low bytes, then all high bytes)."""
+    return np.ascontiguousarray(a.view(np.uint8).reshape(-1, a.itemsize).T).tobytes()
+
+
+def _unshuffle(raw: bytes, dtype: np.dtype, n: int) -> np.ndarray:
+    return np.frombuffer(raw, dtype=np.uint8).reshape(dtype.itemsize, n).T.copy().view(dtype).reshape(n)
+
+
+def _smallest_uint(max_value: int) -> np.dtype:
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if max_value <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.uint64)
+
+
+def encode_shard(positions: np.ndarray, ids: np.ndarray, logprobs: np.ndarray, count: np.ndarray,
+                 lse: np.ndarray, level: int = ZSTD_LEVEL) -> bytes:
+    """One shard's bytes. positions (P,) int64 ascending; ids/logprobs (P, K) with the kept entries
+    first (any order), count (P,); lse (P,).
+
+    Each position's entries are stored as a *set*, ordered by the ids' frequency rank in this shard:
+    the ranks as gaps (small numbers, since kept ids are mostly frequent ones), the quantised values
+    in the same order, and which entry is the most probable (so the teacher's argmax survives ties
+    of quantised values). Coding the set rather than the probability order saves ~5 bits per entry
+    on ids and costs ~4 on values (measured on SmolLM2-135M: benchmarks/bench_logits.py)."""
+    P, K = ids.shape
+    mask = np.arange(K)[None, :] < count[:, None]
+    q = np.where(mask, quantize(np.where(mask, logprobs, 0.0)), 0)
+    argmax = np.argmax(np.where(mask, logprobs, -np.inf), axis=1)
+    table, inverse, freq = np.unique(ids[mask], return_inverse=True, return_counts=True)
+    by_freq = np.argsort(-freq, kind="stable")
+    rank_of = np.empty_like(by_freq)
+    rank_of[by_freq] = np.arange(len(by_freq))
+    big = np.iinfo(np.int64).max
+    R = np.full((P, K), big, dtype=np.int64)
+    R[mask] = rank_of[inverse]
+    order = np.argsort(R, axis=1, kind="stable")  # set order: by frequency rank
+    Rs = np.take_along_axis(R, order, axis=1)
+    gaps = np.diff(np.concatenate([np.full((P, 1), -1, dtype=np.int64), Rs], axis=1), axis=1) - 1
+    qs = np.take_along_axis(q, order, axis=1)
+    where_max = np.argmax(order == argmax[:, None], axis=1)  # the argmax entry's index in set order
+    contiguous = P > 0 and positions[-1] - positions[0] == P - 1
+    columns: dict[str, np.ndarray] = {
+        "counts": count.astype(_smallest_uint(int(count.max(initial=0)))),
+        "argmax": where_max.astype(_smallest_uint(int(K))),
+        "gaps": gaps[mask].astype(_smallest_uint(int(gaps[mask].max(initial=0)))),
+        "values": qs[mask].astype(_smallest_uint(int(qs[mask].max(initial=0)))),
+        "id_table": table[by_freq].astype(_smallest_uint(int(table.max(initial=0)))),
+        "lse": lse.astype(np.float16).view(np.uint16),
+    }
+    if not contiguous:
+        deltas = np.diff(positions, prepend=positions[:1] if P else positions)
+        columns["position_deltas"] = deltas.astype(_smallest_uint(int(deltas.max(initial=0))))
+    cctx = _zstd().ZstdCompressor(level=level)
+    header: dict[str, Any] = {"P": int(P), "entries": int(mask.sum()), "first": int(positions[0]) if P else 0,
+                              "contiguous": bool(contiguous), "columns": []}
+    blobs = []
+    for name, arr in columns.items():
+        shuffled = arr.itemsize > 1
+        blob = cctx.compress(_shuffle(arr) if shuffled else arr.tobytes())
+        header["columns"].append({"name": name, "dtype": arr.dtype.str, "n": int(arr.size), "shuffled": shuffled, "bytes": len(blob)})
+        blobs.append(blob)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return MAGIC + struct.pack("<HI", FORMAT_VERSION, len(head)) + head + b"".join(blobs)
+
+
+@dataclass
+class Shard:
+    """A decoded shard: positions (P,), ids (P, K) int64, logprobs (P, K) float32 (−inf padded),
+    count (P,), lse (P,) float32."""
+
+    positions: np.ndarray
+    ids: np.ndarray
+    logprobs: np.ndarray
+    count: np.ndarray
+    lse: np.ndarray
+
+
+def decode_shard(data: bytes, name: str = "shard") -> Shard:
+    if data[:4] != MAGIC:
+        raise SpecError(f"{name}: not a pdsweep logits shard")
+    version, head_len = struct.unpack("<HI", data[4:10])
+    if version != FORMAT_VERSION:
+        raise SpecError(f"{name}: shard format {version}, this pdsweep reads {FORMAT_VERSION}")
+    header = json.loads(data[10 : 10 + head_len])
+    offset = 10 + head_len
+    dctx = _zstd().ZstdDecompressor()
+    cols: dict[str, np.ndarray] = {}
+    for c in header["columns"]:
+        dtype = np.dtype(c["dtype"])
+        raw = dctx.decompress(data[offset : offset + c["bytes"]], max_output_size=c["n"] * dtype.itemsize)
+        offset += c["bytes"]
+        cols[c["name"]] = _unshuffle(raw, dtype, c["n"]) if c["shuffled"] else np.frombuffer(raw, dtype=dtype).copy()
+    P = header["P"]
+    count = cols["counts"].astype(np.int64)
+    K = int(count.max(initial=1))
+    mask = np.arange(K)[None, :] < count[:, None]
+    table = cols["id_table"].astype(np.int64)
+    gaps = np.zeros((P, K), dtype=np.int64)
+    gaps[mask] = cols["gaps"].astype(np.int64) + 1
+    ranks = np.cumsum(gaps, axis=1) - 1
+    ids = np.where(mask, table[np.clip(ranks, 0, max(len(table) - 1, 0))], 0)
+    q = np.zeros((P, K), dtype=np.int64)
+    q[mask] = cols["values"].astype(np.int64)
+    # Back to probability order: the stored argmax first, then by value (stable).
+    key = np.where(mask, -q, 1)
+    key[np.arange(P), cols["argmax"].astype(np.int64)] = -(1 << 40)
+    order = np.argsort(key, axis=1, kind="stable")
+    ids = np.take_along_axis(ids, order, axis=1)
+    q = np.take_along_axis(q, order, axis=1)
+    logprobs = np.where(mask, dequantize(np.maximum(q, 1)), np.float32(-np.inf)).astype(np.float32)
+    if header["contiguous"]:
+        positions = header["first"] + np.arange(P, dtype=np.int64)
+    else:
+        positions = header["first"] + np.cumsum(cols["position_deltas"].astype(np.int64))
+    lse = cols["lse"].view(np.float16).astype(np.float32)
+    return Shard(positions, ids, logprobs, count, lse)
+
+
+# ----------------------------------------------------------------------------------------------
+# The store on disk
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreInfo:
+    """What a store was made from; a reader refuses a store whose fingerprints differ from the run's."""
+
+    teacher_fingerprint: str
+    tokenizer_fingerprint: str
+    corpus_fingerprint: str
+    vocab_size: int
+    top_p: float
+    top_k: int | None
+    mode: str = "offline"
+
+
+class StoreWriter:
+    """Appends shards to a store directory; every shard and the manifest are written atomically, so
+    a killed writer leaves a store that is valid up to its last complete shard."""
+
+    def __init__(self, path: Path, info: StoreInfo):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        manifest_path = path / "manifest.json"
+        if manifest_path.exists():
+            self.manifest = files.read_json(manifest_path)
+            mine = {k: v for k, v in dataclasses.asdict(info).items()}
+            theirs = {k: self.manifest.get(k) for k in mine}
+            if theirs != mine:
+                diff = ", ".join(f"{k}: {theirs[k]} ≠ {mine[k]}" for k in mine if theirs[k] != mine[k])
+                raise SpecError(f"{path}: an existing store was made differently ({diff})")
+        else:
+            self.manifest = {"format": FORMAT_VERSION, **dataclasses.asdict(info), "id_dtype": "uint16" if info.vocab_size <= 65536 else "uint32",
+                             "value_codec": {"kind": "sqrt-grid", "gamma": GAMMA, "step": VALUE_STEP}, "lse_dtype": "float16",
+                             "compressor": f"zstd-{ZSTD_LEVEL}", "shards": []}
+            files.write_json(manifest_path, self.manifest)
+
+    @property
+    def shards(self) -> list[dict[str, Any]]:
+        return self.manifest["shards"]
+
+    def covered(self) -> int:
+        """Positions in complete shards (offline generation resumes after them)."""
+        return sum(s["positions"] for s in self.shards)
+
+    def add(self, positions: np.ndarray, sparse: Sparse | tuple[np.ndarray, ...], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Write one shard for `positions` (ascending) and record it in the manifest."""
+        if isinstance(sparse, Sparse):
+            ids, logprobs, count, lse = (np.asarray(x.cpu()) if hasattr(x, "cpu") else np.asarray(x)
+                                         for x in (sparse.ids, sparse.logprobs, sparse.count, sparse.lse))
+        else:
+            ids, logprobs, count, lse = sparse
+        order = np.argsort(positions, kind="stable")
+        positions = np.asarray(positions, dtype=np.int64)[order]
+        data = encode_shard(positions, ids[order], logprobs[order], count[order], lse[order])
+        name = f"shard_{len(self.shards):06d}.pdl"
+        files.write_bytes(self.path / name, data)
+        entry = {"name": name, "positions": int(len(positions)), "first": int(positions[0]), "last": int(positions[-1]),
+                 "entries": int(np.asarray(count).sum()), "bytes": len(data), "sha256": files.sha256_bytes(data), **(meta or {})}
+        self.manifest["shards"].append(entry)
+        files.write_json(self.path / "manifest.json", self.manifest)
+        return entry
+
+
+class StoreReader:
+    """Reads targets by global position, for any p ≤ p_max, k ≤ k_max and τ.
+
+    Shards are decoded on first use and kept (a tiny-run store fits in memory; the index maps each
+    position to the last shard that recorded it)."""
+
+    def __init__(self, path: Path, expect: StoreInfo | None = None):
+        self.path = path
+        try:
+            self.manifest = files.read_json(path / "manifest.json")
+        except (OSError, json.JSONDecodeError) as e:
+            raise SpecError(f"{path}: not a logits store (manifest.json: {e})") from None
+        if self.manifest.get("format") != FORMAT_VERSION:
+            raise SpecError(f"{path}: logits store format {self.manifest.get('format')} is not {FORMAT_VERSION}")
+        if expect is not None:
+            for key in ("teacher_fingerprint", "tokenizer_fingerprint", "corpus_fingerprint", "vocab_size"):
+                if self.manifest.get(key) != getattr(expect, key):
+                    raise SpecError(f"{path}: {key} {self.manifest.get(key)} does not match the run's {getattr(expect, key)}")
+        self._cache: dict[int, Shard] = {}
+        starts, owners, lasts = [], [], []
+        for i, s in enumerate(self.manifest["shards"]):
+            starts.append(s["first"])
+            lasts.append(s["last"])
+            owners.append(i)
+        self._contiguous = all(s.get("contiguous", True) for s in self.manifest["shards"])
+        self._starts = np.asarray(starts, dtype=np.int64)
+        self._lasts = np.asarray(lasts, dtype=np.int64)
+        self._index: dict[int, tuple[int, int]] | None = None
+
+    @property
+    def top_p(self) -> float:
+        return float(self.manifest["top_p"])
+
+    @property
+    def top_k(self) -> int | None:
+        return self.manifest["top_k"]
+
+    def shard(self, i: int) -> Shard:
+        if i not in self._cache:
+            entry = self.manifest["shards"][i]
+            file = self.path / entry["name"]
+            try:
+                data = file.read_bytes()
+            except OSError as e:
+                raise SpecError(f"{file}: cannot read logits shard ({e.strerror})") from None
+            if files.sha256_bytes(data) != entry["sha256"]:
+                raise SpecError(f"{file}: checksum mismatch (corrupted logits shard)")
+            self._cache[i] = decode_shard(data, str(file))
+        return self._cache[i]
+
+    def _locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(shard index, row in shard) per position; the last shard that holds a position wins."""
+        if self._index is None:
+            index: dict[int, tuple[int, int]] = {}
+            for i in range(len(self.manifest["shards"])):
+                for row, pos in enumerate(self.shard(i).positions.tolist()):
+                    index[pos] = (i, row)
+            self._index = index
+        found = [self._index.get(int(p)) for p in positions]
+        missing = [int(p) for p, f in zip(positions, found, strict=True) if f is None]
+        if missing:
+            raise SpecError(f"{self.path}: no teacher logits for position {missing[0]} ({len(missing)} of {len(positions)} missing)")
+        arr = np.asarray(found, dtype=np.int64)
+        return arr[:, 0], arr[:, 1]
+
+    def entries(self, positions: np.ndarray) -> Shard:
+        """Stored entries for `positions` (any shape; flattened), padded to the longest."""
+        flat = np.asarray(positions, dtype=np.int64).reshape(-1)
+        shard_of, row_of = self._locate(flat)
+        K = max(int(self.shard(int(i)).ids.shape[1]) for i in np.unique(shard_of))
+        N = len(flat)
+        ids = np.zeros((N, K), dtype=np.int64)
+        logprobs = np.full((N, K), -np.inf, dtype=np.float32)
+        count = np.zeros(N, dtype=np.int64)
+        lse = np.zeros(N, dtype=np.float32)
+        for i in np.unique(shard_of):
+            sel = shard_of == i
+            sh = self.shard(int(i))
+            rows = row_of[sel]
+            k = sh.ids.shape[1]
+            ids[sel, :k] = sh.ids[rows]
+            logprobs[sel, :k] = sh.logprobs[rows]
+            count[sel] = sh.count[rows]
+            lse[sel] = sh.lse[rows]
+        return Shard(flat, ids, logprobs, count, lse)
+
+    def targets(self, positions: np.ndarray, top_p: float, top_k: int | None, temperature: float,
+                renormalize: bool = True) -> tuple[Any, Any, Any, Any]:
+        """Padded torch tensors (ids, probs, mask, residual) for a batch of positions (B, T) → (B·T, K)."""
+        import torch
+
+        if top_p > self.top_p + 1e-9 or (top_k or math.inf) > (self.top_k or math.inf):
+            raise SpecError(f"{self.path}: holds top-{self.top_p}-{self.top_k}; cannot serve top-{top_p}-{top_k}")
+        e = self.entries(positions)
+        return read_targets(torch.from_numpy(e.ids), torch.from_numpy(e.logprobs), torch.from_numpy(e.count),
+                            top_p, top_k, temperature, renormalize)
+
+    def verify(self) -> dict[str, Any]:
+        """Check every shard's checksum and decodability; return totals."""
+        total_pos = total_entries = total_bytes = 0
+        for i, entry in enumerate(self.manifest["shards"]):
+            sh = self.shard(i)
+            if len(sh.positions) != entry["positions"] or int(sh.count.sum()) != entry["entries"]:
+                raise SpecError(f"{self.path / entry['name']}: contents do not match the manifest")
+            total_pos += entry["positions"]
+            total_entries += entry["entries"]
+            total_bytes += entry["bytes"]
+        return {"shards": len(self.manifest["shards"]), "positions": total_pos, "entries": total_entries, "bytes": total_bytes}
+
+
+def store_bytes(path: Path) -> int:
+    """Bytes on disk of a store (shards and manifest)."""
+    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+
+
+def stats(reader: StoreReader, ps: Iterable[float], ks: Iterable[int | None], max_positions: int = 200_000) -> list[dict[str, Any]]:
+    """Mean kept entries and estimated bytes per token for each (p, k) — the data behind the paper's
+    Figures 2–3 — from one store: entries are counted exactly; bytes are entries × this store's
+    measured bytes per entry (per-position columns included)."""
+    totals = reader.verify()
+    bytes_per_entry = totals["bytes"] / max(1, totals["entries"])
+    positions = np.concatenate([reader.shard(i).positions for i in range(totals["shards"])])[:max_positions]
+    e = reader.entries(positions)
+    probs = np.exp(e.logprobs.astype(np.float64))
+    cum = np.cumsum(probs, axis=1)
+    rows = []
+    for p in ps:
+        for k in ks:
+            kk = e.ids.shape[1] if k is None else min(k, e.ids.shape[1])
+            n = np.minimum(np.minimum((cum[:, :kk] < p).sum(axis=1) + 1, kk), e.count) if p < 1 else np.minimum(e.count, kk)
+            mean = float(n.mean())
+            rows.append({"top_p": p, "top_k": k, "entries_per_token": mean, "bytes_per_token": mean * bytes_per_entry})
+    return rows
