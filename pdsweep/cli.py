@@ -327,6 +327,7 @@ def data_prepare(file: Annotated[Path, typer.Argument(help="A run or sweep YAML 
                 if key in done:
                     continue
                 done.add(key)
+                _ensure_builtin_teacher(spec)
                 tokens = data.prepare(spec, progress=hook)
                 data.verify(tokens)
                 m = tokens.manifest
@@ -334,6 +335,106 @@ def data_prepare(file: Annotated[Path, typer.Argument(help="A run or sweep YAML 
                     f"{tokens.path}: {m['splits']['train']['tokens']:,} train + {m['splits']['heldout']['tokens']:,} held-out "
                     f"tokens, vocabulary {m['vocab_size']:,}, unigram entropy {m['unigram_entropy_nats']:.3f} nats"
                 )
+
+
+logits_app = typer.Typer(help="Teacher logits stores: generate, inspect, verify.", no_args_is_help=True)
+app.add_typer(logits_app, name="logits")
+
+
+@logits_app.command("generate")
+def logits_generate(
+    file: Annotated[Path, typer.Argument(help="A run YAML file: its teacher, data and logits.top_p/top_k.", show_default=False)],
+    out: Annotated[Path | None, typer.Option(help="Store directory (default: WORKDIR/logits/<teacher>-<corpus>-top-P-K).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N training positions (a quick look).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per teacher forward (default: teacher.batch_size).")] = None,
+) -> None:
+    """Run the teacher over the run's tokenized corpus and store its top-p-k logits (resumable)."""
+    from pdsweep import data, expand, settings, teacher
+
+    bar, hook = _progress_bar()
+    with _user_errors():
+        spec = expand.load_run(file)
+        if spec.teacher is None:
+            raise _spec_error(f"{file}: teacher: the run has no teacher")
+        t = teacher.load(spec.teacher)
+        tokens = data.prepare(spec, progress=hook)
+        teacher.check_tokenizer(t, tokens, spec.teacher.source)
+        lg = spec.logits
+        name = f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.label}" + (f"-first{limit}" if limit else "")
+        store = out or settings.workdir() / "logits" / name
+        with bar:
+            result = teacher.generate(t, tokens, store, lg.top_p, lg.top_k, spec.data.seq_len,
+                                      batch_size=batch_size or spec.teacher.batch_size, limit=limit, progress=hook)
+    rate = f", {result['tokens_per_s']:,.0f} tokens/s" if result["tokens_per_s"] else ""
+    typer.echo(f"{store}: {result['positions']:,} positions ({result['generated']:,} generated now{rate})")
+
+
+@logits_app.command("stats")
+def logits_stats(
+    store: Annotated[Path, typer.Argument(help="A logits store directory.", show_default=False)],
+    top_p: Annotated[list[float] | None, typer.Option("--top-p", help="p values (repeatable).")] = None,
+    top_k: Annotated[list[int] | None, typer.Option("--top-k", help="k values (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Mean kept entries and bytes per token for each (p, k), from one store (the paper's Figs 2–3)."""
+    from pdsweep import logits_store
+
+    with _user_errors():
+        reader = logits_store.StoreReader(store)
+        ps = top_p or [p for p in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95) if p <= reader.top_p + 1e-9]
+        ks = top_k or [k for k in (1, 3, 5, 10, 20, 50, 100) if reader.top_k is None or k <= reader.top_k]
+        rows = logits_store.stats(reader, ps, ks)
+        totals = reader.verify()
+    if as_json:
+        sys.stdout.write(json.dumps({"store": str(store), **totals, "rows": rows}, indent=1) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{store}: {totals['positions']:,} positions, {totals['entries'] / max(1, totals['positions']):.1f} entries/token, "
+                        f"{totals['bytes'] / max(1, totals['entries']):.3f} bytes/entry", title_justify="left")
+    table.add_column("p \\ k", justify="right")
+    for k in ks:
+        table.add_column(str(k), justify="right")
+    for p in ps:
+        cells = [next(r for r in rows if r["top_p"] == p and r["top_k"] == k) for k in ks]
+        table.add_row(f"{p:g}", *(f"{c['entries_per_token']:.1f} · {c['bytes_per_token']:.0f} B" for c in cells))
+    Console(width=200).print(table)
+    typer.echo("cells: mean kept entries per token · bytes per token")
+
+
+@logits_app.command("verify")
+def logits_verify(store: Annotated[Path, typer.Argument(help="A logits store directory.", show_default=False)]) -> None:
+    """Check every shard's checksum and contents against the manifest."""
+    from pdsweep import logits_store
+
+    with _user_errors():
+        totals = logits_store.StoreReader(store).verify()
+    typer.echo(f"ok  {store}: {totals['shards']} shards, {totals['positions']:,} positions, {totals['entries']:,} entries, "
+               f"{totals['bytes'] / max(1, totals['entries']):.3f} bytes/entry")
+
+
+teacher_app = typer.Typer(help="Pretrained teachers.", no_args_is_help=True)
+app.add_typer(teacher_app, name="teacher")
+
+
+@teacher_app.command("fetch")
+def teacher_fetch(name: Annotated[str, typer.Argument(help="smollm2-135m", show_default=False)]) -> None:
+    """Download a builtin pretrained teacher and convert it once to safetensors + tokenizer.json."""
+    from pdsweep import teacher
+
+    bar, hook = _progress_bar()
+    with _user_errors(), bar:
+        path = teacher.builtin_dir(name, hook)
+    typer.echo(f"{name}: {path}")
+
+
+def _ensure_builtin_teacher(spec) -> None:  # noqa: ANN001 - a RunSpec
+    """A builtin teacher's tokenizer is needed before tokenizing: fetch the teacher first."""
+    if spec.teacher is not None and spec.teacher.kind == "builtin" and spec.data.tokenizer.kind == "teacher":
+        from pdsweep import teacher
+
+        teacher.builtin_dir(spec.teacher.ref)
 
 
 @app.command()

@@ -301,7 +301,11 @@ def _tokenizer_source(spec: RunSpec) -> tuple[str, Path | None]:
             if not path.is_file():
                 raise SpecError(f"data.tokenizer: the teacher directory {spec.teacher.ref} has no tokenizer.json")
             return "file", path
-        raise SpecError(f"data.tokenizer: the tokenizer of {spec.teacher.source} is not available yet")
+        # builtin: the teacher's cached directory (teacher.builtin_dir fetches it; callers run that first)
+        path = settings.cache_dir() / "teachers" / spec.teacher.ref / "tokenizer.json"
+        if not path.is_file():
+            raise SpecError(f"data.tokenizer: {spec.teacher.source} is not fetched yet (pdsweep teacher fetch {spec.teacher.ref})")
+        return "file", path
     raise AssertionError(tok)
 
 

