@@ -343,10 +343,18 @@ app.add_typer(logits_app, name="logits")
 
 @logits_app.command("generate")
 def logits_generate(
-    file: Annotated[Path, typer.Argument(help="A run YAML file: its teacher, data and logits.top_p/top_k.", show_default=False)],
-    out: Annotated[Path | None, typer.Option(help="Store directory (default: WORKDIR/logits/<teacher>-<corpus>-top-P-K).")] = None,
-    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N training positions (a quick look).")] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per teacher forward (default: teacher.batch_size).")] = None,
+    file: Annotated[
+        Path, typer.Argument(help="A run YAML file: its teacher, data and logits.top_p/top_k.", show_default=False)
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Store directory (default: WORKDIR/logits/<teacher>-<corpus>-top-P-K).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N training positions (a quick look).")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Windows per teacher forward (default: teacher.batch_size).")
+    ] = None,
 ) -> None:
     """Run the teacher over the run's tokenized corpus and store its top-p-k logits (resumable)."""
     from pdsweep import data, expand, settings, teacher
@@ -360,11 +368,22 @@ def logits_generate(
         tokens = data.prepare(spec, progress=hook)
         teacher.check_tokenizer(t, tokens, spec.teacher.source)
         lg = spec.logits
-        name = f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.label}" + (f"-first{limit}" if limit else "")
+        name = f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.label}" + (
+            f"-first{limit}" if limit else ""
+        )
         store = out or settings.workdir() / "logits" / name
         with bar:
-            result = teacher.generate(t, tokens, store, lg.top_p, lg.top_k, spec.data.seq_len,
-                                      batch_size=batch_size or spec.teacher.batch_size, limit=limit, progress=hook)
+            result = teacher.generate(
+                t,
+                tokens,
+                store,
+                lg.top_p,
+                lg.top_k,
+                spec.data.seq_len,
+                batch_size=batch_size or spec.teacher.batch_size,
+                limit=limit,
+                progress=hook,
+            )
     rate = f", {result['tokens_per_s']:,.0f} tokens/s" if result["tokens_per_s"] else ""
     typer.echo(f"{store}: {result['positions']:,} positions ({result['generated']:,} generated now{rate})")
 
@@ -391,8 +410,11 @@ def logits_stats(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{store}: {totals['positions']:,} positions, {totals['entries'] / max(1, totals['positions']):.1f} entries/token, "
-                        f"{totals['bytes'] / max(1, totals['entries']):.3f} bytes/entry", title_justify="left")
+    table = Table(
+        title=f"{store}: {totals['positions']:,} positions, {totals['entries'] / max(1, totals['positions']):.1f} entries/token, "
+        f"{totals['bytes'] / max(1, totals['entries']):.3f} bytes/entry",
+        title_justify="left",
+    )
     table.add_column("p \\ k", justify="right")
     for k in ks:
         table.add_column(str(k), justify="right")
@@ -410,8 +432,10 @@ def logits_verify(store: Annotated[Path, typer.Argument(help="A logits store dir
 
     with _user_errors():
         totals = logits_store.StoreReader(store).verify()
-    typer.echo(f"ok  {store}: {totals['shards']} shards, {totals['positions']:,} positions, {totals['entries']:,} entries, "
-               f"{totals['bytes'] / max(1, totals['entries']):.3f} bytes/entry")
+    typer.echo(
+        f"ok  {store}: {totals['shards']} shards, {totals['positions']:,} positions, {totals['entries']:,} entries, "
+        f"{totals['bytes'] / max(1, totals['entries']):.3f} bytes/entry"
+    )
 
 
 teacher_app = typer.Typer(help="Pretrained teachers.", no_args_is_help=True)

@@ -304,7 +304,9 @@ def _tokenizer_source(spec: RunSpec) -> tuple[str, Path | None]:
         # builtin: the teacher's cached directory (teacher.builtin_dir fetches it; callers run that first)
         path = settings.cache_dir() / "teachers" / spec.teacher.ref / "tokenizer.json"
         if not path.is_file():
-            raise SpecError(f"data.tokenizer: {spec.teacher.source} is not fetched yet (pdsweep teacher fetch {spec.teacher.ref})")
+            raise SpecError(
+                f"data.tokenizer: {spec.teacher.source} is not fetched yet (pdsweep teacher fetch {spec.teacher.ref})"
+            )
         return "file", path
     raise AssertionError(tok)
 

