@@ -548,12 +548,30 @@ def _train_one(spec, run_dir: Path) -> int:  # noqa: ANN001 - a RunSpec
                 yaml.safe_dump({"run_id": expand.run_id(spec), **spec.model_dump(mode="json")}, sort_keys=False),
             )
         tokens = data.prepare(spec)
+    callbacks: list = [trainer.MetricsFile(run_dir)]
+    if spec.train.record_logits:
+        if backend.world_size > 1:
+            typer.echo("error: train.record_logits: online recording runs on one process for now", err=True)
+            return 2
+        from pdsweep import logits_store
+
+        for rec in spec.train.record_logits:
+            info = logits_store.StoreInfo(
+                f"pdsweep-run:{expand.run_id(spec)}",
+                tokens.manifest["tokenizer_fingerprint"],
+                tokens.manifest["corpus_fingerprint"],
+                tokens.vocab_size,
+                rec.top_p,
+                rec.top_k,
+                "online",
+            )
+            callbacks.append(trainer.RecordLogits(rec, run_dir / "logits" / rec.name, info))
     bar = _train_bar(enabled=rank0)
     if rank0:
         files.write_json(run_dir / "status.json", {"status": "running", "pid": os.getpid()})
     try:
         with bar.live():
-            result = trainer.train(spec, run_dir, tokens, backend, [trainer.MetricsFile(run_dir), bar])
+            result = trainer.train(spec, run_dir, tokens, backend, [*callbacks, bar])
     except trainer.TrainingFailed as e:
         if rank0:
             files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})

@@ -315,24 +315,6 @@ def expand(sweep: S.Sweep, source: str = "") -> list[PlannedRun]:
             raise SpecError(f"{where}base: train.seed: the sweep's seeds: sets it; remove one of the two")
         seeds = [base_train["seed"]]
 
-    # Teacher runs: LM-only runs of base + their overrides; one seed (students share a teacher).
-    teachers = []
-    for name, overrides in sweep.teachers.items():
-        spec = build({**overrides, "loss.alpha": 0.0, "teacher": None}, f"teachers.{name}: ", teacher_run=True)
-        if spec:
-            teachers.append(
-                PlannedRun(
-                    run_id(spec),
-                    config_id(spec),
-                    f"teacher:{name}",
-                    "teacher",
-                    spec,
-                    spec.train.seed,
-                    dict(overrides),
-                    name,
-                )
-            )
-
     configs = _configurations(sweep)
     varied = {p for overrides, _ in configs for p in _flatten(overrides)}
     axis_paths = set(_flatten(sweep.grid)) | set(_flatten(sweep.zip))
@@ -359,6 +341,39 @@ def expand(sweep: S.Sweep, source: str = "") -> list[PlannedRun]:
         if explicit_label:  # the run's own label, plus the grid/zip values it is combined with
             lab = " + ".join([explicit_label] + ([label(spec, axis_paths)] if axis_paths else []))
         students.append((spec, lab, dict(overrides), baseline_key))
+
+    # Teacher runs: LM-only runs of base + their overrides; one seed (students share a teacher).
+    # A teacher whose students read online logits records them while it trains: one store per
+    # window, at the largest p and k its students need.
+    records: dict[str, dict[tuple[float, float], tuple[float, int | None]]] = {}
+    for spec, _, _, _ in students:
+        t = spec.teacher
+        if t is not None and t.kind == "run" and spec.uses_teacher and spec.logits.mode == "online":
+            window = tuple(spec.logits.online_window)
+            p, k = records.setdefault(t.ref, {}).get(window, (0.0, 1))  # type: ignore[arg-type]
+            k_new = None if (k is None or spec.logits.top_k is None) else max(k, spec.logits.top_k)
+            records[t.ref][window] = (max(p, spec.logits.top_p), k_new)  # type: ignore[index]
+    teachers = []
+    for name, overrides in sweep.teachers.items():
+        record = [{"top_p": p, "top_k": k, "window": list(w)} for w, (p, k) in sorted(records.get(name, {}).items())]
+        spec = build(
+            {**overrides, "loss.alpha": 0.0, "teacher": None, **({"train.record_logits": record} if record else {})},
+            f"teachers.{name}: ",
+            teacher_run=True,
+        )
+        if spec:
+            teachers.append(
+                PlannedRun(
+                    run_id(spec),
+                    config_id(spec),
+                    f"teacher:{name}",
+                    "teacher",
+                    spec,
+                    spec.train.seed,
+                    dict(overrides),
+                    name,
+                )
+            )
 
     teacher_names = set(sweep.teachers)
     for spec, lab, _, _ in students:

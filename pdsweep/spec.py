@@ -634,6 +634,30 @@ class OptimSpec(_Model):
 # ----------------------------------------------------------------------------------------------
 
 
+class RecordLogitsSpec(_Model):
+    """Online logits: this run records the logits of the batches it trains on (the paper's online mode)."""
+
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    """Nucleus truncation of the recorded distributions."""
+    top_k: int | None = Field(default=100, ge=1)
+    """Cap on recorded entries per position (null = no cap)."""
+    window: tuple[float, float] = (0.0, 1.0)
+    """The part of training, as fractions [start, end), whose batches are recorded."""
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 <= v[0] < v[1] <= 1:
+            raise ValueError(f"must be [start, end] with 0 ≤ start < end ≤ 1, got {list(v)}")
+        return v
+
+    @property
+    def name(self) -> str:
+        """The store's directory name inside the run directory."""
+        k = "inf" if self.top_k is None else self.top_k
+        return f"online-top-{self.top_p:g}-{k}-{self.window[0]:g}-{self.window[1]:g}"
+
+
 class TrainSpec(_Model):
     """Batch, precision, backend and checkpointing."""
 
@@ -654,6 +678,9 @@ class TrainSpec(_Model):
     """Seed of initialisation and batch order. Sweeps set it from `seeds:`."""
     compile: bool = False
     """Wrap the model in torch.compile."""
+    record_logits: tuple[RecordLogitsSpec, ...] = ()
+    """Online logits stores this run writes while it trains (teacher runs of online sweeps); each
+    store lands in `<run dir>/logits/<name>/`."""
 
     @model_validator(mode="after")
     def _micro_divides(self) -> TrainSpec:

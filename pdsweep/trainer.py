@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from pdsweep import data, files, losses, model
+from pdsweep import data, files, logits_store, losses, model
 from pdsweep.backends import Backend, peak_flops
 from pdsweep.schedules import lr_at
-from pdsweep.spec import RunSpec
+from pdsweep.spec import RecordLogitsSpec, RunSpec
 
 
 class TrainingFailed(Exception):
@@ -56,10 +57,60 @@ class Callback:
     """Named hooks; override the ones you need. Called on every rank (check `state.rank`)."""
 
     def on_start(self, state: TrainState, net: torch.nn.Module) -> None: ...
+    def on_logits(self, state: TrainState, positions: np.ndarray, logits: torch.Tensor) -> None:
+        """Each micro-batch's logits (B, T, V), detached, with the global positions (B, T) of its inputs."""
+
     def on_step(self, state: TrainState, metrics: dict[str, float]) -> None: ...
     def on_eval(self, state: TrainState, metrics: dict[str, float]) -> None: ...
     def on_checkpoint(self, state: TrainState, path: Path) -> None: ...
     def on_end(self, state: TrainState, result: dict[str, Any]) -> None: ...
+
+
+class RecordLogits(Callback):
+    """Online logits: record the truncated logits of the batches trained on within a window of
+    training into a store, shard by shard (a position recorded again later wins)."""
+
+    def __init__(self, spec: RecordLogitsSpec, store: Path, info: logits_store.StoreInfo, shard_positions: int = 16384):
+        self.spec, self.shard_positions = spec, shard_positions
+        self.writer = logits_store.StoreWriter(store, info)
+        self.positions: list[np.ndarray] = []
+        self.parts: list[logits_store.Sparse] = []
+
+    def _active(self, state: TrainState) -> bool:
+        start, end = self.spec.window
+        return start * state.total_steps <= state.step < end * state.total_steps
+
+    def on_logits(self, state: TrainState, positions: np.ndarray, logits: torch.Tensor) -> None:
+        if not self._active(state):
+            return
+        self.parts.append(
+            logits_store.top_p_k(logits.reshape(-1, logits.shape[-1]).float(), self.spec.top_p, self.spec.top_k)
+        )
+        self.positions.append(positions.reshape(-1))
+        if sum(len(p) for p in self.positions) >= self.shard_positions:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.positions:
+            return
+        K = max(p.ids.shape[1] for p in self.parts)
+        pad = lambda t, v: torch.nn.functional.pad(t, (0, K - t.shape[1]), value=v).cpu().numpy()  # noqa: E731
+        positions = np.concatenate(self.positions)
+        ids = np.concatenate([pad(p.ids, 0) for p in self.parts])
+        logprobs = np.concatenate([pad(p.logprobs, float("-inf")) for p in self.parts])
+        count = np.concatenate([p.count.cpu().numpy() for p in self.parts])
+        lse = np.concatenate([p.lse.cpu().numpy() for p in self.parts])
+        # A window may see a position twice (more than one epoch): the later recording wins.
+        _, last = np.unique(positions[::-1], return_index=True)
+        keep = len(positions) - 1 - last
+        self.writer.add(positions[keep], (ids[keep], logprobs[keep], count[keep], lse[keep]))
+        self.positions, self.parts = [], []
+
+    def on_checkpoint(self, state: TrainState, path: Path) -> None:
+        self.flush()
+
+    def on_end(self, state: TrainState, result: dict[str, Any]) -> None:
+        self.flush()
 
 
 class MetricsFile(Callback):
@@ -211,6 +262,7 @@ def train(
     flops_per_token = spec.student.flops_per_token(tokens.vocab_size, t.seq_len)
     peak = peak_flops(backend.device)
     tokens_per_step = tr.global_batch * t.seq_len
+    wants_logits = [cb for cb in callbacks if type(cb).on_logits is not Callback.on_logits]
     engine.train()
     while state.step < total:
         step = state.step
@@ -225,6 +277,8 @@ def train(
             targets = torch.from_numpy(batch.targets[rows]).to(backend.device)
             with backend.autocast():
                 logits = engine(inputs)
+            for cb in wants_logits:
+                cb.on_logits(state, batch.positions[rows], logits.detach())
             loss = losses.lm_loss(logits, targets)
             backend.backward(loss)
             step_loss += float(loss.detach()) / accum

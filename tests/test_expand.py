@@ -217,3 +217,31 @@ def test_bad_sweeps_name_file_and_field(kw: dict, expected: str, write_yaml) -> 
 def test_a_seed_in_base_is_the_sweeps_only_seed() -> None:
     runs = E.expand(S.Sweep.model_validate({"name": "t", "base": BASE | {"train": {"seed": 7}}}))
     assert {r.seed for r in runs} == {7} and {r.spec.train.seed for r in runs} == {7}
+
+
+def test_online_students_make_their_teacher_run_record_logits() -> None:
+    runs = E.expand(
+        S.Sweep.model_validate(
+            {
+                "name": "t",
+                "base": BASE | {"teacher": "run:big"},
+                "teachers": {"big": {"student": "tiny-m"}},
+                "runs": [
+                    {"logits.mode": "online", "logits.online_window": [0.0, 0.2], "logits.top_k": 50},
+                    {"logits.mode": "online", "logits.online_window": [0.8, 1.0], "logits.top_k": 20},
+                    {
+                        "logits.mode": "online",
+                        "logits.online_window": [0.8, 1.0],
+                        "logits.top_p": 0.5,
+                        "logits.top_k": 80,
+                    },
+                    {"logits.top_k": 10},
+                ],
+            }
+        )
+    )
+    (teacher,) = [r for r in runs if r.role == "teacher"]
+    records = {(r.window, r.top_p, r.top_k) for r in teacher.spec.train.record_logits}
+    # One store per window, at the largest p and k that window's students read; offline runs add none.
+    assert records == {((0.0, 0.2), 0.95, 50), ((0.8, 1.0), 0.95, 80)}
+    assert not teacher.spec.uses_teacher

@@ -127,3 +127,51 @@ def test_logits_cli(tiny_teacher, tmp_path, workdir) -> None:
     (tmp_path / "store" / "shard_000000.pdl").write_bytes(b"PDSL garbage")
     out = pdsweep("logits", "verify", tmp_path / "store")
     assert out.returncode == 2 and "shard_000000.pdl: checksum mismatch" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_online_recording_stores_the_batches_trained_on_in_the_window(tmp_path, shakespeare) -> None:
+    """The paper's online logits: a run records, during its own training, the logits of the
+    positions it trains on — here only in the second half of training."""
+    spec = RunSpec.model_validate(
+        TINY_RUN
+        | {"train": {**TINY_RUN["train"], "record_logits": [{"top_p": 0.9, "top_k": 16, "window": [0.5, 1.0]}]}}
+    )
+    rec = spec.train.record_logits[0]
+    info = logits_store.StoreInfo(
+        "pdsweep-run:x",
+        shakespeare.manifest["tokenizer_fingerprint"],
+        shakespeare.manifest["corpus_fingerprint"],
+        shakespeare.vocab_size,
+        rec.top_p,
+        rec.top_k,
+        "online",
+    )
+    store = tmp_path / "logits" / rec.name
+
+    class Snapshot(trainer.Callback):  # the model's logits at the last step, before its update
+        def on_start(self, state, net) -> None:
+            self.net = net
+
+        def on_logits(self, state, positions, logits) -> None:
+            if state.step == state.total_steps - 1:
+                self.last = (positions.copy(), logits.argmax(-1).numpy().copy())
+
+    snap = Snapshot()
+    trainer.train(
+        spec,
+        tmp_path,
+        shakespeare,
+        backends.TorchBackend(spec),
+        [trainer.RecordLogits(rec, store, info, shard_positions=4096), snap],
+    )
+    reader = logits_store.StoreReader(store, expect=info)
+    recorded = np.concatenate([reader.shard(i).positions for i in range(len(reader.manifest["shards"]))])
+    steps = range(15, 30)  # window [0.5, 1.0) of 30 steps
+    expected = np.unique(
+        np.concatenate([data.batch_at(shakespeare.train, 64, 16, 0, s).positions.reshape(-1) for s in steps])
+    )
+    assert np.array_equal(np.unique(recorded), expected)
+    positions, argmax = snap.last
+    e = reader.entries(positions.reshape(-1))
+    assert np.array_equal(e.ids[:, 0], argmax.reshape(-1))
+    assert e.count.max() <= 16
