@@ -1,13 +1,42 @@
 """Loss functions: pure tensor functions with their shapes in the docstrings.
 
-The LM loss for now; the KD losses of the design space (NLL, KLD, MSE, RKL, JSD with temperatures
-and adaptive τ) join it here.
+The pre-training distillation objective (the paper's Eq. 1):
+
+    L = (1 − α)·L_lm + α·L_kd,      L_kd = mean over tokens of D(F(teacher), student)
+
+The teacher side arrives sparse from the logits store: for each token N, K kept ids with their
+log-probabilities under the full vocabulary (τ = 1) and a mask. F (Eq. 4) applies the temperature
+to the kept logits and renormalises — or keeps the untruncated mass as a residual bucket. The
+student side is a full-vocabulary log-softmax, computed in chunks of tokens under activation
+checkpointing, so no dense B×T×V teacher tensor and no extra B×T×V student tensor is ever kept.
+
+KD losses D (q = teacher target over the kept ids, p = student):
+    nll  −Σ q log p                          (soft cross-entropy; the paper's default)
+    kld  Σ q (log q − log p)                 (forward KL; same gradient as nll for a fixed teacher)
+    mse  mean over kept entries of (a_p − a_q)², a = log-prob | prob | centred logit (loss.mse_space)
+    rkl  Σ p̃ (log p̃ − log q)                 (reverse KL on the kept support, p̃ = p renormalised there)
+    jsd  ½ KL(q‖m) + ½ KL(p̃‖m), m = (q+p̃)/2   (on the kept support)
+With the residual bucket, the mass outside the kept ids is one more outcome on both sides.
+
+Temperatures (τ): static τ on the teacher only (the paper), or `temperature_on: both` (Hinton:
+the student at τ too, loss × τ²). Adaptive, per token (PAPER.md; formulas in docs/design-space.md):
+    normkd    τ_T = c·std(teacher's kept logits), τ_S = c·std(student logits); loss × τ_T²
+    wttm      q ∝ p_T^γ on the kept ids, student at τ = 1, each token weighted by β·Σ p_T^γ
+    adakd_sd  τ = clip(τ_0 · s/s̄, tau_min, tau_max): s = std of the token's kept teacher logits,
+              s̄ its mean over the batch (our reading)
+    adakd_h   τ = tau_min + (tau_max − tau_min)·(1 − H/log n): H = entropy of the token's kept
+              teacher distribution, n its size (our reading)
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+NEG = -1e30  # a finite "minus infinity": keeps gradients free of NaN where entries are masked
 
 
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
@@ -20,3 +49,181 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -10
         A scalar tensor.
     """
     return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=ignore_index)
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """The loss-relevant part of a RunSpec, as plain values (see spec.LogitsSpec and spec.LossSpec)."""
+
+    kind: str = "nll"
+    temperature: float = 1.0
+    temperature_on: str = "teacher"
+    adaptive: str = "none"
+    adaptive_params: tuple[tuple[str, float], ...] = ()
+    renormalize: bool = True
+    mse_space: str = "logprob"
+
+    @classmethod
+    def from_spec(cls, spec) -> KDConfig:  # noqa: ANN001 - a RunSpec (spec.py is a sibling layer's)
+        a = spec.logits.adaptive
+        params = tuple((k, float(v)) for k, v in a.model_dump().items() if k != "kind")
+        return cls(spec.loss.kd, spec.logits.temperature, spec.logits.temperature_on, a.kind, params,
+                   spec.logits.renormalize, spec.loss.mse_space)
+
+    def param(self, name: str) -> float:
+        return dict(self.adaptive_params)[name]
+
+
+def _masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row std of the masked entries of x (N, K); 0 for a single entry."""
+    n = mask.sum(-1).clamp(min=1)
+    mean = (x * mask).sum(-1) / n
+    var = (((x - mean[:, None]) * mask) ** 2).sum(-1) / n
+    return var.sqrt()
+
+
+def teacher_targets(t_logprobs: torch.Tensor, mask: torch.Tensor, cfg: KDConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """F(teacher): the target over the kept ids.
+
+    Args:
+        t_logprobs: (N, K) teacher log-probabilities under the full vocabulary (τ = 1).
+        mask: (N, K) bool, kept entries.
+    Returns:
+        q (N, K) target probabilities (0 where masked), residual (N,) mass of the bucket (0 when
+        renormalising), tau (N,) the teacher temperature used per token, weight (N,) per-token
+        loss weight (WTTM; 1 otherwise).
+    """
+    N = t_logprobs.shape[0]
+    z = torch.where(mask, t_logprobs, torch.zeros_like(t_logprobs))  # logits up to a per-row constant
+    ones = torch.ones(N, dtype=t_logprobs.dtype, device=t_logprobs.device)
+    weight = ones
+    if cfg.adaptive == "none":
+        tau = ones * cfg.temperature
+    elif cfg.adaptive == "normkd":
+        tau = (cfg.param("c") * _masked_std(z, mask)).clamp(min=1e-2)
+    elif cfg.adaptive == "adakd_sd":
+        s = _masked_std(z, mask)
+        tau = (cfg.temperature * s / s.mean().clamp(min=1e-6)).clamp(cfg.param("tau_min"), cfg.param("tau_max"))
+    elif cfg.adaptive == "adakd_h":
+        p = torch.softmax(torch.where(mask, z, NEG), -1)
+        H = -(p * torch.log(p.clamp(min=1e-30))).sum(-1)
+        n = mask.sum(-1).float()
+        frac = torch.where(n > 1, H / torch.log(n.clamp(min=2)), torch.zeros_like(H))
+        tau = cfg.param("tau_min") + (cfg.param("tau_max") - cfg.param("tau_min")) * (1 - frac)
+    elif cfg.adaptive == "wttm":
+        gamma = cfg.param("gamma")
+        tau = ones / gamma  # q ∝ p^γ = softmax(z/τ) with τ = 1/γ
+        weight = cfg.param("beta") * (torch.exp(gamma * t_logprobs) * mask).sum(-1)
+    else:
+        raise ValueError(f"unknown adaptive temperature {cfg.adaptive!r}")
+    q = torch.softmax(torch.where(mask, z / tau[:, None], NEG), -1) * mask
+    if cfg.renormalize:
+        return q, torch.zeros_like(tau), tau, weight
+    kept = (torch.exp(t_logprobs) * mask).sum(-1).clamp(max=1.0)
+    return q * kept[:, None], (1.0 - kept).clamp(min=0.0), tau, weight
+
+
+def _kd_rows(logits: torch.Tensor, t_ids: torch.Tensor, q: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor,
+             t_logprobs: torch.Tensor, s_tau: torch.Tensor, cfg: KDConfig) -> torch.Tensor:
+    """Per-token KD loss (N,) for a chunk. logits (N, V) student; the rest as in kd_loss."""
+    z = logits.float() / s_tau[:, None]
+    logp_all = torch.log_softmax(z, dim=-1)  # (N, V): the only full-vocabulary tensor
+    logp = logp_all.gather(1, t_ids)  # (N, K)
+    logp = torch.where(mask, logp, torch.zeros_like(logp))
+    p_kept = (logp.exp() * mask).sum(-1).clamp(max=1.0)
+    use_bucket = not cfg.renormalize
+    if cfg.kind in ("nll", "kld"):
+        loss = -(q * logp).sum(-1)
+        if cfg.kind == "kld":
+            loss = loss + (q * torch.log(q.clamp(min=1e-30))).sum(-1)
+        if use_bucket:
+            log_out = torch.log1p(-p_kept.clamp(max=1 - 1e-6))
+            loss = loss - residual * log_out
+            if cfg.kind == "kld":
+                loss = loss + residual * torch.log(residual.clamp(min=1e-30))
+        return loss
+    if cfg.kind == "mse":
+        n = mask.sum(-1).clamp(min=1)
+        if cfg.mse_space == "logprob":
+            a, b = logp, torch.log(q.clamp(min=1e-30))
+        elif cfg.mse_space == "prob":
+            a, b = logp.exp(), q
+        else:  # centred logits: both sides are only defined up to a per-token constant
+            zs = z.gather(1, t_ids)
+            zt = torch.where(mask, t_logprobs, torch.zeros_like(t_logprobs))
+            a = zs - (zs * mask).sum(-1, keepdim=True) / n[:, None]
+            b = zt - (zt * mask).sum(-1, keepdim=True) / n[:, None]
+        return (((a - b) ** 2) * mask).sum(-1) / n
+    # Reverse KL and JSD compare distributions on the kept support (plus the bucket if kept).
+    if use_bucket:
+        p_t = torch.cat([logp.exp() * mask, (1 - p_kept)[:, None]], dim=1)
+        q_t = torch.cat([q, residual[:, None]], dim=1)
+        m_t = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    else:
+        p_t = torch.softmax(torch.where(mask, logp, NEG), -1) * mask
+        q_t, m_t = q, mask
+    log_p = torch.log(p_t.clamp(min=1e-30))
+    log_q = torch.log(q_t.clamp(min=1e-30))
+    if cfg.kind == "rkl":
+        return (p_t * (log_p - log_q) * m_t).sum(-1)
+    if cfg.kind == "jsd":
+        m = 0.5 * (p_t + q_t)
+        log_m = torch.log(m.clamp(min=1e-30))
+        return 0.5 * ((q_t * (log_q - log_m)) * m_t).sum(-1) + 0.5 * ((p_t * (log_p - log_m)) * m_t).sum(-1)
+    raise ValueError(f"unknown KD loss {cfg.kind!r}")
+
+
+def kd_loss(logits: torch.Tensor, t_ids: torch.Tensor, t_logprobs: torch.Tensor, mask: torch.Tensor, cfg: KDConfig,
+            chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean KD loss over tokens, and the mean teacher temperature used.
+
+    Args:
+        logits: (N, V) student logits (N = B·T tokens).
+        t_ids: (N, K) int64 kept teacher ids; t_logprobs (N, K) their full-vocabulary log-probs at
+            τ = 1; mask (N, K) bool.
+        chunk_tokens: tokens per chunk; each chunk's log-softmax is recomputed in the backward pass
+            (activation checkpointing), so peak memory does not grow with K or with the KD terms.
+    Returns:
+        (loss, mean τ) scalars.
+    """
+    q, residual, tau, weight = teacher_targets(t_logprobs, mask, cfg)
+    if cfg.adaptive == "normkd":
+        s_tau = (cfg.param("c") * logits.detach().float().std(dim=-1)).clamp(min=1e-2)
+        scale = tau**2
+    elif cfg.temperature_on == "both" and cfg.adaptive == "none":
+        s_tau, scale = tau, tau**2
+    else:
+        s_tau, scale = torch.ones_like(tau), torch.ones_like(tau)
+    per_token = []
+    for s in range(0, logits.shape[0], chunk_tokens):
+        sl = slice(s, s + chunk_tokens)
+        args = (logits[sl], t_ids[sl], q[sl], residual[sl], mask[sl], t_logprobs[sl], s_tau[sl])
+        if logits.requires_grad and logits.shape[0] > chunk_tokens:
+            rows = checkpoint(_kd_rows, *args, cfg, use_reentrant=False)
+        else:
+            rows = _kd_rows(*args, cfg)
+        per_token.append(rows)
+    loss = (torch.cat(per_token) * scale * weight).mean()
+    return loss, tau.mean().detach()
+
+
+def pd_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, t_ids: torch.Tensor | None,
+            t_logprobs: torch.Tensor | None, mask: torch.Tensor | None, cfg: KDConfig,
+            chunk_tokens: int = 1024) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = (1 − α)·L_lm + α·L_kd for a batch.
+
+    Args:
+        logits: (B, T, V) student logits; targets (B, T) next-token ids.
+        t_ids, t_logprobs, mask: (B·T, K) teacher entries for the B·T input positions, or None for LM-only.
+    Returns:
+        The loss, and metrics {lm_loss, kd_loss, alpha, tau}.
+    """
+    flat = logits.flatten(0, 1)
+    lm = lm_loss(logits, targets)
+    metrics = {"lm_loss": float(lm.detach()), "alpha": alpha}
+    if t_ids is None or alpha == 0.0:
+        return lm, metrics
+    kd, tau = kd_loss(flat, t_ids, t_logprobs, mask, cfg, chunk_tokens)  # type: ignore[arg-type]
+    metrics.update(kd_loss=float(kd.detach()), tau=float(tau))
+    return (1.0 - alpha) * lm + alpha * kd, metrics
+
