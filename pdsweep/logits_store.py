@@ -33,6 +33,7 @@ import dataclasses
 import json
 import math
 import struct
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -254,14 +255,48 @@ def encode_shard(
 
 @dataclass
 class Shard:
-    """A decoded shard: positions (P,), ids (P, K) int64, logprobs (P, K) float32 (−inf padded),
-    count (P,), lse (P,) float32."""
+    """A decoded shard, compact: each position's entries in probability order, flattened.
+
+    positions (P,), count (P,), offsets (P + 1,) into flat_ids / flat_q (the quantised values),
+    lse (P,) float32."""
 
     positions: np.ndarray
+    count: np.ndarray
+    offsets: np.ndarray
+    flat_ids: np.ndarray
+    flat_q: np.ndarray
+    lse: np.ndarray
+
+    @property
+    def nbytes(self) -> int:
+        return sum(a.nbytes for a in (self.positions, self.count, self.offsets, self.flat_ids, self.flat_q, self.lse))
+
+    def rows(self, rows: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
+        """ids (N, K) int64 and logprobs (N, K) float32 (−inf padded) of the given rows."""
+        start, n = self.offsets[rows], self.count[rows]
+        mask = np.arange(K)[None, :] < n[:, None]
+        idx = np.where(mask, start[:, None] + np.arange(K)[None, :], 0)
+        ids = np.where(mask, self.flat_ids[idx], 0).astype(np.int64)
+        logprobs = np.where(mask, dequantize(self.flat_q[idx]), np.float32(-np.inf)).astype(np.float32)
+        return ids, logprobs
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.rows(np.arange(len(self.positions)), int(self.count.max(initial=1)))[0]
+
+    @property
+    def logprobs(self) -> np.ndarray:
+        return self.rows(np.arange(len(self.positions)), int(self.count.max(initial=1)))[1]
+
+
+@dataclass
+class Entries:
+    """Stored entries of a batch of positions, padded: ids (N, K) int64, logprobs (N, K) float32 at
+    τ = 1 (−inf padded), count (N,)."""
+
     ids: np.ndarray
     logprobs: np.ndarray
     count: np.ndarray
-    lse: np.ndarray
 
 
 def decode_shard(data: bytes, name: str = "shard") -> Shard:
@@ -296,13 +331,14 @@ def decode_shard(data: bytes, name: str = "shard") -> Shard:
     order = np.argsort(key, axis=1, kind="stable")
     ids = np.take_along_axis(ids, order, axis=1)
     q = np.take_along_axis(q, order, axis=1)
-    logprobs = np.where(mask, dequantize(np.maximum(q, 1)), np.float32(-np.inf)).astype(np.float32)
     if header["contiguous"]:
         positions = header["first"] + np.arange(P, dtype=np.int64)
     else:
         positions = header["first"] + np.cumsum(cols["position_deltas"].astype(np.int64))
     lse = cols["lse"].view(np.float16).astype(np.float32)
-    return Shard(positions, ids, logprobs, count, lse)
+    offsets = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
+    id_dtype = np.uint16 if int(table.max(initial=0)) < 65536 else np.uint32
+    return Shard(positions, count, offsets, ids[mask].astype(id_dtype), np.maximum(q[mask], 1).astype(np.uint16), lse)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -375,6 +411,7 @@ class StoreWriter:
         name = f"shard_{len(self.shards):06d}.pdl"
         files.write_bytes(self.path / name, data)
         entry = {
+            "contiguous": bool(positions[-1] - positions[0] == len(positions) - 1),
             "name": name,
             "positions": int(len(positions)),
             "first": int(positions[0]),
@@ -392,10 +429,11 @@ class StoreWriter:
 class StoreReader:
     """Reads targets by global position, for any p ≤ p_max, k ≤ k_max and τ.
 
-    Shards are decoded on first use and kept (a tiny-run store fits in memory; the index maps each
-    position to the last shard that recorded it)."""
+    Decoded shards are kept in a least-recently-used cache bounded in bytes (`cache_bytes`; about
+    4 bytes per entry). Offline stores (contiguous shards) are searched by position range; online
+    stores get an index in which the last shard that recorded a position wins."""
 
-    def __init__(self, path: Path, expect: StoreInfo | None = None):
+    def __init__(self, path: Path, expect: StoreInfo | None = None, cache_bytes: int = 4 << 30):
         self.path = path
         try:
             self.manifest = files.read_json(path / "manifest.json")
@@ -409,15 +447,14 @@ class StoreReader:
                     raise SpecError(
                         f"{path}: {key} {self.manifest.get(key)} does not match the run's {getattr(expect, key)}"
                     )
-        self._cache: dict[int, Shard] = {}
-        starts, owners, lasts = [], [], []
-        for i, s in enumerate(self.manifest["shards"]):
-            starts.append(s["first"])
-            lasts.append(s["last"])
-            owners.append(i)
-        self._contiguous = all(s.get("contiguous", True) for s in self.manifest["shards"])
-        self._starts = np.asarray(starts, dtype=np.int64)
-        self._lasts = np.asarray(lasts, dtype=np.int64)
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[int, Shard] = OrderedDict()
+        shards = self.manifest["shards"]
+        order = sorted(range(len(shards)), key=lambda i: shards[i]["first"])
+        firsts = np.asarray([shards[i]["first"] for i in order], dtype=np.int64)
+        lasts = np.asarray([shards[i]["last"] for i in order], dtype=np.int64)
+        self._ranges = all(s.get("contiguous", False) for s in shards) and bool(np.all(firsts[1:] > lasts[:-1]))
+        self._order, self._firsts, self._lasts = np.asarray(order, dtype=np.int64), firsts, lasts
         self._index: dict[int, tuple[int, int]] | None = None
 
     @property
@@ -429,20 +466,31 @@ class StoreReader:
         return self.manifest["top_k"]
 
     def shard(self, i: int) -> Shard:
-        if i not in self._cache:
-            entry = self.manifest["shards"][i]
-            file = self.path / entry["name"]
-            try:
-                data = file.read_bytes()
-            except OSError as e:
-                raise SpecError(f"{file}: cannot read logits shard ({e.strerror})") from None
-            if files.sha256_bytes(data) != entry["sha256"]:
-                raise SpecError(f"{file}: checksum mismatch (corrupted logits shard)")
-            self._cache[i] = decode_shard(data, str(file))
-        return self._cache[i]
+        if i in self._cache:
+            self._cache.move_to_end(i)
+            return self._cache[i]
+        entry = self.manifest["shards"][i]
+        file = self.path / entry["name"]
+        try:
+            raw = file.read_bytes()
+        except OSError as e:
+            raise SpecError(f"{file}: cannot read logits shard ({e.strerror})") from None
+        if files.sha256_bytes(raw) != entry["sha256"]:
+            raise SpecError(f"{file}: checksum mismatch (corrupted logits shard)")
+        shard = decode_shard(raw, str(file))
+        self._cache[i] = shard
+        while len(self._cache) > 1 and sum(s.nbytes for s in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return shard
 
     def _locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(shard index, row in shard) per position; the last shard that holds a position wins."""
+        """(shard index, row in shard) per position."""
+        if self._ranges:
+            k = np.searchsorted(self._firsts, positions, side="right") - 1
+            ok = (k >= 0) & (positions <= self._lasts[np.clip(k, 0, None)])
+            if not ok.all():
+                self._missing(positions[~ok], len(positions))
+            return self._order[k], positions - self._firsts[k]
         if self._index is None:
             index: dict[int, tuple[int, int]] = {}
             for i in range(len(self.manifest["shards"])):
@@ -450,34 +498,56 @@ class StoreReader:
                     index[pos] = (i, row)
             self._index = index
         found = [self._index.get(int(p)) for p in positions]
-        missing = [int(p) for p, f in zip(positions, found, strict=True) if f is None]
-        if missing:
-            raise SpecError(
-                f"{self.path}: no teacher logits for position {missing[0]} ({len(missing)} of {len(positions)} missing)"
-            )
+        missing = np.asarray([int(p) for p, f in zip(positions, found, strict=True) if f is None])
+        if len(missing):
+            self._missing(missing, len(positions))
         arr = np.asarray(found, dtype=np.int64)
         return arr[:, 0], arr[:, 1]
 
-    def entries(self, positions: np.ndarray) -> Shard:
+    def _missing(self, missing: np.ndarray, total: int) -> None:
+        raise SpecError(
+            f"{self.path}: no teacher logits for position {int(missing[0])} ({len(missing)} of {total} missing)"
+        )
+
+    def entries(self, positions: np.ndarray) -> Entries:
         """Stored entries for `positions` (any shape; flattened), padded to the longest."""
         flat = np.asarray(positions, dtype=np.int64).reshape(-1)
         shard_of, row_of = self._locate(flat)
-        K = max(int(self.shard(int(i)).ids.shape[1]) for i in np.unique(shard_of))
         N = len(flat)
-        ids = np.zeros((N, K), dtype=np.int64)
-        logprobs = np.full((N, K), -np.inf, dtype=np.float32)
         count = np.zeros(N, dtype=np.int64)
-        lse = np.zeros(N, dtype=np.float32)
         for i in np.unique(shard_of):
             sel = shard_of == i
-            sh = self.shard(int(i))
-            rows = row_of[sel]
-            k = sh.ids.shape[1]
-            ids[sel, :k] = sh.ids[rows]
-            logprobs[sel, :k] = sh.logprobs[rows]
-            count[sel] = sh.count[rows]
-            lse[sel] = sh.lse[rows]
-        return Shard(flat, ids, logprobs, count, lse)
+            count[sel] = self.shard(int(i)).count[row_of[sel]]
+        K = int(count.max(initial=1))
+        ids = np.zeros((N, K), dtype=np.int64)
+        logprobs = np.full((N, K), -np.inf, dtype=np.float32)
+        for i in np.unique(shard_of):
+            sel = shard_of == i
+            ids[sel], logprobs[sel] = self.shard(int(i)).rows(row_of[sel], K)
+        return Entries(ids, logprobs, count)
+
+    def truncated(self, positions: np.ndarray, top_p: float, top_k: int | None) -> tuple[Any, Any, Any]:
+        """Torch tensors (ids, logprobs at τ = 1, mask), (B·T, K), truncated to top-p-k at read time."""
+        import torch
+
+        self._check_serves(top_p, top_k)
+        e = self.entries(positions)
+        k = e.ids.shape[1] if top_k is None else min(top_k, e.ids.shape[1])
+        ids, logprobs = e.ids[:, :k], e.logprobs[:, :k]
+        n = np.minimum(e.count, k)
+        if top_p < 1:
+            cum = np.cumsum(np.exp(logprobs.astype(np.float64)), axis=1)
+            n = np.minimum(n, (cum < top_p).sum(axis=1) + 1)
+        mask = np.arange(k)[None, :] < n[:, None]
+        return (
+            torch.from_numpy(ids),
+            torch.from_numpy(np.where(mask, logprobs, np.float32(-np.inf))),
+            torch.from_numpy(mask),
+        )
+
+    def _check_serves(self, top_p: float, top_k: int | None) -> None:
+        if top_p > self.top_p + 1e-9 or (top_k or math.inf) > (self.top_k or math.inf):
+            raise SpecError(f"{self.path}: holds top-{self.top_p}-{self.top_k}; cannot serve top-{top_p}-{top_k}")
 
     def targets(
         self, positions: np.ndarray, top_p: float, top_k: int | None, temperature: float, renormalize: bool = True
@@ -485,8 +555,7 @@ class StoreReader:
         """Padded torch tensors (ids, probs, mask, residual) for a batch of positions (B, T) → (B·T, K)."""
         import torch
 
-        if top_p > self.top_p + 1e-9 or (top_k or math.inf) > (self.top_k or math.inf):
-            raise SpecError(f"{self.path}: holds top-{self.top_p}-{self.top_k}; cannot serve top-{top_p}-{top_k}")
+        self._check_serves(top_p, top_k)
         e = self.entries(positions)
         return read_targets(
             torch.from_numpy(e.ids),

@@ -67,8 +67,15 @@ class KDConfig:
     def from_spec(cls, spec) -> KDConfig:  # noqa: ANN001 - a RunSpec (spec.py is a sibling layer's)
         a = spec.logits.adaptive
         params = tuple((k, float(v)) for k, v in a.model_dump().items() if k != "kind")
-        return cls(spec.loss.kd, spec.logits.temperature, spec.logits.temperature_on, a.kind, params,
-                   spec.logits.renormalize, spec.loss.mse_space)
+        return cls(
+            spec.loss.kd,
+            spec.logits.temperature,
+            spec.logits.temperature_on,
+            a.kind,
+            params,
+            spec.logits.renormalize,
+            spec.loss.mse_space,
+        )
 
     def param(self, name: str) -> float:
         return dict(self.adaptive_params)[name]
@@ -82,7 +89,9 @@ def _masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return var.sqrt()
 
 
-def teacher_targets(t_logprobs: torch.Tensor, mask: torch.Tensor, cfg: KDConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def teacher_targets(
+    t_logprobs: torch.Tensor, mask: torch.Tensor, cfg: KDConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """F(teacher): the target over the kept ids.
 
     Args:
@@ -123,8 +132,16 @@ def teacher_targets(t_logprobs: torch.Tensor, mask: torch.Tensor, cfg: KDConfig)
     return q * kept[:, None], (1.0 - kept).clamp(min=0.0), tau, weight
 
 
-def _kd_rows(logits: torch.Tensor, t_ids: torch.Tensor, q: torch.Tensor, residual: torch.Tensor, mask: torch.Tensor,
-             t_logprobs: torch.Tensor, s_tau: torch.Tensor, cfg: KDConfig) -> torch.Tensor:
+def _kd_rows(
+    logits: torch.Tensor,
+    t_ids: torch.Tensor,
+    q: torch.Tensor,
+    residual: torch.Tensor,
+    mask: torch.Tensor,
+    t_logprobs: torch.Tensor,
+    s_tau: torch.Tensor,
+    cfg: KDConfig,
+) -> torch.Tensor:
     """Per-token KD loss (N,) for a chunk. logits (N, V) student; the rest as in kd_loss."""
     z = logits.float() / s_tau[:, None]
     logp_all = torch.log_softmax(z, dim=-1)  # (N, V): the only full-vocabulary tensor
@@ -173,8 +190,14 @@ def _kd_rows(logits: torch.Tensor, t_ids: torch.Tensor, q: torch.Tensor, residua
     raise ValueError(f"unknown KD loss {cfg.kind!r}")
 
 
-def kd_loss(logits: torch.Tensor, t_ids: torch.Tensor, t_logprobs: torch.Tensor, mask: torch.Tensor, cfg: KDConfig,
-            chunk_tokens: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+def kd_loss(
+    logits: torch.Tensor,
+    t_ids: torch.Tensor,
+    t_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    cfg: KDConfig,
+    chunk_tokens: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean KD loss over tokens, and the mean teacher temperature used.
 
     Args:
@@ -207,9 +230,16 @@ def kd_loss(logits: torch.Tensor, t_ids: torch.Tensor, t_logprobs: torch.Tensor,
     return loss, tau.mean().detach()
 
 
-def pd_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, t_ids: torch.Tensor | None,
-            t_logprobs: torch.Tensor | None, mask: torch.Tensor | None, cfg: KDConfig,
-            chunk_tokens: int = 1024) -> tuple[torch.Tensor, dict[str, float]]:
+def pd_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    alpha: float,
+    t_ids: torch.Tensor | None,
+    t_logprobs: torch.Tensor | None,
+    mask: torch.Tensor | None,
+    cfg: KDConfig,
+    chunk_tokens: int = 1024,
+) -> tuple[torch.Tensor, dict[str, float]]:
     """L = (1 − α)·L_lm + α·L_kd for a batch.
 
     Args:
@@ -226,4 +256,3 @@ def pd_loss(logits: torch.Tensor, targets: torch.Tensor, alpha: float, t_ids: to
     kd, tau = kd_loss(flat, t_ids, t_logprobs, mask, cfg, chunk_tokens)  # type: ignore[arg-type]
     metrics.update(kd_loss=float(kd.detach()), tau=float(tau))
     return (1.0 - alpha) * lm + alpha * kd, metrics
-

@@ -67,7 +67,9 @@ def test_reverse_kl_and_jsd_equal_dense_references() -> None:
     check(rkl, F.kl_div(logq, logp, reduction="batchmean", log_target=True), s)
     logp = F.log_softmax(s, -1)  # a fresh graph for the second reference
     m = 0.5 * (logp.exp() + logq.exp())
-    jsd_ref = 0.5 * F.kl_div(m.log(), logq, reduction="batchmean", log_target=True) + 0.5 * F.kl_div(m.log(), logp, reduction="batchmean", log_target=True)
+    jsd_ref = 0.5 * F.kl_div(m.log(), logq, reduction="batchmean", log_target=True) + 0.5 * F.kl_div(
+        m.log(), logp, reduction="batchmean", log_target=True
+    )
     jsd, _ = losses.kd_loss(s, ids, lp, mask, KDConfig("jsd"))
     check(jsd, jsd_ref, s)
 
@@ -108,7 +110,12 @@ def test_chunked_equals_unchunked() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(0, 10_000), st.sampled_from([0.05, 1.0, 10.0]), st.sampled_from([0.3, 0.9, 1.0]), st.sampled_from([1, 5, V]))
+@given(
+    st.integers(0, 10_000),
+    st.sampled_from([0.05, 1.0, 10.0]),
+    st.sampled_from([0.3, 0.9, 1.0]),
+    st.sampled_from([1, 5, V]),
+)
 def test_kl_is_nonnegative_and_zero_on_itself(seed, tau, p, k) -> None:
     s, t = pair(seed)
     kept = logits_store.top_p_k(t, p, k)
@@ -128,9 +135,16 @@ def test_gradients_are_finite_for_extreme_logits(kind, tau, adaptive) -> None:
     t = torch.randn(4, V, generator=g).sign() * 1e4
     kept = logits_store.top_p_k(t, 0.95, 10)
     mask = torch.isfinite(kept.logprobs)
-    params = {"none": (), "normkd": (("c", 1.5),), "wttm": (("gamma", 0.5), ("beta", 1.0)),
-              "adakd_sd": (("tau_min", 0.5), ("tau_max", 4.0)), "adakd_h": (("tau_min", 0.5), ("tau_max", 4.0))}[adaptive]
-    loss, _ = losses.kd_loss(s, kept.ids, kept.logprobs, mask, KDConfig(kind, temperature=tau, adaptive=adaptive, adaptive_params=params))
+    params = {
+        "none": (),
+        "normkd": (("c", 1.5),),
+        "wttm": (("gamma", 0.5), ("beta", 1.0)),
+        "adakd_sd": (("tau_min", 0.5), ("tau_max", 4.0)),
+        "adakd_h": (("tau_min", 0.5), ("tau_max", 4.0)),
+    }[adaptive]
+    loss, _ = losses.kd_loss(
+        s, kept.ids, kept.logprobs, mask, KDConfig(kind, temperature=tau, adaptive=adaptive, adaptive_params=params)
+    )
     (grad,) = torch.autograd.grad(loss, s)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
 
