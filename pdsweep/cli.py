@@ -470,6 +470,9 @@ def train(
         str, typer.Option(help="torchrun (one machine) or deepspeed (needed for --hostfile).")
     ] = "torchrun",
     hostfile: Annotated[Path | None, typer.Option(help="DeepSpeed hostfile: train on several machines.")] = None,
+    logits: Annotated[
+        Path | None, typer.Option(help="Teacher logits store (default: generated from the run's teacher).")
+    ] = None,
 ) -> None:
     """Train one run, resuming from its last checkpoint if it was interrupted."""
     from pdsweep import expand, settings
@@ -482,8 +485,8 @@ def train(
         if hostfile is not None and not hostfile.is_file():
             raise _spec_error(f"--hostfile: {hostfile} does not exist")
     if (nproc > 1 or hostfile is not None) and "RANK" not in os.environ:
-        raise typer.Exit(_relaunch(file, run_dir, nproc, "deepspeed" if hostfile else launcher, hostfile))
-    raise typer.Exit(_train_one(spec, run_dir))
+        raise typer.Exit(_relaunch(file, run_dir, nproc, "deepspeed" if hostfile else launcher, hostfile, logits))
+    raise typer.Exit(_train_one(spec, run_dir, logits))
 
 
 def _spec_error(line: str) -> Exception:
@@ -492,7 +495,9 @@ def _spec_error(line: str) -> Exception:
     return SpecError(line)
 
 
-def _relaunch(file: Path, run_dir: Path, nproc: int, launcher: str, hostfile: Path | None) -> int:
+def _relaunch(
+    file: Path, run_dir: Path, nproc: int, launcher: str, hostfile: Path | None, logits: Path | None = None
+) -> int:
     """Run this command again under torchrun or the deepspeed launcher, `nproc` processes per machine
     (each with its share of the CPU threads)."""
     import subprocess
@@ -501,7 +506,15 @@ def _relaunch(file: Path, run_dir: Path, nproc: int, launcher: str, hostfile: Pa
 
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     env = {**os.environ, "OMP_NUM_THREADS": threads}
-    args = ["-m", "pdsweep.cli", "train", str(file), "--out", str(run_dir)]
+    args = [
+        "-m",
+        "pdsweep.cli",
+        "train",
+        str(file),
+        "--out",
+        str(run_dir),
+        *(["--logits", str(logits)] if logits else []),
+    ]
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
     else:
@@ -528,7 +541,30 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _train_one(spec, run_dir: Path) -> int:  # noqa: ANN001 - a RunSpec
+def _store_for(spec, tokens, logits: Path | None, progress):  # noqa: ANN001, ANN202 - RunSpec, TokenData → StoreReader
+    """The logits store a run with a teacher reads: the one given, or its teacher's default store
+    (generated here, resumably, if it is not complete)."""
+    from pdsweep import logits_store, settings, teacher
+
+    if not spec.uses_teacher:
+        return None
+    if logits is not None:
+        return logits_store.StoreReader(logits)
+    if spec.teacher.kind == "run":
+        raise _spec_error(f"teacher: {spec.teacher.source} is a teacher run of a sweep; give its store with --logits")
+    t = teacher.load(spec.teacher)
+    teacher.check_tokenizer(t, tokens, spec.teacher.source)
+    lg = spec.logits
+    store = (
+        settings.workdir() / "logits" / f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.label}"
+    )
+    teacher.generate(
+        t, tokens, store, lg.top_p, lg.top_k, spec.data.seq_len, batch_size=spec.teacher.batch_size, progress=progress
+    )
+    return logits_store.StoreReader(store, expect=teacher.store_info(t, tokens, lg.top_p, lg.top_k))
+
+
+def _train_one(spec, run_dir: Path, logits: Path | None = None) -> int:  # noqa: ANN001 - a RunSpec
     """Train in run_dir with a progress bar; 0 when done, 1 when the run failed (reason in status.json)."""
     import yaml
 
@@ -547,7 +583,11 @@ def _train_one(spec, run_dir: Path) -> int:  # noqa: ANN001 - a RunSpec
                 existing,
                 yaml.safe_dump({"run_id": expand.run_id(spec), **spec.model_dump(mode="json")}, sort_keys=False),
             )
+        _ensure_builtin_teacher(spec)
         tokens = data.prepare(spec)
+        gen_bar, hook = _progress_bar()
+        with gen_bar if rank0 else contextlib.nullcontext():
+            store = _store_for(spec, tokens, logits, hook if rank0 else lambda *a: None)
     callbacks: list = [trainer.MetricsFile(run_dir)]
     if spec.train.record_logits:
         if backend.world_size > 1:
@@ -571,7 +611,7 @@ def _train_one(spec, run_dir: Path) -> int:  # noqa: ANN001 - a RunSpec
         files.write_json(run_dir / "status.json", {"status": "running", "pid": os.getpid()})
     try:
         with bar.live():
-            result = trainer.train(spec, run_dir, tokens, backend, [*callbacks, bar])
+            result = trainer.train(spec, run_dir, tokens, backend, [*callbacks, bar], store=store)
     except trainer.TrainingFailed as e:
         if rank0:
             files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})

@@ -28,7 +28,7 @@ import torch
 
 from pdsweep import data, files, logits_store, losses, model
 from pdsweep.backends import Backend, peak_flops
-from pdsweep.schedules import lr_at
+from pdsweep.schedules import alpha_at, lr_at
 from pdsweep.spec import RecordLogitsSpec, RunSpec
 
 
@@ -227,8 +227,12 @@ def train(
     tokens: data.TokenData,
     backend: Backend,
     callbacks: list[Callback] | tuple[Callback, ...] = (),
+    store: logits_store.StoreReader | None = None,
 ) -> dict[str, Any]:
-    """Train `spec` in `run_dir` (resuming from its last checkpoint); return the final metrics."""
+    """Train `spec` in `run_dir` (resuming from its last checkpoint); return the final metrics.
+
+    A run with a teacher (α not identically 0) reads its targets from `store`, by the global
+    positions of each batch, truncated to the run's top-p-k at read time."""
     t, tr = spec.data, spec.train
     total = spec.steps()
     per_rank = tr.global_batch // backend.world_size
@@ -242,6 +246,13 @@ def train(
 
         raise SpecError(f"data.seq_len: {t.seq_len} is longer than the training data ({len(tokens.train)} tokens)")
 
+    if spec.uses_teacher and store is None:
+        raise ValueError("a run with a teacher needs a logits store")
+    if spec.uses_teacher and spec.logits.sampling is not None:
+        from pdsweep.specfile import SpecError
+
+        raise SpecError("logits.sampling: sampled targets are not served by the trainer yet")
+    kd = losses.KDConfig.from_spec(spec)
     run_dir.mkdir(parents=True, exist_ok=True)
     net = model.build(spec.student, tokens.vocab_size, t.seq_len, seed=tr.seed)
     engine = backend.setup(net, spec.optim, accum)
@@ -268,9 +279,10 @@ def train(
         step = state.step
         started = time.perf_counter()
         lr = spec.optim.lr * lr_at(step, total, spec.optim.lr_schedule)
+        alpha = alpha_at(step, total, spec.loss.alpha, spec.optim.lr_schedule) if spec.uses_teacher else 0.0
         backend.set_lr(lr)
         batch = data.batch_at(tokens.train, t.seq_len, tr.global_batch, tr.seed, step, backend.rank, backend.world_size)
-        step_loss = 0.0
+        sums: dict[str, float] = {}
         for m in range(accum):
             rows = slice(m * tr.micro_batch, (m + 1) * tr.micro_batch)
             inputs = torch.from_numpy(batch.inputs[rows]).to(backend.device)
@@ -279,11 +291,22 @@ def train(
                 logits = engine(inputs)
             for cb in wants_logits:
                 cb.on_logits(state, batch.positions[rows], logits.detach())
-            loss = losses.lm_loss(logits, targets)
+            teacher = None
+            if alpha > 0:
+                assert store is not None
+                teacher = [
+                    x.to(backend.device)
+                    for x in store.truncated(batch.positions[rows], spec.logits.top_p, spec.logits.top_k)
+                ]
+            loss, parts = losses.pd_loss(
+                logits, targets, alpha, *(teacher or (None, None, None)), kd, spec.loss.chunk_tokens
+            )
             backend.backward(loss)
-            step_loss += float(loss.detach()) / accum
+            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / accum
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value / accum
         grad_norm = backend.step()
-        step_loss = backend.mean(step_loss)
+        step_loss = backend.mean(sums["loss"])
         if not math.isfinite(step_loss):
             raise TrainingFailed(step, f"non-finite loss ({step_loss}) at step {step}")
         state.step += 1
@@ -292,7 +315,7 @@ def train(
         tps = tokens_per_step / elapsed
         metrics = {
             "loss": step_loss,
-            "lm_loss": step_loss,
+            **{k: backend.mean(v) for k, v in sums.items() if k != "loss"},  # lm_loss, kd_loss, alpha, tau
             "lr": lr,
             "grad_norm": grad_norm,
             "tokens_per_s": tps,

@@ -175,3 +175,67 @@ def test_online_recording_stores_the_batches_trained_on_in_the_window(tmp_path, 
     e = reader.entries(positions.reshape(-1))
     assert np.array_equal(e.ids[:, 0], argmax.reshape(-1))
     assert e.count.max() <= 16
+
+
+@pytest.fixture(scope="module")
+def hamlet(shakespeare, tmp_path_factory):
+    """One real play as a small corpus, its tokens, a tiny teacher trained on it and its full store."""
+    corpus = next(p for p in data.corpus_files(RunSpec(loss={"alpha": 0}).data) if p.name == "hamlet_gut.txt")
+    work = tmp_path_factory.mktemp("hamlet")
+    base = {
+        "student": "tiny-xs",
+        "data": {
+            "corpus": str(corpus),
+            "tokenizer": {"kind": "bpe", "vocab_size": 1024},
+            "seq_len": 64,
+            "tokens": 64 * 16 * 20,
+        },
+        "train": {"global_batch": 16, "micro_batch": 16, "backend": "torch", "checkpoint_every": 1000},
+        "eval": {"interval": 1000},
+    }
+    t_spec = RunSpec.model_validate(base | {"loss": {"alpha": 0}})
+    tokens = data.prepare(t_spec, work)
+    t_dir = work / "teacher"
+    t_dir.mkdir()
+    (t_dir / "spec.yaml").write_text(yaml.safe_dump({"run_id": "t", **t_spec.model_dump(mode="json")}))
+    import os
+
+    os.environ["PDSWEEP_WORKDIR"], old = str(work), os.environ.get("PDSWEEP_WORKDIR", "")
+    try:
+        trainer.train(t_spec, t_dir, tokens, backends.TorchBackend(t_spec))
+        t = teacher.load(TeacherSpec(source=f"ckpt:{t_dir}"))
+    finally:
+        os.environ["PDSWEEP_WORKDIR"] = old
+    teacher.generate(t, tokens, work / "store", 0.95, 50, 64)
+    return base, tokens, logits_store.StoreReader(work / "store", expect=teacher.store_info(t, tokens, 0.95, 50))
+
+
+def test_pd_run_reads_the_store_and_follows_its_alpha_schedule(hamlet, tmp_path) -> None:
+    base, tokens, store = hamlet
+    spec = RunSpec.model_validate(
+        base
+        | {
+            "teacher": "hf:/unused",
+            "loss": {"kd": "kld", "alpha": {"kind": "wsd_alpha", "max": 0.9, "warmup": 0.25, "decay": 0.25}},
+            "logits": {"top_p": 0.9, "top_k": 20, "temperature": 2.0},
+        }
+    )
+    trainer.train(spec, tmp_path, tokens, backends.TorchBackend(spec), [trainer.MetricsFile(tmp_path)], store=store)
+    rows = [
+        m
+        for m in map(__import__("json").loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
+        if m["kind"] == "train"
+    ]
+    alphas = [m["alpha"] for m in rows]
+    assert alphas[0] == 0.0 and alphas[-1] == pytest.approx(0.0, abs=1e-9) and max(alphas) == pytest.approx(0.9)
+    assert all("kd_loss" in m and m["tau"] == pytest.approx(2.0) for m in rows if m["alpha"] > 0)
+    assert all(np.isfinite(m["loss"]) for m in rows)
+    # α = 0 steps train on the LM loss alone.
+    assert all(m["loss"] == pytest.approx(m["lm_loss"]) for m in rows if m["alpha"] == 0)
+
+
+def test_pd_run_without_its_positions_is_refused(hamlet, tmp_path, shakespeare) -> None:
+    base, _, store = hamlet
+    spec = RunSpec.model_validate(TINY_RUN | {"teacher": "hf:/unused", "loss": {"alpha": 0.5}, "logits": {"top_k": 20}})
+    with pytest.raises(SpecError, match="no teacher logits for position"):
+        trainer.train(spec, tmp_path, shakespeare, backends.TorchBackend(spec), store=store)
