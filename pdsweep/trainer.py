@@ -291,16 +291,13 @@ def train(
                 logits = engine(inputs)
             for cb in wants_logits:
                 cb.on_logits(state, batch.positions[rows], logits.detach())
-            teacher = None
+            t_ids = t_logprobs = t_mask = None
             if alpha > 0:
                 assert store is not None
-                teacher = [
-                    x.to(backend.device)
-                    for x in store.truncated(batch.positions[rows], spec.logits.top_p, spec.logits.top_k)
-                ]
-            loss, parts = losses.pd_loss(
-                logits, targets, alpha, *(teacher or (None, None, None)), kd, spec.loss.chunk_tokens
-            )
+                t_ids, t_logprobs, t_mask = (
+                    x.to(backend.device) for x in store.truncated(batch.positions[rows], spec.logits.top_p, spec.logits.top_k)
+                )
+            loss, parts = losses.pd_loss(logits, targets, alpha, t_ids, t_logprobs, t_mask, kd, spec.loss.chunk_tokens)
             backend.backward(loss)
             sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / accum
             for key, value in parts.items():
