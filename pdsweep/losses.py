@@ -196,7 +196,7 @@ def kd_loss(
     t_logprobs: torch.Tensor,
     mask: torch.Tensor,
     cfg: KDConfig,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean KD loss over tokens, and the mean teacher temperature used.
 
@@ -221,13 +221,59 @@ def kd_loss(
     for s in range(0, logits.shape[0], chunk_tokens):
         sl = slice(s, s + chunk_tokens)
         args = (logits[sl], t_ids[sl], q[sl], residual[sl], mask[sl], t_logprobs[sl], s_tau[sl])
-        if logits.requires_grad and logits.shape[0] > chunk_tokens:
+        if logits.requires_grad:  # recompute in backward: no (N, V) tensor is kept for it
             rows = checkpoint(_kd_rows, *args, cfg, use_reentrant=False)
         else:
             rows = _kd_rows(*args, cfg)
         per_token.append(rows)
     loss = (torch.cat(per_token) * scale * weight).mean()
     return loss, tau.mean().detach()
+
+
+class _FusedPD(torch.autograd.Function):
+    """(1 − α)·LM + α·KD over (N, V) logits, chunk by chunk, with the gradient computed in the
+    forward pass (as memory-efficient fused cross-entropy kernels do): only the logits and one
+    (N, V) gradient buffer exist at full size, so distillation costs no more memory than the LM
+    loss alone (which keeps its own (N, V) log-softmax for the backward pass)."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, t_ids, t_logprobs, mask, alpha, cfg, chunk_tokens, parts):  # noqa: ANN001, ANN205
+        N = logits.shape[0]
+        q, residual, tau, weight = teacher_targets(t_logprobs, mask, cfg)
+        grad = torch.empty_like(logits, dtype=torch.float32)
+        total = lm_sum = kd_sum = 0.0
+        for s in range(0, N, chunk_tokens):
+            sl = slice(s, s + chunk_tokens)
+            with torch.enable_grad():
+                z = logits[sl].detach().float().requires_grad_(True)
+                lm = F.cross_entropy(z, targets[sl], reduction="none")
+                if cfg.adaptive == "normkd":
+                    s_tau = (cfg.param("c") * z.detach().std(dim=-1)).clamp(min=1e-2)
+                    scale = tau[sl] ** 2
+                elif cfg.temperature_on == "both" and cfg.adaptive == "none":
+                    s_tau, scale = tau[sl], tau[sl] ** 2
+                else:
+                    s_tau, scale = torch.ones_like(tau[sl]), torch.ones_like(tau[sl])
+                kd = (
+                    _kd_rows(z, t_ids[sl], q[sl], residual[sl], mask[sl], t_logprobs[sl], s_tau, cfg)
+                    * scale
+                    * weight[sl]
+                )
+                chunk = ((1.0 - alpha) * lm + alpha * kd).sum() / N
+                (g,) = torch.autograd.grad(chunk, z)
+            grad[sl] = g
+            total += float(chunk)
+            lm_sum += float(lm.sum())
+            kd_sum += float(kd.sum())
+        ctx.save_for_backward(grad)
+        ctx.dtype = logits.dtype
+        parts.update(lm_loss=lm_sum / N, kd_loss=kd_sum / N, tau=float(tau.mean()))
+        return logits.new_tensor(total, dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx, grad_output):  # noqa: ANN001, ANN205
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_output).to(ctx.dtype), None, None, None, None, None, None, None, None
 
 
 def pd_loss(
@@ -238,7 +284,7 @@ def pd_loss(
     t_logprobs: torch.Tensor | None,
     mask: torch.Tensor | None,
     cfg: KDConfig,
-    chunk_tokens: int = 1024,
+    chunk_tokens: int = 256,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L = (1 − α)·L_lm + α·L_kd for a batch.
 
@@ -248,11 +294,12 @@ def pd_loss(
     Returns:
         The loss, and metrics {lm_loss, kd_loss, alpha, tau}.
     """
-    flat = logits.flatten(0, 1)
-    lm = lm_loss(logits, targets)
-    metrics = {"lm_loss": float(lm.detach()), "alpha": alpha}
     if t_ids is None or alpha == 0.0:
-        return lm, metrics
-    kd, tau = kd_loss(flat, t_ids, t_logprobs, mask, cfg, chunk_tokens)  # type: ignore[arg-type]
-    metrics.update(kd_loss=float(kd.detach()), tau=float(tau))
-    return (1.0 - alpha) * lm + alpha * kd, metrics
+        lm = lm_loss(logits, targets)
+        return lm, {"lm_loss": float(lm.detach()), "alpha": alpha}
+    assert t_logprobs is not None and mask is not None
+    parts: dict[str, float] = {}
+    loss = _FusedPD.apply(
+        logits.flatten(0, 1), targets.flatten(), t_ids, t_logprobs, mask, alpha, cfg, chunk_tokens, parts
+    )
+    return loss, {**parts, "alpha": alpha}

@@ -553,7 +553,7 @@ class LossSpec(_Model):
     alpha: AlphaSpec = Field(default_factory=ConstantAlpha)
     """The weight α and its schedule: constant (a bare number is shorthand), linear_inc, linear_dec,
     period, wsd_alpha, wsd_beta."""
-    chunk_tokens: int = Field(default=1024, ge=1)
+    chunk_tokens: int = Field(default=256, ge=1)
     """Tokens per chunk when computing the student's log-softmax for KD (bounds peak memory)."""
 
     @field_validator("alpha", mode="before")

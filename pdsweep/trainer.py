@@ -295,7 +295,8 @@ def train(
             if alpha > 0:
                 assert store is not None
                 t_ids, t_logprobs, t_mask = (
-                    x.to(backend.device) for x in store.truncated(batch.positions[rows], spec.logits.top_p, spec.logits.top_k)
+                    x.to(backend.device)
+                    for x in store.truncated(batch.positions[rows], spec.logits.top_p, spec.logits.top_k)
                 )
             loss, parts = losses.pd_loss(logits, targets, alpha, t_ids, t_logprobs, t_mask, kd, spec.loss.chunk_tokens)
             backend.backward(loss)

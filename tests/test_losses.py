@@ -197,3 +197,21 @@ def test_pd_loss_mixes_lm_and_kd() -> None:
     assert float(mixed) == pytest.approx(0.7 * m["lm_loss"] + 0.3 * float(kd), rel=1e-6)
     lm_only, m0 = losses.pd_loss(s[None], targets[None], 0.0, ids, lp, mask, cfg)
     assert "kd_loss" not in m0 and float(lm_only) == pytest.approx(m0["lm_loss"])
+
+
+@pytest.mark.parametrize("kind", ["nll", "kld", "mse", "rkl", "jsd"])
+@pytest.mark.parametrize("adaptive", ["none", "normkd", "wttm"])
+def test_fused_pd_loss_equals_its_parts_values_and_gradients(kind, adaptive) -> None:
+    s, t = pair(7, n=40)
+    targets = torch.randint(0, V, (40,), generator=torch.Generator().manual_seed(1))
+    kept = logits_store.top_p_k(t, 0.9, 12)
+    mask = torch.isfinite(kept.logprobs)
+    params = {"none": (), "normkd": (("c", 1.5),), "wttm": (("gamma", 0.5), ("beta", 1.0))}[adaptive]
+    cfg = KDConfig(kind, temperature=2.0, adaptive=adaptive, adaptive_params=params)
+    fused, parts = losses.pd_loss(
+        s.view(1, 40, V), targets.view(1, 40), 0.7, kept.ids, kept.logprobs, mask, cfg, chunk_tokens=9
+    )
+    kd, _ = losses.kd_loss(s, kept.ids, kept.logprobs, mask, cfg)
+    ref = 0.3 * F.cross_entropy(s, targets) + 0.7 * kd
+    check(fused, ref, s)
+    assert parts["kd_loss"] == pytest.approx(float(kd), rel=1e-5)
