@@ -7,8 +7,9 @@ The pre-training distillation objective (the paper's Eq. 1):
 The teacher side arrives sparse from the logits store: for each token N, K kept ids with their
 log-probabilities under the full vocabulary (τ = 1) and a mask. F (Eq. 4) applies the temperature
 to the kept logits and renormalises — or keeps the untruncated mass as a residual bucket. The
-student side is a full-vocabulary log-softmax, computed in chunks of tokens under activation
-checkpointing, so no dense B×T×V teacher tensor and no extra B×T×V student tensor is ever kept.
+student side is a full-vocabulary log-softmax, computed in chunks of tokens with the gradient taken
+chunk by chunk in the forward pass (`pd_loss`), so no dense B×T×V teacher tensor and no extra
+B×T×V student tensor is ever kept.
 
 KD losses D (q = teacher target over the kept ids, p = student):
     nll  −Σ q log p                          (soft cross-entropy; the paper's default)
@@ -34,7 +35,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 NEG = -1e30  # a finite "minus infinity": keeps gradients free of NaN where entries are masked
 
@@ -190,6 +190,15 @@ def _kd_rows(
     raise ValueError(f"unknown KD loss {cfg.kind!r}")
 
 
+def _student_temperature(logits: torch.Tensor, tau: torch.Tensor, cfg: KDConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student τ per token, loss scale per token): NormKD's own τ_S and τ_T²; Hinton's τ and τ²."""
+    if cfg.adaptive == "normkd":
+        return (cfg.param("c") * logits.detach().float().std(dim=-1)).clamp(min=1e-2), tau**2
+    if cfg.temperature_on == "both" and cfg.adaptive == "none":
+        return tau, tau**2
+    return torch.ones_like(tau), torch.ones_like(tau)
+
+
 def kd_loss(
     logits: torch.Tensor,
     t_ids: torch.Tensor,
@@ -198,36 +207,21 @@ def kd_loss(
     cfg: KDConfig,
     chunk_tokens: int = 256,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean KD loss over tokens, and the mean teacher temperature used.
+    """Mean KD loss over tokens, and the mean teacher temperature used (for evaluation, and the
+    reference the fused training loss is tested against).
 
     Args:
         logits: (N, V) student logits (N = B·T tokens).
         t_ids: (N, K) int64 kept teacher ids; t_logprobs (N, K) their full-vocabulary log-probs at
             τ = 1; mask (N, K) bool.
-        chunk_tokens: tokens per chunk; each chunk's log-softmax is recomputed in the backward pass
-            (activation checkpointing), so peak memory does not grow with K or with the KD terms.
     Returns:
         (loss, mean τ) scalars.
     """
     q, residual, tau, weight = teacher_targets(t_logprobs, mask, cfg)
-    if cfg.adaptive == "normkd":
-        s_tau = (cfg.param("c") * logits.detach().float().std(dim=-1)).clamp(min=1e-2)
-        scale = tau**2
-    elif cfg.temperature_on == "both" and cfg.adaptive == "none":
-        s_tau, scale = tau, tau**2
-    else:
-        s_tau, scale = torch.ones_like(tau), torch.ones_like(tau)
-    per_token = []
-    for s in range(0, logits.shape[0], chunk_tokens):
-        sl = slice(s, s + chunk_tokens)
-        args = (logits[sl], t_ids[sl], q[sl], residual[sl], mask[sl], t_logprobs[sl], s_tau[sl])
-        if logits.requires_grad:  # recompute in backward: no (N, V) tensor is kept for it
-            rows = checkpoint(_kd_rows, *args, cfg, use_reentrant=False)
-        else:
-            rows = _kd_rows(*args, cfg)
-        per_token.append(rows)
-    loss = (torch.cat(per_token) * scale * weight).mean()
-    return loss, tau.mean().detach()
+    s_tau, scale = _student_temperature(logits, tau, cfg)
+    chunks = [slice(s, s + chunk_tokens) for s in range(0, logits.shape[0], chunk_tokens)]
+    rows = [_kd_rows(logits[c], t_ids[c], q[c], residual[c], mask[c], t_logprobs[c], s_tau[c], cfg) for c in chunks]
+    return (torch.cat(rows) * scale * weight).mean(), tau.mean().detach()
 
 
 class _FusedPD(torch.autograd.Function):
@@ -243,25 +237,15 @@ class _FusedPD(torch.autograd.Function):
         grad = torch.empty_like(logits, dtype=torch.float32)
         total = lm_sum = kd_sum = 0.0
         for s in range(0, N, chunk_tokens):
-            sl = slice(s, s + chunk_tokens)
+            c = slice(s, s + chunk_tokens)
             with torch.enable_grad():
-                z = logits[sl].detach().float().requires_grad_(True)
-                lm = F.cross_entropy(z, targets[sl], reduction="none")
-                if cfg.adaptive == "normkd":
-                    s_tau = (cfg.param("c") * z.detach().std(dim=-1)).clamp(min=1e-2)
-                    scale = tau[sl] ** 2
-                elif cfg.temperature_on == "both" and cfg.adaptive == "none":
-                    s_tau, scale = tau[sl], tau[sl] ** 2
-                else:
-                    s_tau, scale = torch.ones_like(tau[sl]), torch.ones_like(tau[sl])
-                kd = (
-                    _kd_rows(z, t_ids[sl], q[sl], residual[sl], mask[sl], t_logprobs[sl], s_tau, cfg)
-                    * scale
-                    * weight[sl]
-                )
+                z = logits[c].detach().float().requires_grad_(True)
+                lm = F.cross_entropy(z, targets[c], reduction="none")
+                s_tau, scale = _student_temperature(z, tau[c], cfg)
+                kd = _kd_rows(z, t_ids[c], q[c], residual[c], mask[c], t_logprobs[c], s_tau, cfg) * scale * weight[c]
                 chunk = ((1.0 - alpha) * lm + alpha * kd).sum() / N
                 (g,) = torch.autograd.grad(chunk, z)
-            grad[sl] = g
+            grad[c] = g
             total += float(chunk)
             lm_sum += float(lm.sum())
             kd_sum += float(kd.sum())
@@ -291,6 +275,7 @@ def pd_loss(
     Args:
         logits: (B, T, V) student logits; targets (B, T) next-token ids.
         t_ids, t_logprobs, mask: (B·T, K) teacher entries for the B·T input positions, or None for LM-only.
+        chunk_tokens: tokens per chunk of the fused loss (bounds its temporary (chunk, V) tensors).
     Returns:
         The loss, and metrics {lm_loss, kd_loss, alpha, tau}.
     """
