@@ -50,8 +50,9 @@ GAMMA = 0.5
 """Values are stored as y = p^GAMMA."""
 VALUE_STEP = 2 * GAMMA * 1e-3
 """Grid step of y: the error in p is at most step/(2·GAMMA)·p^(1−GAMMA) ≤ 1e-3."""
-ZSTD_LEVEL = 19
-"""Slow to compress (~1 M entries/s), fast to read; generation is bounded by the teacher's forward."""
+ZSTD_LEVEL = 9
+"""Level 19 makes stores ~1.5% smaller (measured on SmolLM2-135M outputs) at ~10x the compression
+time, which bounds generation speed for small teachers; 9 keeps writing well below the forward pass."""
 
 
 # ----------------------------------------------------------------------------------------------
