@@ -86,20 +86,22 @@ def time_steps(step, tokens, n: int = 12, warmup: int = 2) -> list[float]:  # no
 
 MEM_CHILD = r"""
 import json, resource, sys, torch
-from pdsweep import losses, logits_store
+from pdsweep import losses
 from pdsweep.losses import KDConfig
 V, N, K, pd = 49152, 2048, 100, sys.argv[1] == "pd"
 g = torch.Generator().manual_seed(0)
 h = torch.randn(N, 256, generator=g)
 w = (torch.randn(V, 256, generator=g) * 0.02).requires_grad_(True)
 y = torch.randint(0, V, (N,), generator=g)
-t = logits_store.top_p_k(torch.randn(N, V, generator=g) * 3, 0.95, K)
-mask = torch.isfinite(t.logprobs)
+# Teacher entries as the store hands them over (no (N, V) tensor before the measured step):
+ids = torch.randint(0, V, (N, K), generator=g)  # small set-up, so the peak above it is the step's
+lp = torch.log_softmax(torch.sort(torch.randn(N, K, generator=g) * 2, dim=-1, descending=True).values, -1)
+mask = torch.ones(N, K, dtype=torch.bool)
 import gc; gc.collect()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 logits = (h @ w.T)[None]  # (1, N, V): the student's output head
 if pd:
-    loss, _ = losses.pd_loss(logits, y[None], 0.9, t.ids, t.logprobs, mask, KDConfig("kld"), 256)
+    loss, _ = losses.pd_loss(logits, y[None], 0.9, ids, lp, mask, KDConfig("kld"), 256)
 else:
     loss = losses.lm_loss(logits, y[None])
 loss.backward()
@@ -113,6 +115,9 @@ def peak_mem(kind: str) -> int:
 
 
 def main() -> None:
+    # Memory first, from a clean parent: children measured after the timing runs below reported
+    # implausibly small peaks (their environment after tokenizers/trainer use differs).
+    mem = {k: [peak_mem(k) for _ in range(3)] for k in ("lm", "pd")}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         corpus = next(p for p in data.corpus_files(base_spec("tiny-s").data) if p.name == "hamlet_gut.txt")
@@ -165,7 +170,6 @@ def main() -> None:
             for name, fn in steps.items():
                 results[name] += time_steps(fn, tokens, n=8)
     lm_s, pd_s, on_s = summary(results["lm"]), summary(results["pd"]), summary(results["online"])
-    mem = {k: [peak_mem(k) for _ in range(3)] for k in ("lm", "pd")}
     mem_ratio = float(np.median(mem["pd"])) / float(np.median(mem["lm"]))
     params_t = spec_t.student.num_params(tokens.vocab_size)
     params_s = lm.student.num_params(tokens.vocab_size)
