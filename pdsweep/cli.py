@@ -285,16 +285,31 @@ app.add_typer(data_app, name="data")
 
 
 def _progress_bar():  # noqa: ANN202 - (rich Progress, progress hook)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    """One rich Progress for everything a command waits on (downloads, tokenizing, teacher logits,
+    training steps), and the `progress(what, done, total)` hook that feeds it."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     bar = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=True
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
     )
     tasks: dict[str, int] = {}
 
     def hook(what: str, done: int, total: int) -> None:
         if what not in tasks:
-            tasks[what] = bar.add_task(what, total=total)
+            tasks[what] = bar.add_task(what, total=total, info="")
         bar.update(tasks[what], completed=done, total=total)
 
     return bar, hook
@@ -314,7 +329,7 @@ def data_fetch(name: Annotated[str, typer.Argument(help="shakespeare or debian-d
 @data_app.command("prepare")
 def data_prepare(file: Annotated[Path, typer.Argument(help="A run or sweep YAML file.", show_default=False)]) -> None:
     """Tokenize the corpus of a run (or of every run of a sweep), training its tokenizer if needed."""
-    from pdsweep import data
+    from pdsweep import data, launch
 
     bar, hook = _progress_bar()
     with _user_errors():
@@ -327,7 +342,7 @@ def data_prepare(file: Annotated[Path, typer.Argument(help="A run or sweep YAML 
                 if key in done:
                     continue
                 done.add(key)
-                _ensure_builtin_teacher(spec)
+                launch.ensure_builtin_teacher(spec, hook)
                 tokens = data.prepare(spec, progress=hook)
                 data.verify(tokens)
                 m = tokens.manifest
@@ -453,14 +468,6 @@ def teacher_fetch(name: Annotated[str, typer.Argument(help="smollm2-135m", show_
     typer.echo(f"{name}: {path}")
 
 
-def _ensure_builtin_teacher(spec) -> None:  # noqa: ANN001 - a RunSpec
-    """A builtin teacher's tokenizer is needed before tokenizing: fetch the teacher first."""
-    if spec.teacher is not None and spec.teacher.kind == "builtin" and spec.data.tokenizer.kind == "teacher":
-        from pdsweep import teacher
-
-        teacher.builtin_dir(spec.teacher.ref)
-
-
 @app.command()
 def train(
     file: Annotated[Path, typer.Argument(help="A run YAML file (a RunSpec; dotted keys allowed).", show_default=False)],
@@ -485,7 +492,10 @@ def train(
         if hostfile is not None and not hostfile.is_file():
             raise _spec_error(f"--hostfile: {hostfile} does not exist")
     if (nproc > 1 or hostfile is not None) and "RANK" not in os.environ:
-        raise typer.Exit(_relaunch(file, run_dir, nproc, "deepspeed" if hostfile else launcher, hostfile, logits))
+        from pdsweep import launch
+
+        args = ["train", str(file), "--out", str(run_dir), *(["--logits", str(logits)] if logits else [])]
+        raise typer.Exit(launch.relaunch(args, nproc, "deepspeed" if hostfile else launcher, hostfile))
     raise typer.Exit(_train_one(spec, run_dir, logits))
 
 
@@ -495,193 +505,46 @@ def _spec_error(line: str) -> Exception:
     return SpecError(line)
 
 
-def _relaunch(
-    file: Path, run_dir: Path, nproc: int, launcher: str, hostfile: Path | None, logits: Path | None = None
-) -> int:
-    """Run this command again under torchrun or the deepspeed launcher, `nproc` processes per machine
-    (each with its share of the CPU threads)."""
-    import subprocess
-
-    from pdsweep.backends import die_with_parent
-
-    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env = {**os.environ, "OMP_NUM_THREADS": threads}
-    args = [
-        "-m",
-        "pdsweep.cli",
-        "train",
-        str(file),
-        "--out",
-        str(run_dir),
-        *(["--logits", str(logits)] if logits else []),
-    ]
-    if launcher == "torchrun":
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *args]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "deepspeed.launcher.runner",
-            f"--num_gpus={nproc}",
-            "--master_port",
-            str(_port()),
-            "--no_local_rank",
-            *([f"--hostfile={hostfile}"] if hostfile else []),
-            "--module",
-            *args[1:],
-        ]
-    return subprocess.run(cmd, env=env, preexec_fn=die_with_parent).returncode  # noqa: PLW1509
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _store_for(spec, tokens, logits: Path | None, progress):  # noqa: ANN001, ANN202 - RunSpec, TokenData → StoreReader
-    """The logits store a run with a teacher reads: the one given, or its teacher's default store
-    (generated here, resumably, if it is not complete)."""
-    from pdsweep import logits_store, settings, teacher
-
-    if not spec.uses_teacher:
-        return None
-    if logits is not None:
-        return logits_store.StoreReader(logits)
-    if spec.teacher.kind == "run":
-        raise _spec_error(f"teacher: {spec.teacher.source} is a teacher run of a sweep; give its store with --logits")
-    t = teacher.load(spec.teacher)
-    teacher.check_tokenizer(t, tokens, spec.teacher.source)
-    lg = spec.logits
-    store = (
-        settings.workdir() / "logits" / f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.label}"
-    )
-    teacher.generate(
-        t, tokens, store, lg.top_p, lg.top_k, spec.data.seq_len, batch_size=spec.teacher.batch_size, progress=progress
-    )
-    return logits_store.StoreReader(store, expect=teacher.store_info(t, tokens, lg.top_p, lg.top_k))
-
-
 def _train_one(spec, run_dir: Path, logits: Path | None = None) -> int:  # noqa: ANN001 - a RunSpec
-    """Train in run_dir with a progress bar; 0 when done, 1 when the run failed (reason in status.json)."""
-    import yaml
+    """Train in run_dir with progress bars; 0 when done, 1 when the run failed, 2 on bad input."""
+    from pdsweep import launch
 
-    from pdsweep import backends, data, expand, files, trainer
-    from pdsweep.specfile import SpecError
-
-    backend = backends.make(spec)
-    rank0 = backend.rank == 0
-    with _user_errors():
-        if rank0:
-            _lock(run_dir)
-            existing = run_dir / "spec.yaml"
-            if existing.exists() and yaml.safe_load(existing.read_text()).get("run_id") != expand.run_id(spec):
-                raise SpecError(f"{run_dir}: holds a different run (its spec.yaml has another run_id)")
-            files.write_text(
-                existing,
-                yaml.safe_dump({"run_id": expand.run_id(spec), **spec.model_dump(mode="json")}, sort_keys=False),
-            )
-        _ensure_builtin_teacher(spec)
-        tokens = data.prepare(spec)
-        gen_bar, hook = _progress_bar()
-        with gen_bar if rank0 else contextlib.nullcontext():
-            store = _store_for(spec, tokens, logits, hook if rank0 else lambda *a: None)
-    callbacks: list = [trainer.MetricsFile(run_dir)]
-    if spec.train.record_logits:
-        if backend.world_size > 1:
-            typer.echo("error: train.record_logits: online recording runs on one process for now", err=True)
-            return 2
-        from pdsweep import logits_store
-
-        for rec in spec.train.record_logits:
-            info = logits_store.StoreInfo(
-                f"pdsweep-run:{expand.run_id(spec)}",
-                tokens.manifest["tokenizer_fingerprint"],
-                tokens.manifest["corpus_fingerprint"],
-                tokens.vocab_size,
-                rec.top_p,
-                rec.top_k,
-                "online",
-            )
-            callbacks.append(trainer.RecordLogits(rec, run_dir / "logits" / rec.name, info))
-    bar = _train_bar(enabled=rank0)
-    if rank0:
-        files.write_json(run_dir / "status.json", {"status": "running", "pid": os.getpid()})
-    try:
-        with bar.live():
-            result = trainer.train(spec, run_dir, tokens, backend, [*callbacks, bar], store=store)
-    except trainer.TrainingFailed as e:
-        if rank0:
-            files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})
-        typer.echo(f"failed: {e.reason}", err=True)
+    bar, hook = _progress_bar()
+    quiet = int(os.environ.get("RANK", "0")) != 0  # one bar, on rank 0
+    with _user_errors(), contextlib.nullcontext() if quiet else bar:
+        outcome = launch.run_one(spec, run_dir, logits, progress=hook, callbacks=(_train_bar(bar),))
+    if outcome.rank != 0:
+        return {"done": 0, "failed": 1}.get(outcome.status, 2)
+    if outcome.status == "failed":
+        typer.echo(f"failed: {outcome.reason}", err=True)
         return 1
-    except SpecError as e:  # a problem of the input found only now (e.g. data shorter than seq_len)
-        if rank0:
-            files.write_json(run_dir / "status.json", {"status": "failed", "reason": "; ".join(e.problems)})
-        for line in e.problems:
+    if outcome.status == "invalid":
+        for line in outcome.reason.splitlines():
             typer.echo(f"error: {line}", err=True)
         return 2
-    if rank0:
-        files.write_json(run_dir / "status.json", {"status": "done"})
-        ev = f", held-out loss {result['heldout/loss']:.4f}" if "heldout/loss" in result else ""
-        typer.echo(
-            f"done: {run_dir} — {result['step']} steps, train loss {result['train/loss']:.4f}{ev} "
-            f"(unigram entropy {result['unigram_entropy_nats']:.3f})"
-        )
+    r = outcome.result
+    ev = f", held-out loss {r['heldout/loss']:.4f}" if "heldout/loss" in r else ""
+    typer.echo(
+        f"done: {run_dir} — {r['step']} steps, train loss {r['train/loss']:.4f}{ev} (unigram entropy {r['unigram_entropy_nats']:.3f})"
+    )
     return 0
 
 
-_locks: list = []
-
-
-def _lock(run_dir: Path) -> None:
-    """Hold an exclusive lock on the run directory for the life of this process."""
-    import fcntl
-
-    from pdsweep.specfile import SpecError
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until the process exits
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise SpecError(f"{run_dir}: another pdsweep process is training this run") from None
-    _locks.append(f)
-
-
-def _train_bar(enabled: bool):  # noqa: ANN202 - a trainer Callback with a live() context
-    """A rich progress bar as a trainer callback: step, loss, tokens/s, ETA (rank 0 only)."""
-    import contextlib
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
+def _train_bar(bar):  # noqa: ANN001, ANN202 - a rich Progress → a trainer Callback
+    """Training steps on the command's progress bar: step, loss, tokens/s, ETA."""
     from pdsweep.trainer import Callback
 
     class TrainBar(Callback):
-        def __init__(self) -> None:
-            self.bar = Progress(
-                TextColumn("train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[info]}"),
-                TimeRemainingColumn(),
-                transient=True,
-            )
-            self.task: Any = None
-
-        def live(self):  # noqa: ANN202
-            return self.bar if enabled else contextlib.nullcontext()
+        task: Any = None
 
         def on_start(self, state, net) -> None:  # noqa: ANN001
-            if enabled:
-                self.task = self.bar.add_task("train", total=state.total_steps, completed=state.step, info="")
+            if state.rank == 0:
+                self.task = bar.add_task("train", total=state.total_steps, completed=state.step, info="")
 
         def on_step(self, state, metrics) -> None:  # noqa: ANN001
             if self.task is not None:
                 info = f"loss {metrics['loss']:.3f}  {metrics['tokens_per_s']:,.0f} tok/s"
-                self.bar.update(self.task, completed=state.step, info=info)
+                bar.update(self.task, completed=state.step, info=info)
 
     return TrainBar()
 

@@ -1,0 +1,176 @@
+"""Executing runs: one run in its directory (lock, spec, status, teacher store, training), and
+re-launching a command over several processes or machines.
+
+A run directory holds `spec.yaml` (the resolved RunSpec and its run_id), `status.json`
+(running / done / failed with the reason), `metrics.jsonl`, `result.json`, `checkpoints/` and, for
+runs that record online logits, `logits/`. Running a run again resumes it from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pdsweep import backends, data, expand, files, logits_store, settings, teacher, trainer
+from pdsweep.spec import RunSpec
+from pdsweep.specfile import SpecError
+
+Progress = Callable[[str, int, int], None]
+
+_held_locks: list[Any] = []
+
+
+def lock(run_dir: Path) -> None:
+    """Hold an exclusive lock on the run directory for the life of this process (two processes
+    never train one run)."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until the process exits
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SpecError(f"{run_dir}: another pdsweep process is training this run") from None
+    _held_locks.append(f)
+
+
+def ensure_builtin_teacher(spec: RunSpec, progress: Progress = lambda *a: None) -> None:
+    """A builtin teacher's tokenizer is needed before tokenizing: fetch the teacher first."""
+    if spec.teacher is not None and spec.teacher.kind == "builtin" and spec.data.tokenizer.kind == "teacher":
+        teacher.builtin_dir(spec.teacher.ref, progress)
+
+
+def store_for(
+    spec: RunSpec, tokens: data.TokenData, given: Path | None, progress: Progress
+) -> logits_store.StoreReader | None:
+    """The logits store a run with a teacher reads: the one given, or its teacher's default store in
+    the work directory (generated here, resumably, if it is not complete)."""
+    if not spec.uses_teacher:
+        return None
+    if given is not None:
+        return logits_store.StoreReader(given)
+    assert spec.teacher is not None
+    if spec.teacher.kind == "run":
+        raise SpecError(f"teacher: {spec.teacher.source} is a teacher run of a sweep; give its store with --logits")
+    t = teacher.load(spec.teacher)
+    teacher.check_tokenizer(t, tokens, spec.teacher.source)
+    lg = spec.logits
+    store = (
+        settings.workdir() / "logits" / f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.label}"
+    )
+    teacher.generate(
+        t, tokens, store, lg.top_p, lg.top_k, spec.data.seq_len, batch_size=spec.teacher.batch_size, progress=progress
+    )
+    return logits_store.StoreReader(store, expect=teacher.store_info(t, tokens, lg.top_p, lg.top_k))
+
+
+@dataclass
+class Outcome:
+    """How a run ended: `done` (result), `failed` (reason, e.g. a non-finite loss) or `invalid`
+    (its input was found wrong only while running, e.g. data shorter than seq_len)."""
+
+    status: str
+    rank: int
+    result: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+def run_one(
+    spec: RunSpec,
+    run_dir: Path,
+    logits: Path | None = None,
+    progress: Progress = lambda *a: None,
+    callbacks: tuple[trainer.Callback, ...] = (),
+) -> Outcome:
+    """Train `spec` in `run_dir` (resuming), keeping `status.json` true. SpecError for bad input
+    found before training starts."""
+    backend = backends.make(spec)
+    rank0 = backend.rank == 0
+    rid = expand.run_id(spec)
+    if rank0:
+        lock(run_dir)
+        spec_file = run_dir / "spec.yaml"
+        if spec_file.exists() and yaml.safe_load(spec_file.read_text()).get("run_id") != rid:
+            raise SpecError(f"{run_dir}: holds a different run (its spec.yaml has another run_id)")
+        files.write_text(spec_file, yaml.safe_dump({"run_id": rid, **spec.model_dump(mode="json")}, sort_keys=False))
+    ensure_builtin_teacher(spec, progress)
+    tokens = data.prepare(spec, progress=progress)
+    store = store_for(spec, tokens, logits, progress if rank0 else lambda *a: None)
+    hooks: list[trainer.Callback] = [trainer.MetricsFile(run_dir)]
+    if spec.train.record_logits:
+        if backend.world_size > 1:
+            raise SpecError("train.record_logits: online recording runs on one process for now")
+        for rec in spec.train.record_logits:
+            info = logits_store.StoreInfo(
+                f"pdsweep-run:{rid}",
+                tokens.manifest["tokenizer_fingerprint"],
+                tokens.manifest["corpus_fingerprint"],
+                tokens.vocab_size,
+                rec.top_p,
+                rec.top_k,
+                "online",
+            )
+            hooks.append(trainer.RecordLogits(rec, run_dir / "logits" / rec.name, info))
+    if rank0:
+        files.write_json(run_dir / "status.json", {"status": "running", "pid": os.getpid()})
+    try:
+        result = trainer.train(spec, run_dir, tokens, backend, [*hooks, *callbacks], store=store)
+    except trainer.TrainingFailed as e:
+        if rank0:
+            files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})
+        return Outcome("failed", backend.rank, reason=e.reason)
+    except SpecError as e:
+        if rank0:
+            files.write_json(run_dir / "status.json", {"status": "failed", "reason": "; ".join(e.problems)})
+        return Outcome("invalid", backend.rank, reason="\n".join(e.problems))
+    if rank0:
+        files.write_json(run_dir / "status.json", {"status": "done"})
+    return Outcome("done", backend.rank, result=result)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def relaunch(args: list[str], nproc: int, launcher: str, hostfile: Path | None) -> int:
+    """Run `python -m pdsweep.cli ARGS` under torchrun (one machine) or DeepSpeed's launcher
+    (several machines through `hostfile`), `nproc` processes per machine, each with its share of
+    the CPU threads. The launcher dies with this process, and its workers with it."""
+    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env = {**os.environ, "OMP_NUM_THREADS": threads}
+    if launcher == "torchrun":
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={nproc}",
+            "-m",
+            "pdsweep.cli",
+            *args,
+        ]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "deepspeed.launcher.runner",
+            f"--num_gpus={nproc}",
+            "--master_port",
+            str(_free_port()),
+            "--no_local_rank",
+            *([f"--hostfile={hostfile}"] if hostfile else []),
+            "--module",
+            "pdsweep.cli",
+            *args,
+        ]
+    return subprocess.run(cmd, env=env, preexec_fn=backends.die_with_parent).returncode  # noqa: PLW1509
