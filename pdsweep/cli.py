@@ -60,13 +60,13 @@ def _main(
 
 def _load_any(path: Path):  # noqa: ANN202 - returns a Sweep or a RunSpec
     """A sweep file (it has any sweep key: `name:`, `base:`, `grid:`, ...) or a single-run file."""
-    from pdsweep import expand, spec
+    from pdsweep import expand, spec, sweep
     from pdsweep.specfile import read_yaml
 
     data = read_yaml(path)
-    if not isinstance(data, dict) or set(data) & (set(spec.Sweep.model_fields) - set(spec.RunSpec.model_fields)):
-        sweep = expand.load_sweep(path)
-        return sweep, expand.expand(sweep, str(path))
+    if not isinstance(data, dict) or set(data) & (set(sweep.Sweep.model_fields) - set(spec.RunSpec.model_fields)):
+        loaded = expand.load_sweep(path)
+        return loaded, expand.expand(loaded, str(path))
     return expand.load_run(path), None
 
 
@@ -255,7 +255,7 @@ def explain(
     ] = "",
 ) -> None:
     """Print a field's documentation, type, default and constraints."""
-    from pdsweep import expand, spec
+    from pdsweep import expand, spec, sweep
     from pdsweep.specfile import SpecError, describe_field
 
     with _user_errors():
@@ -263,9 +263,9 @@ def explain(
             typer.echo("RunSpec sections (pdsweep explain SECTION.FIELD for details):")
             for name, info in spec.RunSpec.model_fields.items():
                 typer.echo(f"  {name:9s} {' '.join((info.description or '').split())}")
-            typer.echo("Sweep keys: " + ", ".join(spec.Sweep.model_fields))
+            typer.echo("Sweep keys: " + ", ".join(sweep.Sweep.model_fields))
             return
-        entries = describe_field(spec.RunSpec, path) or describe_field(spec.Sweep, path)
+        entries = describe_field(spec.RunSpec, path) or describe_field(sweep.Sweep, path)
         if entries is None:
             expand.check_path(path, "")  # raises with the closest valid paths
             raise SpecError(f"{path}: not a field")

@@ -29,18 +29,19 @@ from pydantic import BaseModel
 
 from pdsweep import spec as S
 from pdsweep.specfile import SpecError, models_in, read_yaml, validate
+from pdsweep.sweep import Sweep
 
 # ----------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------
 
 
-def load_sweep(path: str | Path) -> S.Sweep:
+def load_sweep(path: str | Path) -> Sweep:
     """Read and validate a sweep file (SpecError with one line per problem)."""
     data = read_yaml(path)
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a sweep file must be a mapping (name:, base:, grid:, ...), got {type(data).__name__}")
-    return validate(S.Sweep, data, prefix=f"{path}: ")
+    return validate(Sweep, data, prefix=f"{path}: ")
 
 
 def load_run(path: str | Path) -> S.RunSpec:
@@ -271,7 +272,7 @@ def lm_only(spec: S.RunSpec) -> S.RunSpec:
     )
 
 
-def _configurations(sweep: S.Sweep) -> list[tuple[dict[str, Any], str | None]]:
+def _configurations(sweep: Sweep) -> list[tuple[dict[str, Any], str | None]]:
     """(overrides, explicit label) per configuration: grid × zip × runs, or just base."""
     grid_keys = list(sweep.grid)
     grid = [dict(zip(grid_keys, combo, strict=True)) for combo in itertools.product(*sweep.grid.values())]
@@ -286,7 +287,7 @@ def _configurations(sweep: S.Sweep) -> list[tuple[dict[str, Any], str | None]]:
     return out
 
 
-def expand(sweep: S.Sweep, source: str = "") -> list[PlannedRun]:
+def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
     """All runs of `sweep`: teachers, baselines, then configurations × seeds (SpecError on problems).
 
     Each configuration (and each baseline) is validated once; its replicates differ only in

@@ -2,9 +2,7 @@
 
 A `RunSpec` describes one training run completely: the student, the teacher, the data, how the
 teacher's logits are processed, the loss and its α schedule, the optimiser and LR schedule, the
-training setup and the evaluation. A `Sweep` describes many runs: a `base` RunSpec, an automatic
-LM-only `baseline`, axes (`grid`, `zip`, `runs`), `seeds`, named `teachers` trained in the sweep,
-and an optional Optuna `search` space.
+training setup and the evaluation. A sweep file describes many runs (sweep.py).
 
 Every model forbids unknown keys and is frozen; every field has a docstring, which is the
 documentation (`pdsweep explain logits.top_p`). Defaults marked [D] are pdsweep's decisions where
@@ -29,7 +27,10 @@ SPEC_VERSION = 1
 """Bumped when the meaning of an existing field changes (it is part of every run_id)."""
 
 
-class _Model(BaseModel):
+class SpecModel(BaseModel):
+    """Base of every spec model: unknown keys are errors, instances are frozen, and field
+    docstrings are the documentation."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
 
 
@@ -146,7 +147,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 PresetName = Literal["tiny-xs", "tiny-s", "tiny-m", "tiny-l", "330m", "670m", "1.9b", "3.8b", "6.8b", "custom"]
 
 
-class ModelSpec(_Model):
+class ModelSpec(SpecModel):
     """A decoder-only, Llama-style transformer (RoPE, RMSNorm, SwiGLU, grouped-query attention)."""
 
     preset: PresetName = "tiny-s"
@@ -226,7 +227,7 @@ BUILTIN_TEACHERS = {"smollm2-135m": 49152}
 _TEACHER_RE = re.compile(r"^(run|ckpt|hf|builtin):(.+)$")
 
 
-class TeacherSpec(_Model):
+class TeacherSpec(SpecModel):
     """Where the teacher's next-token distribution comes from."""
 
     source: str
@@ -268,7 +269,7 @@ class TeacherSpec(_Model):
 BUILTIN_CORPORA = ("shakespeare", "debian-docs")
 
 
-class BpeTokenizer(_Model):
+class BpeTokenizer(SpecModel):
     """A byte-level BPE trained by pdsweep on the corpus's training split with `tokenizers`."""
 
     kind: Literal["bpe"] = "bpe"
@@ -276,13 +277,13 @@ class BpeTokenizer(_Model):
     """Vocabulary size, including the 256 byte symbols and the special tokens."""
 
 
-class TeacherTokenizer(_Model):
+class TeacherTokenizer(SpecModel):
     """The teacher's own Hugging Face tokenizer (required when the teacher is `hf:` or `builtin:`)."""
 
     kind: Literal["teacher"] = "teacher"
 
 
-class FileTokenizer(_Model):
+class FileTokenizer(SpecModel):
     """A `tokenizer.json` file that `tokenizers.Tokenizer.from_file` loads."""
 
     kind: Literal["file"] = "file"
@@ -293,7 +294,7 @@ class FileTokenizer(_Model):
 TokenizerSpec = Annotated[BpeTokenizer | TeacherTokenizer | FileTokenizer, Field(discriminator="kind")]
 
 
-class DataSpec(_Model):
+class DataSpec(SpecModel):
     """The corpus, its tokenizer and how much of it a run reads."""
 
     corpus: str = "shakespeare"
@@ -334,13 +335,13 @@ class DataSpec(_Model):
 # ----------------------------------------------------------------------------------------------
 
 
-class NoAdaptive(_Model):
+class NoAdaptive(SpecModel):
     """Static temperature: the teacher's truncated logits are divided by `logits.temperature`."""
 
     kind: Literal["none"] = "none"
 
 
-class NormKD(_Model):
+class NormKD(SpecModel):
     """NormKD: per-token τ = c·std(logits), separately for teacher and student; loss scaled by τ_T²."""
 
     kind: Literal["normkd"] = "normkd"
@@ -348,7 +349,7 @@ class NormKD(_Model):
     """Scale of the per-token standard deviation."""
 
 
-class WTTM(_Model):
+class WTTM(SpecModel):
     """WTTM: teacher target q ∝ p_T^γ, student at τ = 1, each token's KL weighted by Σ p_T^γ."""
 
     kind: Literal["wttm"] = "wttm"
@@ -358,7 +359,7 @@ class WTTM(_Model):
     """Scale of the per-token weight Σ p_T^γ."""
 
 
-class AdaKDSD(_Model):
+class AdaKDSD(SpecModel):
     """AdaKD-SD [D, our reading]: per-token τ from the standard deviation of the teacher's kept
     logits, clipped to [tau_min, tau_max] (formula in docs/spec.md)."""
 
@@ -369,7 +370,7 @@ class AdaKDSD(_Model):
     """Upper clip of the per-token τ."""
 
 
-class AdaKDH(_Model):
+class AdaKDH(SpecModel):
     """AdaKD-H [D, our reading]: per-token τ from the teacher's normalised entropy: confident tokens
     are softened, uncertain ones sharpened, τ = tau_min + (tau_max − tau_min)·(1 − H/log k)."""
 
@@ -383,14 +384,14 @@ class AdaKDH(_Model):
 AdaptiveSpec = Annotated[NoAdaptive | NormKD | WTTM | AdaKDSD | AdaKDH, Field(discriminator="kind")]
 
 
-class SamplingSpec(_Model):
+class SamplingSpec(SpecModel):
     """Extension: unbiased random-sampled sparse targets instead of top-p-k truncation."""
 
     draws: int = Field(default=64, ge=1, le=65535)
     """Tokens drawn from the teacher distribution per position (ids and counts are stored)."""
 
 
-class LogitsSpec(_Model):
+class LogitsSpec(SpecModel):
     """How the teacher's logits are produced, truncated and normalised: F(z) = softmax(Truncate(z)/τ)."""
 
     mode: Literal["offline", "online"] = "offline"
@@ -440,7 +441,7 @@ class LogitsSpec(_Model):
 # ----------------------------------------------------------------------------------------------
 
 
-class ConstantAlpha(_Model):
+class ConstantAlpha(SpecModel):
     """α fixed for the whole run (Table 4). α = 0 is LM-only, α = 1 pure KD."""
 
     kind: Literal["constant"] = "constant"
@@ -448,7 +449,7 @@ class ConstantAlpha(_Model):
     """The weight α of the KD loss in L = (1 − α)·L_lm + α·L_kd."""
 
 
-class LinearIncAlpha(_Model):
+class LinearIncAlpha(SpecModel):
     """Linear Inc: α rises linearly from `start` to `end` over training."""
 
     kind: Literal["linear_inc"] = "linear_inc"
@@ -464,7 +465,7 @@ class LinearIncAlpha(_Model):
         return self
 
 
-class LinearDecAlpha(_Model):
+class LinearDecAlpha(SpecModel):
     """Linear Dec: α falls linearly from `start` to `end` over training."""
 
     kind: Literal["linear_dec"] = "linear_dec"
@@ -480,7 +481,7 @@ class LinearDecAlpha(_Model):
         return self
 
 
-class PeriodAlpha(_Model):
+class PeriodAlpha(SpecModel):
     """Period [D shape]: α follows a cosine between `min` and `max`, starting at `max`."""
 
     kind: Literal["period"] = "period"
@@ -501,7 +502,7 @@ class PeriodAlpha(_Model):
 DecayShape = Literal["linear", "cosine", "exp", "sqrt"]
 
 
-class _WsdPhases(_Model):
+class _WsdPhases(SpecModel):
     warmup: float | None = Field(default=None, ge=0, le=1)
     """Warmup fraction of training; null = the LR schedule's (its warmup if WSD/cosine)."""
     decay: float | None = Field(default=None, ge=0, le=1)
@@ -542,7 +543,7 @@ AlphaSpec = Annotated[
 ]
 
 
-class LossSpec(_Model):
+class LossSpec(SpecModel):
     """L = (1 − α(t))·L_lm + α(t)·L_kd (the paper's Eq. 1)."""
 
     kd: Literal["nll", "kld", "mse", "rkl", "jsd"] = "nll"
@@ -567,7 +568,7 @@ class LossSpec(_Model):
 # ----------------------------------------------------------------------------------------------
 
 
-class CosineLR(_Model):
+class CosineLR(SpecModel):
     """Linear warmup, then cosine decay to `min_lr_ratio`·lr."""
 
     kind: Literal["cosine"] = "cosine"
@@ -577,7 +578,7 @@ class CosineLR(_Model):
     """Final LR as a fraction of the peak."""
 
 
-class WsdLR(_Model):
+class WsdLR(SpecModel):
     """Warmup–stable–decay: linear warmup, constant, then a short decay to `min_lr_ratio`·lr."""
 
     kind: Literal["wsd"] = "wsd"
@@ -600,7 +601,7 @@ class WsdLR(_Model):
 LRScheduleSpec = Annotated[CosineLR | WsdLR, Field(discriminator="kind")]
 
 
-class OptimSpec(_Model):
+class OptimSpec(SpecModel):
     """AdamW and its learning-rate schedule."""
 
     lr: float = Field(default=1e-3, gt=0, le=1)
@@ -634,7 +635,7 @@ class OptimSpec(_Model):
 # ----------------------------------------------------------------------------------------------
 
 
-class RecordLogitsSpec(_Model):
+class RecordLogitsSpec(SpecModel):
     """Online logits: this run records the logits of the batches it trains on (the paper's online mode)."""
 
     top_p: float = Field(default=0.95, gt=0, le=1)
@@ -658,7 +659,7 @@ class RecordLogitsSpec(_Model):
         return f"online-top-{self.top_p:g}-{k}-{self.window[0]:g}-{self.window[1]:g}"
 
 
-class TrainSpec(_Model):
+class TrainSpec(SpecModel):
     """Batch, precision, backend and checkpointing."""
 
     global_batch: int = Field(default=16, ge=1)
@@ -703,7 +704,7 @@ EvalSuite = Literal[
 ]
 
 
-class EvalSpec(_Model):
+class EvalSpec(SpecModel):
     """What is evaluated, and when."""
 
     suites: tuple[EvalSuite, ...] = ("heldout",)
@@ -722,7 +723,7 @@ class EvalSpec(_Model):
 # ----------------------------------------------------------------------------------------------
 
 
-class RunSpec(_Model):
+class RunSpec(SpecModel):
     """One training run, completely described."""
 
     student: ModelSpec = Field(default_factory=ModelSpec)
@@ -785,160 +786,6 @@ class RunSpec(_Model):
         if isinstance(tok, TeacherTokenizer) and self.teacher is not None and self.teacher.kind == "builtin":
             return BUILTIN_TEACHERS[self.teacher.ref]
         return None
-
-
-# ----------------------------------------------------------------------------------------------
-# Sweep
-# ----------------------------------------------------------------------------------------------
-
-Overrides = dict[str, Any]
-"""A mapping of dotted RunSpec paths (or nested sections) to values."""
-
-
-class ExplicitRun(_Model):
-    """One entry of `runs:` — overrides of `base`, with an optional label."""
-
-    label: str | None = None
-    """Row label in reports; derived from the overrides when not given (`top-0.95-50`, `α = 0.9`)."""
-    set: Overrides = Field(default_factory=dict)
-    """Dotted paths (or nested sections) to set on top of `base`."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _flat_form(cls, data: Any) -> Any:
-        # `- {label: X, loss.alpha: 0.9}` is shorthand for `- {label: X, set: {loss.alpha: 0.9}}`.
-        if isinstance(data, dict) and "set" not in data:
-            rest = {k: v for k, v in data.items() if k != "label"}
-            return {"label": data.get("label"), "set": rest}
-        return data
-
-
-class SearchParam(_Model):
-    """One searched dimension of `pdsweep tune`."""
-
-    type: Literal["float", "int", "categorical"]
-    """Distribution family."""
-    low: float | None = None
-    """Lower bound (float, int)."""
-    high: float | None = None
-    """Upper bound (float, int)."""
-    log: bool = False
-    """Sample on a log scale (float, int)."""
-    step: float | None = None
-    """Grid step (float, int)."""
-    choices: list[Any] | None = None
-    """Values (categorical)."""
-
-    @model_validator(mode="after")
-    def _consistent(self) -> SearchParam:
-        if self.type == "categorical":
-            if not self.choices:
-                raise ValueError("categorical needs a non-empty choices list")
-        else:
-            if self.low is None or self.high is None:
-                raise ValueError(f"{self.type} needs low and high")
-            if self.low >= self.high:
-                raise ValueError(f"low ({self.low}) must be < high ({self.high})")
-            if self.log and self.low <= 0:
-                raise ValueError("log scale needs low > 0")
-        return self
-
-
-class SearchSpec(_Model):
-    """The Optuna study of `pdsweep tune` over dotted RunSpec paths."""
-
-    params: dict[str, SearchParam]
-    """Dotted RunSpec path → distribution."""
-    objective: str = "eval/heldout/loss"
-    """Metric to optimise (an MLflow metric name of the run)."""
-    direction: Literal["minimize", "maximize"] = "minimize"
-    """Whether smaller or larger objective values are better."""
-    sampler: Literal["tpe", "random", "grid", "cmaes"] = "tpe"
-    """Optuna sampler."""
-    pruner: Literal["none", "median", "hyperband"] = "median"
-    """Optuna pruner fed by the trainer's intermediate evaluations."""
-    trials: int = Field(default=12, ge=1)
-    """Number of trials in the study."""
-    max_failures: int = Field(default=3, ge=0)
-    """Failed trials tolerated before the study stops."""
-
-
-class Sweep(_Model):
-    """A sweep file: base run, automatic LM-only baseline, axes, seeds, teacher runs, search space."""
-
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    """Sweep name (MLflow experiment, run directory); letters, digits, `_ . -`."""
-    description: str = ""
-    """What the sweep reproduces or asks."""
-    base: dict[str, Any] = Field(default_factory=dict)
-    """The RunSpec every run starts from (any field may be omitted: defaults apply)."""
-    baseline: Overrides | None = Field(default_factory=dict)
-    """Overrides of `base` for the LM-only reference (α = 0 is always applied); null = no baseline."""
-    teachers: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    """Named teacher runs trained by the sweep (LM-only RunSpecs), used as `teacher: run:NAME`."""
-    grid: Overrides = Field(default_factory=dict)
-    """Cartesian axes: dotted path → list of values."""
-    zip: Overrides = Field(default_factory=dict)
-    """Parallel axes: dotted path → list of values, all lists the same length."""
-    runs: list[ExplicitRun] = Field(default_factory=list)
-    """Explicit runs: each a set of overrides of `base` (combined with grid/zip when given)."""
-    seeds: list[int] = Field(default_factory=lambda: [0])
-    """Replicates: every configuration is run once per seed (sets train.seed). An integer n means 0..n−1."""
-    search: SearchSpec | None = None
-    """Optuna search space for `pdsweep tune`."""
-
-    @field_validator("seeds", mode="before")
-    @classmethod
-    def _seed_count(cls, v: Any) -> Any:
-        if isinstance(v, int) and not isinstance(v, bool):
-            if v < 1:
-                raise ValueError(f"must be ≥ 1, got {v}")
-            return list(range(v))
-        return v
-
-    @field_validator("seeds")
-    @classmethod
-    def _distinct(cls, v: list[int]) -> list[int]:
-        if not v:
-            raise ValueError("must not be empty")
-        if len(set(v)) != len(v):
-            raise ValueError(f"seeds must be distinct, got {v}")
-        if min(v) < 0:
-            raise ValueError(f"seeds must be ≥ 0, got {v}")
-        return v
-
-    @field_validator("grid")
-    @classmethod
-    def _grid_lists(cls, v: Overrides) -> Overrides:
-        for path, values in v.items():
-            if not isinstance(values, list):
-                raise ValueError(f"{path}: must be a list of values, got {values!r}")
-            if not values:
-                raise ValueError(f"{path}: must not be empty")
-        return v
-
-    @field_validator("zip")
-    @classmethod
-    def _zip_lists(cls, v: Overrides) -> Overrides:
-        lengths = {}
-        for path, values in v.items():
-            if not isinstance(values, list):
-                raise ValueError(f"{path}: must be a list of values, got {values!r}")
-            if not values:
-                raise ValueError(f"{path}: must not be empty")
-            lengths[path] = len(values)
-        if len(set(lengths.values())) > 1:
-            detail = ", ".join(f"{p} has {n}" for p, n in lengths.items())
-            raise ValueError(f"lists must have equal length: {detail}")
-        return v
-
-    @field_validator("teachers")
-    @classmethod
-    def _teacher_names(cls, v: dict[str, Any]) -> dict[str, Any]:
-        for name in v:
-            if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name):
-                raise ValueError(f"teacher name {name!r} must use letters, digits, _ . -")
-        return v
 
 
 def _num(x: float) -> str:

@@ -7,12 +7,13 @@ import pytest
 from pdsweep import expand as E
 from pdsweep import spec as S
 from pdsweep.specfile import SpecError
+from pdsweep.sweep import Sweep
 
 BASE = {"student": "tiny-xs", "teacher": "hf:/models/teacher", "loss": {"alpha": 1.0}}
 
 
-def sweep(**kw) -> S.Sweep:
-    return S.Sweep.model_validate({"name": "t", "base": BASE} | kw)
+def sweep(**kw) -> Sweep:
+    return Sweep.model_validate({"name": "t", "base": BASE} | kw)
 
 
 def students(runs: list[E.PlannedRun]) -> list[E.PlannedRun]:
@@ -71,7 +72,7 @@ def test_baseline_is_lm_only_and_ignores_pd_settings() -> None:
     assert baseline.label == "LM-only"
     # Changing PD-only settings of the base does not change the baseline's identity.
     other = E.expand(
-        S.Sweep.model_validate(
+        Sweep.model_validate(
             {
                 "name": "t",
                 "base": BASE | {"logits": {"top_p": 0.5}, "loss": {"alpha": 0.3, "kd": "mse"}},
@@ -110,7 +111,7 @@ def test_identical_runs_merge() -> None:
 
 def test_run_id_is_a_function_of_the_resolved_spec() -> None:
     a = E.expand(sweep(grid={"logits.top_k": [50]}))
-    b = E.expand(S.Sweep.model_validate({"name": "other-name", "base": BASE | {"logits": {"top_k": 50}}}))
+    b = E.expand(Sweep.model_validate({"name": "other-name", "base": BASE | {"logits": {"top_k": 50}}}))
     assert {r.run_id for r in a} == {r.run_id for r in b}
     c = E.expand(sweep(grid={"logits.top_k": [51]}))
     assert students(a)[0].run_id != students(c)[0].run_id
@@ -163,7 +164,7 @@ def test_overrides_through_shorthands() -> None:
 
 def test_teacher_runs_are_lm_only_and_referenced() -> None:
     runs = E.expand(
-        S.Sweep.model_validate(
+        Sweep.model_validate(
             {
                 "name": "t",
                 "base": BASE | {"teacher": "run:big"},
@@ -215,13 +216,13 @@ def test_bad_sweeps_name_file_and_field(kw: dict, expected: str, write_yaml) -> 
 
 
 def test_a_seed_in_base_is_the_sweeps_only_seed() -> None:
-    runs = E.expand(S.Sweep.model_validate({"name": "t", "base": BASE | {"train": {"seed": 7}}}))
+    runs = E.expand(Sweep.model_validate({"name": "t", "base": BASE | {"train": {"seed": 7}}}))
     assert {r.seed for r in runs} == {7} and {r.spec.train.seed for r in runs} == {7}
 
 
 def test_online_students_make_their_teacher_run_record_logits() -> None:
     runs = E.expand(
-        S.Sweep.model_validate(
+        Sweep.model_validate(
             {
                 "name": "t",
                 "base": BASE | {"teacher": "run:big"},

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from pdsweep import spec as S
 from pdsweep.specfile import SpecError, validate
+from pdsweep.sweep import Sweep
 
 # The paper's Table 7 and the sizes its names promise (with GLM-4's 151,552-token vocabulary).
 TABLE_7 = {
@@ -158,7 +159,7 @@ def test_every_field_has_a_docstring() -> None:
 
     from pdsweep.specfile import models_in as _models
 
-    walk(S.Sweep, "sweep.")
+    walk(Sweep, "sweep.")
     walk(S.RunSpec, "")
     assert not undocumented
 
