@@ -506,10 +506,6 @@ def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
     return passes
 
 
-def pass_of(run: PlannedRun, passes: dict[str, TeacherPass]) -> str | None:
-    return next((p.pass_id for p in passes.values() if run.run_id in p.runs), None)
-
-
 def plan_rows(runs: list[PlannedRun]) -> tuple[list[dict[str, Any]], dict[str, TeacherPass]]:
     """The table `pdsweep plan` prints: a row per run with its derived numbers."""
     passes = teacher_passes(runs)

@@ -98,6 +98,24 @@ def top_p_k(logits: Any, top_p: float, top_k: int | None) -> Sparse:
     return Sparse(ids.masked_fill(~keep, 0), logprobs.masked_fill(~keep, float("-inf")), count, lse)
 
 
+def concat(parts: list[Sparse]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Several Sparse batches as one, padded to the widest: numpy (ids, logprobs, count, lse)."""
+    K = max(p.ids.shape[1] for p in parts)
+
+    def pad(t: Any, value: float) -> np.ndarray:
+        a = t.cpu().numpy()
+        out = np.full((a.shape[0], K), value, dtype=a.dtype)
+        out[:, : a.shape[1]] = a
+        return out
+
+    return (
+        np.concatenate([pad(p.ids, 0) for p in parts]),
+        np.concatenate([pad(p.logprobs, -np.inf) for p in parts]),
+        np.concatenate([p.count.cpu().numpy() for p in parts]),
+        np.concatenate([p.lse.cpu().numpy() for p in parts]),
+    )
+
+
 def sample_targets(logits: Any, draws: int, generator: Any = None) -> tuple[Any, Any, Any]:
     """Extension: unbiased random-sampled sparse targets.
 

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 
 from pdsweep import data, files, hf, logits_store, pypi, settings
-from pdsweep.model import ModelConfig
 from pdsweep.spec import BUILTIN_TEACHERS, RunSpec, TeacherSpec
 from pdsweep.specfile import SpecError
 
@@ -261,7 +260,7 @@ def generate(
             if pending is not None:
                 pending.result()
                 progress("teacher logits", written, total)
-            pending = pool.submit(writer.add, np.concatenate(positions), _concat(parts))
+            pending = pool.submit(writer.add, np.concatenate(positions), logits_store.concat(parts))
             written += size
         if pending is not None:
             pending.result()
@@ -275,32 +274,4 @@ def generate(
         "generated": written,
         "seconds": elapsed,
         "tokens_per_s": written / elapsed if elapsed > 0 else None,
-    }
-
-
-def _concat(parts: list[logits_store.Sparse]) -> tuple[np.ndarray, ...]:
-    K = max(p.ids.shape[1] for p in parts)
-
-    def pad(t: torch.Tensor, value: float) -> np.ndarray:
-        a = t.cpu().numpy()
-        if a.shape[1] == K:
-            return a
-        out = np.full((a.shape[0], K), value, dtype=a.dtype)
-        out[:, : a.shape[1]] = a
-        return out
-
-    ids = np.concatenate([pad(p.ids, 0) for p in parts])
-    logprobs = np.concatenate([pad(p.logprobs, -np.inf) for p in parts])
-    count = np.concatenate([p.count.cpu().numpy() for p in parts])
-    lse = np.concatenate([p.lse.cpu().numpy() for p in parts])
-    return ids, logprobs, count, lse
-
-
-def describe(teacher: Teacher) -> dict[str, Any]:
-    cfg = getattr(teacher.module, "cfg", None)
-    return {
-        "vocab_size": teacher.vocab_size,
-        "fingerprint": teacher.fingerprint[:12],
-        "params": sum(p.numel() for p in teacher.module.parameters()),
-        "architecture": "pdsweep/Llama" if isinstance(cfg, ModelConfig) else type(teacher.module).__name__,
     }

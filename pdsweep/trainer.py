@@ -93,13 +93,8 @@ class RecordLogits(Callback):
     def flush(self) -> None:
         if not self.positions:
             return
-        K = max(p.ids.shape[1] for p in self.parts)
-        pad = lambda t, v: torch.nn.functional.pad(t, (0, K - t.shape[1]), value=v).cpu().numpy()  # noqa: E731
         positions = np.concatenate(self.positions)
-        ids = np.concatenate([pad(p.ids, 0) for p in self.parts])
-        logprobs = np.concatenate([pad(p.logprobs, float("-inf")) for p in self.parts])
-        count = np.concatenate([p.count.cpu().numpy() for p in self.parts])
-        lse = np.concatenate([p.lse.cpu().numpy() for p in self.parts])
+        ids, logprobs, count, lse = logits_store.concat(self.parts)
         # A window may see a position twice (more than one epoch): the later recording wins.
         _, last = np.unique(positions[::-1], return_index=True)
         keep = len(positions) - 1 - last
