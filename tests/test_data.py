@@ -136,3 +136,20 @@ def test_debian_docs_extracts_text_from_real_packages(tmp_path) -> None:
     assert "deb_sha256" in manifest
     words = sum(len(p.read_text().split()) for p in texts)
     assert words > 300_000
+
+
+def test_parquet_corpus_with_text_field(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"Line {i} of a small parquet corpus, with some words in it." for i in range(300)]
+    pq.write_table(pa.table({"content": texts, "n": list(range(300))}), tmp_path / "c.parquet")
+    spec = RunSpec(loss={"alpha": 0}, data={"corpus": str(tmp_path / "c.parquet"), "text_field": "content",
+                                            "tokenizer": {"kind": "bpe", "vocab_size": 300}})
+    tokens = data.prepare(spec, tmp_path / "work")
+    splits = tokens.manifest["splits"]
+    assert splits["train"]["documents"] + splits["heldout"]["documents"] == 300
+    assert tokens.tokenizer().decode(tokens.train[:12].tolist()).startswith("Line")
+    bad = RunSpec(loss={"alpha": 0}, data={"corpus": str(tmp_path / "c.parquet")})
+    with pytest.raises(SpecError, match="has no column 'text'"):
+        data.prepare(bad, tmp_path / "work")

@@ -194,9 +194,9 @@ def test_pd_loss_mixes_lm_and_kd() -> None:
     cfg = KDConfig("kld")
     mixed, m = losses.pd_loss(s[None], targets[None], 0.3, ids, lp, mask, cfg)
     kd, _ = losses.kd_loss(s, ids, lp, mask, cfg)
-    assert float(mixed) == pytest.approx(0.7 * m["lm_loss"] + 0.3 * float(kd), rel=1e-6)
+    assert float(mixed.detach()) == pytest.approx(0.7 * m["lm_loss"] + 0.3 * float(kd.detach()), rel=1e-6)
     lm_only, m0 = losses.pd_loss(s[None], targets[None], 0.0, ids, lp, mask, cfg)
-    assert "kd_loss" not in m0 and float(lm_only) == pytest.approx(m0["lm_loss"])
+    assert "kd_loss" not in m0 and float(lm_only.detach()) == pytest.approx(m0["lm_loss"])
 
 
 @pytest.mark.parametrize("kind", ["nll", "kld", "mse", "rkl", "jsd"])
