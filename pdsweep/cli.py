@@ -480,6 +480,11 @@ def train(
     logits: Annotated[
         Path | None, typer.Option(help="Teacher logits store (default: generated from the run's teacher).")
     ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db)."),
+    ] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log the run to MLflow.")] = True,
 ) -> None:
     """Train one run, resuming from its last checkpoint if it was interrupted."""
     from pdsweep import expand, settings
@@ -494,9 +499,21 @@ def train(
     if (nproc > 1 or hostfile is not None) and "RANK" not in os.environ:
         from pdsweep import launch
 
-        args = ["train", str(file), "--out", str(run_dir), *(["--logits", str(logits)] if logits else [])]
+        args = [
+            "train",
+            str(file),
+            "--out",
+            str(run_dir),
+            *(["--logits", str(logits)] if logits else []),
+            *(["--tracking-uri", tracking_uri] if tracking_uri else []),
+            *([] if track else ["--no-track"]),
+        ]
         raise typer.Exit(launch.relaunch(args, nproc, "deepspeed" if hostfile else launcher, hostfile))
-    raise typer.Exit(_train_one(spec, run_dir, logits))
+    raise typer.Exit(_train_one(spec, run_dir, logits, tracking_uri, track))
+
+
+def file_label(run_dir: Path) -> str:
+    return run_dir.name
 
 
 def _spec_error(line: str) -> Exception:
@@ -505,14 +522,25 @@ def _spec_error(line: str) -> Exception:
     return SpecError(line)
 
 
-def _train_one(spec, run_dir: Path, logits: Path | None = None) -> int:  # noqa: ANN001 - a RunSpec
+def _train_one(
+    spec, run_dir: Path, logits: Path | None = None, tracking_uri: str | None = None, track: bool = True
+) -> int:  # noqa: ANN001
     """Train in run_dir with progress bars; 0 when done, 1 when the run failed, 2 on bad input."""
     from pdsweep import launch
 
     bar, hook = _progress_bar()
     quiet = int(os.environ.get("RANK", "0")) != 0  # one bar, on rank 0
     with _user_errors(), contextlib.nullcontext() if quiet else bar:
-        outcome = launch.run_one(spec, run_dir, logits, progress=hook, callbacks=(_train_bar(bar),))
+        outcome = launch.run_one(
+            spec,
+            run_dir,
+            logits,
+            progress=hook,
+            callbacks=(_train_bar(bar),),
+            tracking_uri=tracking_uri,
+            track=track,
+            label=file_label(run_dir),
+        )
     if outcome.rank != 0:
         return {"done": 0, "failed": 1}.get(outcome.status, 2)
     if outcome.status == "failed":

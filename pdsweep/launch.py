@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from pdsweep import backends, data, expand, files, logits_store, settings, teacher, trainer
+from pdsweep import backends, data, expand, files, logits_store, settings, teacher, tracking, trainer
 from pdsweep.spec import RunSpec
 from pdsweep.specfile import SpecError
 
@@ -72,6 +72,21 @@ def store_for(
     return logits_store.StoreReader(store, expect=teacher.store_info(t, tokens, lg.top_p, lg.top_k))
 
 
+class _Track(trainer.Callback):
+    """Training and evaluation metrics to the tracker, by optimiser step (rank 0 only)."""
+
+    def __init__(self, tracker: tracking.Tracker):
+        self.tracker = tracker
+
+    def on_step(self, state: trainer.TrainState, metrics: dict[str, float]) -> None:
+        if state.rank == 0:
+            self.tracker.log_metrics(metrics, state.step)
+
+    def on_eval(self, state: trainer.TrainState, metrics: dict[str, float]) -> None:
+        if state.rank == 0:
+            self.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, state.step)
+
+
 @dataclass
 class Outcome:
     """How a run ended: `done` (result), `failed` (reason, e.g. a non-finite loss) or `invalid`
@@ -89,9 +104,13 @@ def run_one(
     logits: Path | None = None,
     progress: Progress = lambda *a: None,
     callbacks: tuple[trainer.Callback, ...] = (),
+    tracking_uri: str | None = None,
+    track: bool = True,
+    sweep: str = "single",
+    label: str | None = None,
 ) -> Outcome:
-    """Train `spec` in `run_dir` (resuming), keeping `status.json` true. SpecError for bad input
-    found before training starts."""
+    """Train `spec` in `run_dir` (resuming), keeping `status.json` and its MLflow run true.
+    SpecError for bad input found before training starts (an unreachable tracking store included)."""
     backend = backends.make(spec)
     rank0 = backend.rank == 0
     rid = expand.run_id(spec)
@@ -119,6 +138,9 @@ def run_one(
                 "online",
             )
             hooks.append(trainer.RecordLogits(rec, run_dir / "logits" / rec.name, info))
+    tracker: tracking.Tracker = tracking.MlflowTracker(tracking_uri) if (track and rank0) else tracking.NullTracker()
+    tracker.start(spec, run_dir, rid, label or rid, sweep)
+    hooks.append(_Track(tracker))
     if rank0:
         files.write_json(run_dir / "status.json", {"status": "running", "pid": os.getpid()})
     try:
@@ -126,13 +148,16 @@ def run_one(
     except trainer.TrainingFailed as e:
         if rank0:
             files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})
+        tracker.finish("failed", e.reason)
         return Outcome("failed", backend.rank, reason=e.reason)
     except SpecError as e:
         if rank0:
             files.write_json(run_dir / "status.json", {"status": "failed", "reason": "; ".join(e.problems)})
+        tracker.finish("failed", "; ".join(e.problems))
         return Outcome("invalid", backend.rank, reason="\n".join(e.problems))
     if rank0:
         files.write_json(run_dir / "status.json", {"status": "done"})
+    tracker.finish("done")
     return Outcome("done", backend.rank, result=result)
 
 

@@ -144,8 +144,14 @@ def test_parquet_corpus_with_text_field(tmp_path) -> None:
 
     texts = [f"Line {i} of a small parquet corpus, with some words in it." for i in range(300)]
     pq.write_table(pa.table({"content": texts, "n": list(range(300))}), tmp_path / "c.parquet")
-    spec = RunSpec(loss={"alpha": 0}, data={"corpus": str(tmp_path / "c.parquet"), "text_field": "content",
-                                            "tokenizer": {"kind": "bpe", "vocab_size": 300}})
+    spec = RunSpec(
+        loss={"alpha": 0},
+        data={
+            "corpus": str(tmp_path / "c.parquet"),
+            "text_field": "content",
+            "tokenizer": {"kind": "bpe", "vocab_size": 300},
+        },
+    )
     tokens = data.prepare(spec, tmp_path / "work")
     splits = tokens.manifest["splits"]
     assert splits["train"]["documents"] + splits["heldout"]["documents"] == 300

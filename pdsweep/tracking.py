@@ -1,0 +1,117 @@
+"""Experiment tracking: a small Tracker protocol, MLflow behind it, and a null object.
+
+A run is one MLflow run in the experiment of its sweep (`single` for `pdsweep train`), with the
+flattened RunSpec as params (`logits.top_p`, ...), step metrics (training: `loss`, `lr`, ...;
+evaluation: `eval/heldout/loss`, ...), tags `pdsweep.run_id`, `pdsweep.sweep`, `pdsweep.label`,
+`pdsweep.status`, `pdsweep.reason`, and the resolved spec as an artifact. The MLflow run id is kept
+in the run directory, so a resumed run continues its own MLflow run instead of starting another.
+
+The default tracking URI is `sqlite:///<workdir>/mlflow.db` (the embedded default); a server is
+given with `--tracking-uri` or MLFLOW_TRACKING_URI. An unreachable store is one clear error before
+any training starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from pdsweep import files, settings
+from pdsweep.spec import RunSpec
+from pdsweep.specfile import SpecError
+
+
+def default_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{settings.workdir() / 'mlflow.db'}"
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{"logits": {"top_p": 0.95}} → {"logits.top_p": 0.95} (lists stay values)."""
+    if not isinstance(data, dict):
+        return {prefix.rstrip("."): data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+class Tracker(Protocol):
+    def start(self, spec: RunSpec, run_dir: Path, run_id: str, label: str, sweep: str) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def finish(self, status: str, reason: str = "") -> None: ...
+
+
+class NullTracker:
+    """Tracks nothing (`--no-track`)."""
+
+    def start(self, spec: RunSpec, run_dir: Path, run_id: str, label: str, sweep: str) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def finish(self, status: str, reason: str = "") -> None:
+        pass
+
+
+class MlflowTracker:
+    """Logs to an MLflow tracking store (a sqlite file or a server) through MlflowClient."""
+
+    def __init__(self, uri: str | None = None):
+        self.uri = uri or default_uri()
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SpecError(f"tracking: cannot reach the MLflow store {self.uri} ({first[:200]})") from None
+        self.run: str | None = None
+
+    def start(self, spec: RunSpec, run_dir: Path, run_id: str, label: str, sweep: str) -> None:
+        state_file = run_dir / "tracking.json"
+        known = files.read_json(state_file) if state_file.exists() else {}
+        if known.get("uri") == self.uri and known.get("mlflow_run_id"):
+            self.run = known["mlflow_run_id"]  # a resumed run continues its own MLflow run
+            self.client.set_tag(self.run, "pdsweep.status", "running")
+            return
+        exp = self.client.get_experiment_by_name(sweep)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(sweep)
+        tags = {"pdsweep.run_id": run_id, "pdsweep.sweep": sweep, "pdsweep.label": label, "pdsweep.status": "running"}
+        run = self.client.create_run(exp_id, run_name=label, tags=tags)
+        self.run = run.info.run_id
+        from mlflow.entities import Param
+
+        params = [
+            Param(k, json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+            for k, v in flatten(spec.model_dump(mode="json")).items()
+        ]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run, params=params[i : i + 100])
+        if (run_dir / "spec.yaml").exists():
+            self.client.log_artifact(self.run, str(run_dir / "spec.yaml"))
+        files.write_json(state_file, {"uri": self.uri, "mlflow_run_id": self.run, "experiment": sweep})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+        if self.run is not None and batch:
+            self.client.log_batch(self.run, metrics=batch)
+
+    def finish(self, status: str, reason: str = "") -> None:
+        if self.run is None:
+            return
+        self.client.set_tag(self.run, "pdsweep.status", status)
+        if reason:
+            self.client.set_tag(self.run, "pdsweep.reason", reason[:5000])
+        self.client.set_terminated(self.run, status={"done": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))

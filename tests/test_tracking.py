@@ -1,0 +1,72 @@
+"""Runs in MLflow: one run per training run, params, step metrics, tags, the spec as artifact,
+no duplicate on resume, failures tagged with their reason, an unreachable store refused up front."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pdsweep import launch, trainer
+from pdsweep.spec import RunSpec
+from pdsweep.specfile import SpecError
+from tests.conftest import TINY_RUN, pdsweep
+
+
+@pytest.fixture(scope="module")
+def store_uri(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def runs_of(uri: str, experiment: str = "single"):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
+
+
+def test_a_trained_run_is_one_mlflow_run_even_when_run_again(tmp_path, shakespeare, store_uri) -> None:
+    spec_file = tmp_path / "run.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY_RUN))
+    for _ in range(2):  # the second time finds the run finished and continues the same MLflow run
+        out = pdsweep("train", spec_file, "--out", tmp_path / "run", "--tracking-uri", store_uri)
+        assert out.returncode == 0, out.stderr[-2000:]
+    client, runs = runs_of(store_uri)
+    (run,) = [r for r in runs if r.data.tags.get("pdsweep.label") == "run"]
+    assert run.info.status == "FINISHED" and run.data.tags["pdsweep.status"] == "done"
+    assert len(run.data.tags["pdsweep.run_id"]) == 12
+    assert run.data.params["logits.top_p"] == "0.95" and run.data.params["student.preset"] == "tiny-xs"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert [m.step for m in history] == list(range(1, 31))
+    assert client.get_metric_history(run.info.run_id, "eval/heldout/loss")
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["spec.yaml"]
+
+
+class Poison(trainer.Callback):
+    def on_start(self, state, net) -> None:
+        with torch.no_grad():
+            net.layers[0].mlp.up_proj.weight.fill_(float("nan"))
+
+
+def test_a_failed_run_is_tagged_with_its_reason(tmp_path, shakespeare, store_uri) -> None:
+    spec = RunSpec.model_validate(TINY_RUN)
+    outcome = launch.run_one(spec, tmp_path / "nan", callbacks=(Poison(),), tracking_uri=store_uri, label="nan-run")
+    assert outcome.status == "failed" and "non-finite loss" in outcome.reason
+    _, runs = runs_of(store_uri)
+    (run,) = [r for r in runs if r.data.tags.get("pdsweep.label") == "nan-run"]
+    assert run.info.status == "FAILED" and run.data.tags["pdsweep.status"] == "failed"
+    assert "non-finite loss" in run.data.tags["pdsweep.reason"]
+
+
+def test_an_unreachable_tracking_server_is_one_clear_error(tmp_path, shakespeare) -> None:
+    spec_file = tmp_path / "run.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY_RUN))
+    out = pdsweep("train", spec_file, "--out", tmp_path / "run", "--tracking-uri", "http://127.0.0.1:9")
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "tracking: cannot reach the MLflow store http://127.0.0.1:9" in lines[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
+    with pytest.raises(SpecError, match="cannot reach"):
+        from pdsweep.tracking import MlflowTracker
+
+        MlflowTracker("http://127.0.0.1:9")
