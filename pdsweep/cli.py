@@ -485,6 +485,10 @@ def train(
         typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db)."),
     ] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log the run to MLflow.")] = True,
+    sweep: Annotated[str, typer.Option(help="MLflow experiment of the run.")] = "single",
+    label: Annotated[
+        str | None, typer.Option(help="Name of the run in MLflow (default: the run directory's name).")
+    ] = None,
 ) -> None:
     """Train one run, resuming from its last checkpoint if it was interrupted."""
     from pdsweep import expand, settings
@@ -509,11 +513,39 @@ def train(
             *([] if track else ["--no-track"]),
         ]
         raise typer.Exit(launch.relaunch(args, nproc, "deepspeed" if hostfile else launcher, hostfile))
-    raise typer.Exit(_train_one(spec, run_dir, logits, tracking_uri, track))
+    raise typer.Exit(_train_one(spec, run_dir, logits, tracking_uri, track, sweep, label or run_dir.name))
 
 
-def file_label(run_dir: Path) -> str:
-    return run_dir.name
+@app.command()
+def run(
+    file: SweepFile,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: sqlite:///WORKDIR/mlflow.db).")
+    ] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log the runs to MLflow.")] = True,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
+) -> None:
+    """Run a whole sweep: teacher runs, their logits, baselines and students; resumable."""
+    from pdsweep import expand, launch
+
+    with _user_errors():
+        sweep = expand.load_sweep(file)
+        runs = expand.expand(sweep, str(file))
+        if tracking_uri or track:
+            from pdsweep import tracking
+
+            tracking.MlflowTracker(tracking_uri)  # an unreachable store is an error before any run starts
+
+    def show(s) -> None:  # noqa: ANN001
+        loss = s.result.get("heldout/loss")
+        extra = f"held-out loss {loss:.4f}" if loss is not None else s.reason
+        typer.echo(f"{s.status:7s} {s.run_id}  {s.label}  {extra}")
+
+    with _user_errors():
+        statuses = launch.run_sweep(sweep.name, runs, tracking_uri, track, retry_failed, progress=show)
+    done = sum(s.status == "done" for s in statuses)
+    typer.echo(f"{sweep.name}: {done} of {len(statuses)} runs done; runs in {launch.sweep_dir(sweep.name)}")
+    raise typer.Exit(0 if done == len(statuses) else 1)
 
 
 def _spec_error(line: str) -> Exception:
@@ -522,9 +554,15 @@ def _spec_error(line: str) -> Exception:
     return SpecError(line)
 
 
-def _train_one(
-    spec, run_dir: Path, logits: Path | None = None, tracking_uri: str | None = None, track: bool = True
-) -> int:  # noqa: ANN001
+def _train_one(  # noqa: ANN001 - spec is a RunSpec
+    spec,
+    run_dir: Path,
+    logits: Path | None = None,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    sweep: str = "single",
+    label: str | None = None,
+) -> int:
     """Train in run_dir with progress bars; 0 when done, 1 when the run failed, 2 on bad input."""
     from pdsweep import launch
 
@@ -539,7 +577,8 @@ def _train_one(
             callbacks=(_train_bar(bar),),
             tracking_uri=tracking_uri,
             track=track,
-            label=file_label(run_dir),
+            sweep=sweep,
+            label=label,
         )
     if outcome.rank != 0:
         return {"done": 0, "failed": 1}.get(outcome.status, 2)
