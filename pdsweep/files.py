@@ -78,7 +78,12 @@ def atomic_dir(path: Path, replace: bool = False) -> Iterator[Path]:
             os.replace(tmp, path)
             shutil.rmtree(old)
         else:
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError:
+                if path.exists():  # another process finished the same directory first
+                    raise FileExistsError(f"{path} already exists") from None
+                raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,6 +15,7 @@ after its last complete shard.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import time
@@ -80,7 +81,7 @@ def builtin_dir(name: str, progress: Callable[[str, int, int], None] = lambda *a
         progress(f"convert {name}", 1, 2)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         net = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        with files.atomic_dir(out, replace=True) as staging:
+        with contextlib.suppress(FileExistsError), files.atomic_dir(out) as staging:  # first writer wins
             state = {k: v.contiguous() for k, v in net.state_dict().items()}
             if net.config.tie_word_embeddings:
                 state.pop("lm_head.weight", None)

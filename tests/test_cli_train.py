@@ -67,11 +67,15 @@ def test_bad_input_is_one_line_exit_2(case: str, tmp_path) -> None:
     spec_file = tmp_path / "run.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     env_work = tmp_path / "work"
+    old = os.environ.get("PDSWEEP_WORKDIR")
     os.environ["PDSWEEP_WORKDIR"] = str(env_work)
     try:
         out = pdsweep("train", spec_file, "--out", tmp_path / "run")
-    finally:
-        del os.environ["PDSWEEP_WORKDIR"]
+    finally:  # the session's work directory (conftest) must survive this test
+        if old is None:
+            del os.environ["PDSWEEP_WORKDIR"]
+        else:
+            os.environ["PDSWEEP_WORKDIR"] = old
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("error:")]

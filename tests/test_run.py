@@ -17,10 +17,20 @@ def test_a_tiny_sweep_runs_end_to_end_and_again_does_nothing(tmp_path, workdir, 
     corpus = next(p for p in data.corpus_files(RunSpec(loss={"alpha": 0}).data) if p.name == "hamlet_gut.txt")
     sweep = {
         "name": "tiny-run-test",
-        "base": {"student": "tiny-xs", "teacher": "run:teacher", "loss": {"kd": "kld", "alpha": 0.5},
-                 "logits": {"top_p": 0.9, "top_k": 20},
-                 "data": {"corpus": str(corpus), "tokenizer": {"kind": "bpe", "vocab_size": 512}, "seq_len": 64, "tokens": 64 * 16 * 8},
-                 "train": {"global_batch": 16, "micro_batch": 16, "backend": "torch"}, "eval": {"interval": 1000, "heldout_tokens": 2048}},
+        "base": {
+            "student": "tiny-xs",
+            "teacher": "run:teacher",
+            "loss": {"kd": "kld", "alpha": 0.5},
+            "logits": {"top_p": 0.9, "top_k": 20},
+            "data": {
+                "corpus": str(corpus),
+                "tokenizer": {"kind": "bpe", "vocab_size": 512},
+                "seq_len": 64,
+                "tokens": 64 * 16 * 8,
+            },
+            "train": {"global_batch": 16, "micro_batch": 16, "backend": "torch"},
+            "eval": {"interval": 1000, "heldout_tokens": 2048},
+        },
         "teachers": {"teacher": {"data.tokens": 64 * 16 * 12}},
         "seeds": 2,
     }
@@ -31,7 +41,9 @@ def test_a_tiny_sweep_runs_end_to_end_and_again_does_nothing(tmp_path, workdir, 
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "5 of 5 runs done" in out.stdout
     root = workdir / "runs" / "tiny-run-test"
-    results = {d.name: json.loads((d / "result.json").read_text()) for d in root.iterdir() if (d / "result.json").exists()}
+    results = {
+        d.name: json.loads((d / "result.json").read_text()) for d in root.iterdir() if (d / "result.json").exists()
+    }
     assert len(results) == 5 and all(r["step"] for r in results.values())
     stores = list((root / "logits").iterdir())
     assert len(stores) == 1 and (stores[0] / "manifest.json").exists()  # one teacher pass for the sweep
