@@ -84,7 +84,15 @@ class MlflowTracker:
             self.client.set_tag(self.run, "pdsweep.status", "running")
             return
         exp = self.client.get_experiment_by_name(sweep)
-        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(sweep)
+        if exp is not None:
+            exp_id = exp.experiment_id
+        else:  # artifacts beside a sqlite store, not in ./mlruns of whatever directory we run in
+            where = (
+                Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / sweep
+                if self.uri.startswith("sqlite:///")
+                else None
+            )
+            exp_id = self.client.create_experiment(sweep, artifact_location=where.as_uri() if where else None)
         tags = {"pdsweep.run_id": run_id, "pdsweep.sweep": sweep, "pdsweep.label": label, "pdsweep.status": "running"}
         run = self.client.create_run(exp_id, run_name=label, tags=tags)
         self.run = run.info.run_id

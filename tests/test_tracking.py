@@ -3,6 +3,8 @@ no duplicate on resume, failures tagged with their reason, an unreachable store 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -40,6 +42,8 @@ def test_a_trained_run_is_one_mlflow_run_even_when_run_again(tmp_path, shakespea
     assert [m.step for m in history] == list(range(1, 31))
     assert client.get_metric_history(run.info.run_id, "eval/heldout/loss")
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["spec.yaml"]
+    # Artifacts live beside the sqlite store, not in ./mlruns of the current directory.
+    assert run.info.artifact_uri.startswith(Path(store_uri.removeprefix("sqlite:///")).parent.as_uri())
 
 
 class Poison(trainer.Callback):
