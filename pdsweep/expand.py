@@ -216,13 +216,13 @@ def label(spec: S.RunSpec, varied: set[str]) -> str:
         take("logits.top_k", None)
         take("logits.sampling", None)
         parts.append(lg.label if lg.sampling is None else f"sampled-{lg.sampling.draws}")
-    take("logits.temperature", f"τ = {S._num(lg.temperature)}")
+    take("logits.temperature", f"τ = {S.number_label(lg.temperature)}")
     take("logits.adaptive", _ADAPTIVE_NAMES[lg.adaptive.kind])
     take("loss.kd", spec.loss.kd.upper())
     a = spec.loss.alpha
     take(
         "loss.alpha",
-        f"α = {S._num(a.value)}" if isinstance(a, S.ConstantAlpha) else _ALPHA_NAMES[a.kind],
+        f"α = {S.number_label(a.value)}" if isinstance(a, S.ConstantAlpha) else _ALPHA_NAMES[a.kind],
     )
     take("optim.lr_schedule", _LR_NAMES[spec.optim.lr_schedule.kind])
     for path in sorted(varied - handled):

@@ -137,32 +137,41 @@ def sample_targets(logits: Any, draws: int, generator: Any = None) -> tuple[Any,
     return ids.gather(1, order), counts.gather(1, order), n
 
 
+def truncate_entries(ids: Any, logprobs: Any, count: Any, top_p: float, top_k: int | None) -> tuple[Any, Any, Any]:
+    """Stored top-p_max-k_max entries cut to a smaller p and k (torch tensors in, torch out).
+
+    Args:
+        ids, logprobs: (N, K) entries, most probable first (logprobs under the full vocabulary, −inf
+            where padded); count (N,) kept entries per position.
+    Returns:
+        (ids (N, k), logprobs (N, k) with −inf beyond the cut, mask (N, k) bool).
+    """
+    import torch
+
+    k = ids.shape[-1] if top_k is None else min(top_k, ids.shape[-1])
+    ids, logprobs = ids[:, :k], logprobs[:, :k]
+    n = count.clamp(max=k)
+    if top_p < 1:
+        cum = torch.cumsum(logprobs.double().exp(), dim=-1)  # padded entries: exp(−inf) = 0
+        n = torch.minimum(((cum < top_p).sum(dim=-1) + 1).clamp(1, k), n)
+    mask = torch.arange(k, device=ids.device)[None, :] < n[:, None]
+    return ids, logprobs.masked_fill(~mask, float("-inf")), mask
+
+
 def read_targets(
     ids: Any, logprobs: Any, count: Any, top_p: float, top_k: int | None, temperature: float, renormalize: bool = True
 ) -> tuple[Any, Any, Any, Any]:
     """Targets for a smaller p, k and any τ from stored top-p_max-k_max entries (F(z) = softmax(
-    Truncate(z)/τ), the paper's Eq. 4).
+    Truncate(z)/τ), the paper's Eq. 4), by the same function the training loss uses.
 
     Returns (ids (N, K), probs (N, K), mask (N, K) bool, residual (N,)): with `renormalize` the
     kept probabilities sum to 1 and residual is 0; without it they keep the kept mass of the τ = 1
     distribution and `residual` = 1 − that mass (the untruncated tail as one bucket)."""
-    import torch
+    from pdsweep.losses import KDConfig, teacher_targets
 
-    K = ids.shape[-1]
-    k = K if top_k is None else min(top_k, K)
-    ids, logprobs = ids[:, :k], logprobs[:, :k]
-    probs1 = logprobs.exp()  # padded entries: exp(−inf) = 0
-    cum = torch.cumsum(probs1, dim=-1)
-    n = count.clamp(max=k)
-    if top_p < 1:
-        n = torch.minimum(((cum < top_p).sum(dim=-1) + 1).clamp(1, k), n)
-    mask = torch.arange(k, device=ids.device)[None, :] < n[:, None]
-    scaled = (logprobs / temperature).masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scaled, dim=-1)
-    if renormalize:
-        return ids, probs, mask, torch.zeros_like(n, dtype=probs.dtype)
-    kept = (probs1 * mask).sum(dim=-1)
-    return ids, probs * kept[:, None], mask, (1.0 - kept).clamp(min=0.0)
+    ids, logprobs, mask = truncate_entries(ids, logprobs, count, top_p, top_k)
+    probs, residual, _, _ = teacher_targets(logprobs, mask, KDConfig(temperature=temperature, renormalize=renormalize))
+    return ids, probs, mask, residual
 
 
 # ----------------------------------------------------------------------------------------------
@@ -551,17 +560,8 @@ class StoreReader:
 
         self._check_serves(top_p, top_k)
         e = self.entries(positions)
-        k = e.ids.shape[1] if top_k is None else min(top_k, e.ids.shape[1])
-        ids, logprobs = e.ids[:, :k], e.logprobs[:, :k]
-        n = np.minimum(e.count, k)
-        if top_p < 1:
-            cum = np.cumsum(np.exp(logprobs.astype(np.float64)), axis=1)
-            n = np.minimum(n, (cum < top_p).sum(axis=1) + 1)
-        mask = np.arange(k)[None, :] < n[:, None]
-        return (
-            torch.from_numpy(ids),
-            torch.from_numpy(np.where(mask, logprobs, np.float32(-np.inf))),
-            torch.from_numpy(mask),
+        return truncate_entries(
+            torch.from_numpy(e.ids), torch.from_numpy(e.logprobs), torch.from_numpy(e.count), top_p, top_k
         )
 
     def _check_serves(self, top_p: float, top_k: int | None) -> None:
@@ -618,18 +618,13 @@ def stats(
     totals = reader.verify()
     bytes_per_entry = totals["bytes"] / max(1, totals["entries"])
     positions = np.concatenate([reader.shard(i).positions for i in range(totals["shards"])])[:max_positions]
+    import torch
+
     e = reader.entries(positions)
-    probs = np.exp(e.logprobs.astype(np.float64))
-    cum = np.cumsum(probs, axis=1)
+    ids, logprobs, count = torch.from_numpy(e.ids), torch.from_numpy(e.logprobs), torch.from_numpy(e.count)
     rows = []
     for p in ps:
         for k in ks:
-            kk = e.ids.shape[1] if k is None else min(k, e.ids.shape[1])
-            n = (
-                np.minimum(np.minimum((cum[:, :kk] < p).sum(axis=1) + 1, kk), e.count)
-                if p < 1
-                else np.minimum(e.count, kk)
-            )
-            mean = float(n.mean())
+            mean = float(truncate_entries(ids, logprobs, count, p, k)[2].sum(dim=1).double().mean())
             rows.append({"top_p": p, "top_k": k, "entries_per_token": mean, "bytes_per_token": mean * bytes_per_entry})
     return rows

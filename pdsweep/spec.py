@@ -433,7 +433,7 @@ class LogitsSpec(SpecModel):
     def label(self) -> str:
         """The paper's name for the truncation: `top-0.95-100`, `top-0.9-inf`."""
         k = "inf" if self.top_k is None else str(self.top_k)
-        return f"top-{_num(self.top_p)}-{k}"
+        return f"top-{number_label(self.top_p)}-{k}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -788,6 +788,6 @@ class RunSpec(SpecModel):
         return None
 
 
-def _num(x: float) -> str:
+def number_label(x: float) -> str:
     """Numbers as the paper's labels print them: 0.95 → '0.95', 1 → '1.0', 10 → '10.0'."""
     return f"{x:.1f}" if float(x).is_integer() else f"{x:g}"
