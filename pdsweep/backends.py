@@ -64,6 +64,7 @@ class Backend(Protocol):
     def load(self, path: Path) -> dict[str, Any]: ...
     def mean(self, value: float) -> float: ...
     def barrier(self) -> None: ...
+    def close(self) -> None: ...
     def full_state_dict(self) -> dict[str, torch.Tensor]: ...
 
 
@@ -126,6 +127,9 @@ class TorchBackend:
         return value
 
     def barrier(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
@@ -239,6 +243,13 @@ class DeepSpeedBackend:
 
     def barrier(self) -> None:
         torch.distributed.barrier()
+
+    def close(self) -> None:
+        """Wait for every rank, then tear the process group down: ranks that simply exit while a
+        peer is still busy (rank 0 logging to MLflow, say) can abort in gloo's threads."""
+        if torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """Consolidated fp32 weights, gathered from the ZeRO partitions (on every rank)."""

@@ -144,7 +144,23 @@ def run_one(
     if rank0:
         files.write_json(run_dir / "status.json", {"status": "running", "pid": os.getpid()})
     try:
-        result = trainer.train(spec, run_dir, tokens, backend, [*hooks, *callbacks], store=store)
+        return _train_and_record(spec, run_dir, tokens, backend, [*hooks, *callbacks], store, tracker)
+    finally:
+        backend.close()
+
+
+def _train_and_record(
+    spec: RunSpec,
+    run_dir: Path,
+    tokens: data.TokenData,
+    backend: backends.Backend,
+    callbacks: list[trainer.Callback],
+    store: logits_store.StoreReader | None,
+    tracker: tracking.Tracker,
+) -> Outcome:
+    rank0 = backend.rank == 0
+    try:
+        result = trainer.train(spec, run_dir, tokens, backend, callbacks, store=store)
     except trainer.TrainingFailed as e:
         if rank0:
             files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})
