@@ -383,7 +383,7 @@ def logits_generate(
         tokens = data.prepare(spec, progress=hook)
         teacher.check_tokenizer(t, tokens, spec.teacher.source)
         lg = spec.logits
-        name = f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.label}" + (
+        name = f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.store_label}" + (
             f"-first{limit}" if limit else ""
         )
         store = out or settings.workdir() / "logits" / name
@@ -398,6 +398,7 @@ def logits_generate(
                 batch_size=batch_size or spec.teacher.batch_size,
                 limit=limit,
                 progress=hook,
+                sampling_draws=lg.sampling.draws if lg.sampling else None,
             )
     rate = f", {result['tokens_per_s']:,.0f} tokens/s" if result["tokens_per_s"] else ""
     typer.echo(f"{store}: {result['positions']:,} positions ({result['generated']:,} generated now{rate})")

@@ -447,23 +447,35 @@ def batch_at(
     rank: int = 0,
     world: int = 1,
     offset: int = 0,
+    windows: np.ndarray | None = None,
 ) -> Batch:
     """The rows of optimiser step `step` that belong to `rank`: a pure function of its arguments.
 
     Every epoch visits each window once, in an order drawn from (seed, epoch); the global batch
-    of a step is split evenly across ranks. `offset` is added to positions (held-out tokens)."""
-    n = num_windows(len(tokens), seq_len)
+    of a step is split evenly across ranks. `offset` is added to positions (held-out tokens).
+    `windows` restricts training to those window indices (an online student trains on the windows
+    its teacher recorded)."""
+    n = num_windows(len(tokens), seq_len) if windows is None else len(windows)
     if n == 0:
         raise SpecError(f"data.seq_len: {seq_len} is longer than the data ({len(tokens)} tokens)")
     if global_batch % world:
         raise ValueError(f"global batch {global_batch} is not divisible by {world} ranks")
     per_rank = global_batch // world
     rows = np.arange(step * global_batch + rank * per_rank, step * global_batch + (rank + 1) * per_rank)
-    windows = np.array([_epoch_order(n, seed, int(g // n))[g % n] for g in rows])
-    starts = windows * seq_len
+    chosen = np.array([_epoch_order(n, seed, int(g // n))[g % n] for g in rows])
+    starts = (chosen if windows is None else np.asarray(windows, dtype=np.int64)[chosen]) * seq_len
     idx = starts[:, None] + np.arange(seq_len + 1)[None, :]
     chunk = np.asarray(tokens[idx], dtype=np.int64)
     return Batch(chunk[:, :-1], chunk[:, 1:], (starts[:, None] + np.arange(seq_len)[None, :]) + offset)
+
+
+def covered_windows(positions: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
+    """Indices of the training windows all of whose `seq_len` input positions are in `positions`
+    (sorted, unique) — the windows an online logits store can supervise."""
+    positions = np.asarray(positions, dtype=np.int64)
+    positions = positions[positions < num_windows(n_tokens, seq_len) * seq_len]
+    counts = np.bincount(positions // seq_len, minlength=num_windows(n_tokens, seq_len))
+    return np.flatnonzero(counts == seq_len)
 
 
 def heldout_batches(tokens: TokenData, seq_len: int, batch_size: int, max_tokens: int) -> Iterator[Batch]:

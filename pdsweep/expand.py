@@ -472,7 +472,6 @@ def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
         if not s.uses_teacher or s.teacher is None:
             continue
         tok = s.data.tokenizer.model_dump_json()
-        sampled = s.logits.sampling is not None
         key_src = json.dumps(
             [
                 s.teacher.source,
@@ -482,7 +481,7 @@ def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
                 tok,
                 s.logits.mode,
                 s.logits.online_window if s.logits.mode == "online" else None,
-                sampled,
+                s.logits.sampling.draws if s.logits.sampling is not None else None,  # a pass per number of draws
             ]
         )
         pid = hashlib.sha256(key_src.encode()).hexdigest()[:8]

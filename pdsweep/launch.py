@@ -63,13 +63,26 @@ def store_for(
     t = teacher.load(spec.teacher)
     teacher.check_tokenizer(t, tokens, spec.teacher.source)
     lg = spec.logits
+    draws = lg.sampling.draws if lg.sampling else None
     store = (
-        settings.workdir() / "logits" / f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.label}"
+        settings.workdir()
+        / "logits"
+        / f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.store_label}"
     )
     teacher.generate(
-        t, tokens, store, lg.top_p, lg.top_k, spec.data.seq_len, batch_size=spec.teacher.batch_size, progress=progress
+        t,
+        tokens,
+        store,
+        lg.top_p,
+        lg.top_k,
+        spec.data.seq_len,
+        batch_size=spec.teacher.batch_size,
+        progress=progress,
+        sampling_draws=draws,
     )
-    return logits_store.StoreReader(store, expect=teacher.store_info(t, tokens, lg.top_p, lg.top_k))
+    return logits_store.StoreReader(
+        store, expect=teacher.store_info(t, tokens, lg.top_p, lg.top_k, sampling_draws=draws)
+    )
 
 
 class _Track(trainer.Callback):
@@ -320,7 +333,15 @@ def run_sweep(
         tokens = data.prepare(example.spec)
         teacher.check_tokenizer(t, tokens, source)
         stores[p.pass_id] = root / "logits" / p.pass_id
-        teacher.generate(t, tokens, stores[p.pass_id], p.top_p, p.top_k, example.spec.data.seq_len)
+        teacher.generate(
+            t,
+            tokens,
+            stores[p.pass_id],
+            p.top_p,
+            p.top_k,
+            example.spec.data.seq_len,
+            sampling_draws=p.sampling_draws or None,
+        )
     pass_of = {rid: p for p in passes.values() for rid in p.runs}
     for run in runs:
         if run.role == "teacher":

@@ -137,6 +137,16 @@ def sample_targets(logits: Any, draws: int, generator: Any = None) -> tuple[Any,
     return ids.gather(1, order), counts.gather(1, order), n
 
 
+def sampled_sparse(logits: Any, draws: int, generator: Any = None) -> Sparse:
+    """`sample_targets` as stored entries: log(count / draws) per distinct drawn id, most drawn
+    first; the full-vocabulary log-sum-exp is kept as for top-p-k entries."""
+    import torch
+
+    ids, counts, n = sample_targets(logits, draws, generator)
+    logprobs = torch.log(counts.float() / draws)  # −inf where nothing was drawn (padding)
+    return Sparse(ids.masked_fill(counts == 0, 0), logprobs, n, torch.logsumexp(logits.float(), dim=-1))
+
+
 def truncate_entries(ids: Any, logprobs: Any, count: Any, top_p: float, top_k: int | None) -> tuple[Any, Any, Any]:
     """Stored top-p_max-k_max entries cut to a smaller p and k (torch tensors in, torch out).
 
@@ -385,6 +395,8 @@ class StoreInfo:
     top_p: float
     top_k: int | None
     mode: str = "offline"
+    sampling_draws: int | None = None
+    """Set for a store of sampled targets (`sample_targets`): the draws per position."""
 
 
 class StoreWriter:
@@ -519,18 +531,33 @@ class StoreReader:
             if not ok.all():
                 self._missing(positions[~ok], len(positions))
             return self._order[k], positions - self._firsts[k]
+        index = self._position_index()
+        found = [index.get(int(p)) for p in positions]
+        missing = np.asarray([int(p) for p, f in zip(positions, found, strict=True) if f is None])
+        if len(missing):
+            self._missing(missing, len(positions))
+        arr = np.asarray(found, dtype=np.int64)
+        return arr[:, 0], arr[:, 1]
+
+    def _position_index(self) -> dict[int, tuple[int, int]]:
+        """position → (shard, row), built once; shards are visited in writing order, so the last
+        shard that recorded a position wins."""
         if self._index is None:
             index: dict[int, tuple[int, int]] = {}
             for i in range(len(self.manifest["shards"])):
                 for row, pos in enumerate(self.shard(i).positions.tolist()):
                     index[pos] = (i, row)
             self._index = index
-        found = [self._index.get(int(p)) for p in positions]
-        missing = np.asarray([int(p) for p, f in zip(positions, found, strict=True) if f is None])
-        if len(missing):
-            self._missing(missing, len(positions))
-        arr = np.asarray(found, dtype=np.int64)
-        return arr[:, 0], arr[:, 1]
+        return self._index
+
+    def positions(self) -> np.ndarray:
+        """Every position the store holds, sorted."""
+        if not self.manifest["shards"]:
+            return np.zeros(0, dtype=np.int64)
+        if self._ranges:
+            return np.concatenate([np.arange(f, last + 1) for f, last in zip(self._firsts, self._lasts, strict=True)])
+        index = self._position_index()
+        return np.sort(np.fromiter(index.keys(), dtype=np.int64, count=len(index)))
 
     def _missing(self, missing: np.ndarray, total: int) -> None:
         raise SpecError(

@@ -388,7 +388,10 @@ class SamplingSpec(SpecModel):
     """Extension: unbiased random-sampled sparse targets instead of top-p-k truncation."""
 
     draws: int = Field(default=64, ge=1, le=65535)
-    """Tokens drawn from the teacher distribution per position (ids and counts are stored)."""
+    """Tokens drawn from the full teacher distribution per position, at generation time; the store
+    keeps the distinct ids and their counts, and the target is counts / draws (E = the teacher
+    distribution). top_p / top_k do not apply; a temperature ≠ 1 is applied to the sampled target.
+    A sweep gets one teacher pass per number of draws."""
 
 
 class LogitsSpec(SpecModel):
@@ -434,6 +437,11 @@ class LogitsSpec(SpecModel):
         """The paper's name for the truncation: `top-0.95-100`, `top-0.9-inf`."""
         k = "inf" if self.top_k is None else str(self.top_k)
         return f"top-{number_label(self.top_p)}-{k}"
+
+    @property
+    def store_label(self) -> str:
+        """What a teacher store for these logits holds: `top-0.95-100` or `sampled-64`."""
+        return self.label if self.sampling is None else f"sampled-{self.sampling.draws}"
 
 
 # ----------------------------------------------------------------------------------------------

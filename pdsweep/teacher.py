@@ -186,7 +186,12 @@ def check_tokenizer(teacher: Teacher, tokens: data.TokenData, source: str) -> No
 
 
 def store_info(
-    teacher: Teacher, tokens: data.TokenData, top_p: float, top_k: int | None, mode: str = "offline"
+    teacher: Teacher,
+    tokens: data.TokenData,
+    top_p: float,
+    top_k: int | None,
+    mode: str = "offline",
+    sampling_draws: int | None = None,
 ) -> logits_store.StoreInfo:
     return logits_store.StoreInfo(
         teacher.fingerprint,
@@ -196,6 +201,7 @@ def store_info(
         top_p,
         top_k,
         mode,
+        sampling_draws,
     )
 
 
@@ -211,13 +217,19 @@ def generate(
     shard_positions: int = 16384,
     limit: int | None = None,
     progress: Callable[[str, int, int], None] = lambda *a: None,
+    sampling_draws: int | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Write the teacher's top-p-k logits for every position of the corpus (training positions
-    first, then held-out ones after them) — or for the first `limit` training positions.
+    first, then held-out ones after them) — or for the first `limit` training positions. With
+    `sampling_draws`, store sampled targets instead (`sampling_draws` tokens drawn per position from
+    the full teacher distribution; the draws of shard i depend only on (seed, i)).
 
     The teacher reads the corpus in consecutive windows of `seq_len` tokens; a shard holds whole
     windows. Resumes after the last complete shard of an existing store."""
-    writer = logits_store.StoreWriter(out, store_info(teacher, tokens, top_p, top_k))
+    if sampling_draws is not None:
+        top_p, top_k = 1.0, None  # the sampled ids are not a truncation
+    writer = logits_store.StoreWriter(out, store_info(teacher, tokens, top_p, top_k, sampling_draws=sampling_draws))
     n_train = len(tokens.train) if limit is None else min(limit, len(tokens.train))
     spans = [(tokens.train, 0, n_train)] + (
         [(tokens.heldout, len(tokens.train), len(tokens.heldout))] if limit is None else []
@@ -246,6 +258,7 @@ def generate(
                 continue
             positions: list[np.ndarray] = []
             parts: list[logits_store.Sparse] = []
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
             for b in range(0, len(group), batch_size):
                 batch = group[b : b + batch_size]
                 length = max(e - s for _, _, s, e in batch)
@@ -256,7 +269,12 @@ def generate(
                         device
                     )
                     logits = teacher.logits(x).float()
-                    parts.append(logits_store.top_p_k(logits.reshape(-1, logits.shape[-1]), top_p, top_k))
+                    flat = logits.reshape(-1, logits.shape[-1])
+                    parts.append(
+                        logits_store.top_p_k(flat, top_p, top_k)
+                        if sampling_draws is None
+                        else logits_store.sampled_sparse(flat, sampling_draws, gen)
+                    )
                     positions.extend(np.arange(off + s, off + e) for _, off, s, e in chunk)
             if pending is not None:
                 pending.result()

@@ -216,6 +216,24 @@ def heldout_loss(net: torch.nn.Module, backend: Backend, tokens: data.TokenData,
 # ----------------------------------------------------------------------------------------------
 
 
+def _read_truncation(spec: RunSpec, store: logits_store.StoreReader | None) -> tuple[float, int | None]:
+    """The (p, k) to read the store with: the run's top-p-k, or every stored entry of a store of
+    sampled targets with the run's number of draws."""
+    if store is None or not spec.uses_teacher:
+        return spec.logits.top_p, spec.logits.top_k
+    from pdsweep.specfile import SpecError
+
+    want = spec.logits.sampling.draws if spec.logits.sampling else None
+    have = store.manifest.get("sampling_draws")
+    if want != have:
+
+        def what(draws: int | None) -> str:
+            return "top-p-k entries" if draws is None else f"{draws} sampled draws"
+
+        raise SpecError(f"{store.path}: the store holds {what(have)} but logits.sampling asks for {what(want)}")
+    return (1.0, None) if want else (spec.logits.top_p, spec.logits.top_k)
+
+
 def train(
     spec: RunSpec,
     run_dir: Path,
@@ -227,7 +245,8 @@ def train(
     """Train `spec` in `run_dir` (resuming from its last checkpoint); return the final metrics.
 
     A run with a teacher (α not identically 0) reads its targets from `store`, by the global
-    positions of each batch, truncated to the run's top-p-k at read time."""
+    positions of each batch, truncated to the run's top-p-k at read time. An online student trains
+    only on the windows its teacher recorded (every epoch visits each of them once)."""
     t, tr = spec.data, spec.train
     total = spec.steps()
     per_rank = tr.global_batch // backend.world_size
@@ -243,11 +262,18 @@ def train(
 
     if spec.uses_teacher and store is None:
         raise ValueError("a run with a teacher needs a logits store")
-    if spec.uses_teacher and spec.logits.sampling is not None:
-        from pdsweep.specfile import SpecError
-
-        raise SpecError("logits.sampling: sampled targets are not served by the trainer yet")
+    read_p, read_k = _read_truncation(spec, store)
     kd = losses.KDConfig.from_spec(spec)
+    windows = None
+    if spec.uses_teacher and spec.logits.mode == "online":
+        assert store is not None
+        windows = data.covered_windows(store.positions(), t.seq_len, len(tokens.train))
+        if len(windows) == 0:
+            from pdsweep.specfile import SpecError
+
+            raise SpecError(
+                f"{store.path}: the online logits store holds no complete training window of seq_len {t.seq_len}"
+            )
     run_dir.mkdir(parents=True, exist_ok=True)
     net = model.build(spec.student, tokens.vocab_size, t.seq_len, seed=tr.seed)
     engine = backend.setup(net, spec.optim, accum)
@@ -276,7 +302,9 @@ def train(
         lr = spec.optim.lr * lr_at(step, total, spec.optim.lr_schedule)
         alpha = alpha_at(step, total, spec.loss.alpha, spec.optim.lr_schedule) if spec.uses_teacher else 0.0
         backend.set_lr(lr)
-        batch = data.batch_at(tokens.train, t.seq_len, tr.global_batch, tr.seed, step, backend.rank, backend.world_size)
+        batch = data.batch_at(
+            tokens.train, t.seq_len, tr.global_batch, tr.seed, step, backend.rank, backend.world_size, windows=windows
+        )
         sums: dict[str, float] = {}
         for m in range(accum):
             rows = slice(m * tr.micro_batch, (m + 1) * tr.micro_batch)
@@ -290,8 +318,7 @@ def train(
             if alpha > 0:
                 assert store is not None
                 t_ids, t_logprobs, t_mask = (
-                    x.to(backend.device)
-                    for x in store.truncated(batch.positions[rows], spec.logits.top_p, spec.logits.top_k)
+                    x.to(backend.device) for x in store.truncated(batch.positions[rows], read_p, read_k)
                 )
             loss, parts = losses.pd_loss(logits, targets, alpha, t_ids, t_logprobs, t_mask, kd, spec.loss.chunk_tokens)
             backend.backward(loss)

@@ -176,6 +176,30 @@ def test_online_recording_stores_the_batches_trained_on_in_the_window(tmp_path, 
     assert np.array_equal(e.ids[:, 0], argmax.reshape(-1))
     assert e.count.max() <= 16
 
+    # A student of the online mode trains on exactly the windows recorded, each once per epoch.
+    student = RunSpec.model_validate(
+        TINY_RUN
+        | {
+            "teacher": "run:t",
+            "loss": {"alpha": 0.5},
+            "logits": {"mode": "online", "top_p": 0.9, "top_k": 16, "online_window": [0.5, 1.0]},
+            "data": {**TINY_RUN["data"], "tokens": len(expected) * 2},  # two epochs of the recorded windows
+        }
+    )
+
+    class Seen(trainer.Callback):
+        def __init__(self) -> None:
+            self.positions: list[np.ndarray] = []
+
+        def on_logits(self, state, positions, logits) -> None:
+            self.positions.append(positions.copy())
+
+    seen = Seen()
+    trainer.train(student, tmp_path / "student", shakespeare, backends.TorchBackend(student), [seen], store=reader)
+    visited = np.concatenate([p.reshape(-1) for p in seen.positions])
+    assert np.array_equal(np.unique(visited), expected)
+    assert np.array_equal(np.bincount(visited)[expected], np.full(len(expected), 2))
+
 
 @pytest.fixture(scope="module")
 def hamlet(shakespeare, tmp_path_factory):
@@ -239,3 +263,47 @@ def test_pd_run_without_its_positions_is_refused(hamlet, tmp_path, shakespeare) 
     spec = RunSpec.model_validate(TINY_RUN | {"teacher": "hf:/unused", "loss": {"alpha": 0.5}, "logits": {"top_k": 20}})
     with pytest.raises(SpecError, match="no teacher logits for position"):
         trainer.train(spec, tmp_path, shakespeare, backends.TorchBackend(spec), store=store)
+
+
+def test_sampled_targets_are_stored_and_train_a_student(hamlet, tmp_path) -> None:
+    """The sampling extension end to end: a teacher pass stores `draws` samples per position as
+    ids and counts (an unbiased estimate of the full teacher distribution), and a student reads
+    them all; a store of another kind is refused."""
+    base, tokens, topk_store = hamlet
+    t = teacher.load(TeacherSpec(source=f"ckpt:{topk_store.path.parent / 'teacher'}"))
+    info = teacher.store_info(t, tokens, 1.0, None, sampling_draws=32)
+    teacher.generate(t, tokens, tmp_path / "sampled", 0.95, 50, 64, limit=4096, sampling_draws=32, seed=1)
+    store = logits_store.StoreReader(tmp_path / "sampled", expect=info)
+    assert store.manifest["sampling_draws"] == 32 and store.top_p == 1.0 and store.top_k is None
+    e = store.entries(np.arange(4096))
+    probs = np.where(np.isfinite(e.logprobs), np.exp(e.logprobs), 0.0)
+    counts = probs * 32
+    assert np.allclose(probs.sum(1), 1.0, atol=5e-3) and np.allclose(counts, np.round(counts), atol=0.05)
+    assert (e.count >= 1).all() and (e.count <= 32).all()
+    # Unbiased: averaged over positions, the sampled mass of the teacher's argmax matches its probability.
+    x = torch.from_numpy(np.asarray(tokens.train[:4096], dtype=np.int64)).reshape(64, 64)
+    with torch.no_grad():
+        p = torch.softmax(t.logits(x).float(), -1).reshape(4096, -1).numpy()
+    top = p.argmax(1)
+    sampled_top = np.where(e.ids == top[:, None], probs, 0.0).sum(1)
+    assert abs(sampled_top.mean() - p.max(1).mean()) < 0.01
+
+    spec = RunSpec.model_validate(
+        base
+        | {
+            "teacher": "hf:/unused",
+            "loss": {"alpha": 0.5},
+            "logits": {"sampling": {"draws": 32}},
+            "data": {**base["data"], "tokens": 64 * 16 * 4},
+        }
+    )
+    # A student reads every position of its corpus: a sampled store of the whole corpus.
+    teacher.generate(t, tokens, tmp_path / "sampled-all", 0.95, 50, 64, sampling_draws=32)
+    full = logits_store.StoreReader(tmp_path / "sampled-all")
+    result = trainer.train(spec, tmp_path / "student", tokens, backends.TorchBackend(spec), store=full)
+    assert np.isfinite(result["heldout/loss"])
+    with pytest.raises(SpecError, match="holds top-p-k entries but logits.sampling asks for 32 sampled draws"):
+        trainer.train(spec, tmp_path / "student2", tokens, backends.TorchBackend(spec), store=topk_store)
+    vanilla = RunSpec.model_validate(base | {"teacher": "hf:/unused", "loss": {"alpha": 0.5}})
+    with pytest.raises(SpecError, match="holds 32 sampled draws but logits.sampling asks for top-p-k entries"):
+        trainer.train(vanilla, tmp_path / "student3", tokens, backends.TorchBackend(vanilla), store=full)
