@@ -89,10 +89,12 @@ def sparse_numpy(logits: torch.Tensor, p: float, k: int):
     return s.ids.numpy(), s.logprobs.numpy(), s.count.numpy(), s.lse.numpy()
 
 
-def test_shard_round_trip_within_1e_3() -> None:
+@pytest.mark.parametrize("gamma", [L.GAMMA, 0.5, 0.75])
+def test_shard_round_trip_within_1e_3(gamma) -> None:
+    """Any γ the shard records decodes within 1e-3 (older shards used 0.5)."""
     logits = torch.randn(500, 3000, generator=torch.Generator().manual_seed(5)) * 4
     ids, lp, count, lse = sparse_numpy(logits, 0.95, 64)
-    data = L.encode_shard(np.arange(100, 600), ids, lp, count, lse)
+    data = L.encode_shard(np.arange(100, 600), ids, lp, count, lse, gamma=gamma)
     sh = L.decode_shard(data)
     assert np.array_equal(sh.positions, np.arange(100, 600)) and np.array_equal(sh.count, count)
     assert np.array_equal(sh.ids[:, 0], ids[:, 0])  # the argmax survives exactly
