@@ -6,9 +6,11 @@ Heavy modules (pydantic models, torch, mlflow, ...) are imported inside the comm
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -520,33 +522,219 @@ def train(
 @app.command()
 def run(
     file: SweepFile,
+    workers: Annotated[int, typer.Option(min=1, help="Runs at a time (each in its own process).")] = 1,
+    devices: Annotated[str, typer.Option(help="cpu, cuda:0,1,… (split evenly among the workers) or auto.")] = "cpu",
+    hostfile: Annotated[
+        Path | None, typer.Option(help="DeepSpeed hostfile: every run trains on these machines.")
+    ] = None,
     tracking_uri: Annotated[
-        str | None, typer.Option(help="MLflow tracking URI (default: sqlite:///WORKDIR/mlflow.db).")
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db)."),
     ] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log the runs to MLflow.")] = True,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, in order, and exit.")] = False,
 ) -> None:
-    """Run a whole sweep: teacher runs, their logits, baselines and students; resumable."""
-    from pdsweep import expand, launch
+    """Run a whole sweep — teacher runs, their logits, baselines and students — in dependency
+    order, WORKERS at a time; resumable (done runs are skipped, killed ones resume)."""
+    from pdsweep import expand, launch, scheduler
 
     with _user_errors():
         sweep = expand.load_sweep(file)
         runs = expand.expand(sweep, str(file))
-        if tracking_uri or track:
+        tasks = scheduler.build(sweep.name, runs)
+        if hostfile is not None and not hostfile.is_file():
+            raise _spec_error(f"--hostfile: {hostfile} does not exist")
+        slots = scheduler.device_slots(devices, workers)
+        if dry_run:
+            sched = scheduler.Scheduler(sweep.name, tasks, workers, devices, retry_failed=retry_failed)
+            _print_tasks(sched.tasks, title=f"{sweep.name}: {len(tasks)} tasks on {len(slots)} worker(s), dry run")
+            raise typer.Exit(0)
+        parent = None
+        if track:
             from pdsweep import tracking
 
-            tracking.MlflowTracker(tracking_uri)  # an unreachable store is an error before any run starts
+            tracker = tracking.MlflowTracker(tracking_uri)  # an unreachable store fails here, before any run
+            parent = tracker.start_sweep(sweep.name, launch.sweep_dir(sweep.name), file, len(runs))
+        sched = scheduler.Scheduler(
+            sweep.name,
+            tasks,
+            workers,
+            devices,
+            tracking_uri,
+            track,
+            retry_failed,
+            hostfile,
+            parent_run=parent,
+        )
+    view = _LiveTasks(f"{sweep.name}: {len(runs)} runs, {len(slots)} worker(s)")
+    sched.on_change = view.update
+    try:
+        with view:
+            sched.run()
+    except KeyboardInterrupt:
+        if track:
+            tracker.finish("interrupted", "interrupted (Ctrl-C)")
+        _print_tasks(sched.tasks, title=f"{sweep.name}: interrupted")
+        typer.echo("interrupted: run the same command again to resume", err=True)
+        raise typer.Exit(130) from None
+    trained = [t for t in sched.tasks if t.kind == "train"]
+    done = sum(t.status == "done" for t in trained)
+    if track:
+        tracker.log_metrics({"runs_done": done, "runs_failed": len(trained) - done}, 0)
+        tracker.finish("done" if done == len(trained) else "failed")
+    _print_tasks(sched.tasks, title=f"{sweep.name}: {done} of {len(trained)} runs done")
+    typer.echo(f"{sweep.name}: {done} of {len(trained)} runs done; runs in {launch.sweep_dir(sweep.name)}")
+    raise typer.Exit(0 if done == len(trained) else 1)
 
-    def show(s) -> None:  # noqa: ANN001
-        loss = s.result.get("heldout/loss")
-        extra = f"held-out loss {loss:.4f}" if loss is not None else s.reason
-        typer.echo(f"{s.status:7s} {s.run_id}  {s.label}  {extra}")
+
+def _task_table(tasks, title: str):  # noqa: ANN001, ANN202 - scheduler Tasks → a rich Table
+    from rich.table import Table
+
+    from pdsweep import scheduler
+
+    colors = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "waiting": "magenta"}
+    table = Table(title=title, title_justify="left")
+    for col in ("run", "label", "role", "status", "step", "loss", "ETA", "note"):
+        table.add_column(col, justify="right" if col in ("step", "loss", "ETA") else "left", no_wrap=col != "note")
+    for t in tasks:
+        c = colors.get(t.status, "white")
+        heldout = t.result.get("heldout/loss")
+        note = f"held-out loss {heldout:.4f}" if heldout is not None else t.reason
+        table.add_row(
+            t.key[:12] if t.kind == "train" else t.key,
+            t.label,
+            t.role,
+            f"[{c}]{t.status}[/{c}]",
+            f"{t.step}/{t.total_steps}" if t.kind == "train" else "",
+            f"{t.loss:.4f}" if t.loss is not None else "",
+            scheduler.fmt_eta(t.eta_s),
+            note,
+        )
+    return table
+
+
+def _print_tasks(tasks, title: str) -> None:  # noqa: ANN001
+    from rich.console import Console
+
+    Console(width=max(120, shutil.get_terminal_size().columns)).print(_task_table(tasks, title))
+
+
+class _LiveTasks:
+    """A live table on a terminal; elsewhere (logs, CI) one line whenever a task changes state."""
+
+    def __init__(self, title: str):
+        from rich.console import Console
+
+        self.title, self.console = title, Console()
+        self.live: Any = None
+        self.seen: dict[str, str] = {}
+
+    def __enter__(self) -> _LiveTasks:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(console=self.console, refresh_per_second=2, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, tasks) -> None:  # noqa: ANN001
+        if self.live is not None:
+            self.live.update(_task_table(tasks, self.title))
+            return
+        for t in tasks:
+            if self.seen.get(t.key, "pending") != t.status:
+                extra = f"  {t.reason}" if t.reason and t.status != "running" else ""
+                typer.echo(f"{t.status:11s} {t.key[:12] if t.kind == 'train' else t.key}  {t.label}{extra}")
+            self.seen[t.key] = t.status
+
+
+@app.command()
+def status(
+    file: SweepFile,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """The state of every run of a sweep, from its run directories (no MLflow needed)."""
+    from pdsweep import expand, scheduler
 
     with _user_errors():
-        statuses = launch.run_sweep(sweep.name, runs, tracking_uri, track, retry_failed, progress=show)
-    done = sum(s.status == "done" for s in statuses)
-    typer.echo(f"{sweep.name}: {done} of {len(statuses)} runs done; runs in {launch.sweep_dir(sweep.name)}")
-    raise typer.Exit(0 if done == len(statuses) else 1)
+        sweep = expand.load_sweep(file)
+        sched = scheduler.Scheduler(sweep.name, scheduler.build(sweep.name, expand.expand(sweep, str(file))))
+    for t in sched.tasks:  # what is running right now, by whom
+        if (t.dir / "status.json").exists() and scheduler.read_status(t.dir)["status"] == "running":
+            t.status = "running" if _locked(t.dir) else "interrupted"
+    if json_out:
+        rows = [
+            {
+                "task": t.key,
+                "kind": t.kind,
+                "label": t.label,
+                "role": t.role,
+                "status": t.status,
+                "step": t.step,
+                "total_steps": t.total_steps,
+                "loss": t.loss,
+                "reason": t.reason,
+                "dir": str(t.dir),
+                **({"result": t.result} if t.result else {}),
+            }
+            for t in sched.tasks
+        ]
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    counts = collections.Counter(t.status for t in sched.tasks)
+    _print_tasks(sched.tasks, title=f"{sweep.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+def _locked(directory: Path) -> bool:
+    """Is some process holding this run's lock (i.e. running it now)?"""
+    import fcntl
+
+    try:
+        with open(directory / ".lock", "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+@app.command()
+def ui(
+    file: Annotated[
+        Path | None, typer.Argument(help="A sweep YAML file: open its experiment.", show_default=False)
+    ] = None,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port on 127.0.0.1.")] = 5000,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db)."),
+    ] = None,
+) -> None:
+    """Start the MLflow UI on the sweep's store, on 127.0.0.1, and print its URL (Ctrl-C stops it)."""
+    from pdsweep import expand, tracking
+
+    with _user_errors():
+        name = expand.load_sweep(file).name if file is not None else None
+        tracker = tracking.MlflowTracker(tracking_uri)
+        exp = tracker.client.get_experiment_by_name(name) if name else None
+        if name and exp is None:
+            raise _spec_error(f"{file}: the sweep {name!r} has no experiment in {tracker.uri} yet (pdsweep run it)")
+    suffix = f"/#/experiments/{exp.experiment_id}" if exp is not None else ""
+    if tracker.uri.startswith(("http://", "https://")):
+        typer.echo(f"{tracker.uri.rstrip('/')}{suffix}")  # a server already serves its UI
+        return
+    with _user_errors():
+        server = tracking.start_ui(tracker.uri, port)
+    typer.echo(f"MLflow UI: http://127.0.0.1:{port}{suffix}  (Ctrl-C to stop)")
+    try:
+        raise typer.Exit(server.wait())
+    except KeyboardInterrupt:
+        tracking.stop_ui(server)
 
 
 def _spec_error(line: str) -> Exception:
@@ -592,6 +780,7 @@ def _train_one(  # noqa: ANN001 - spec is a RunSpec
         return 2
     r = outcome.result
     ev = f", held-out loss {r['heldout/loss']:.4f}" if "heldout/loss" in r else ""
+    ev += f", resumed at step {r['resumed_from']}" if r.get("resumed_from") else ""
     typer.echo(
         f"done: {run_dir} — {r['step']} steps, train loss {r['train/loss']:.4f}{ev} (unigram entropy {r['unigram_entropy_nats']:.3f})"
     )

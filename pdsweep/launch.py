@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from pdsweep import backends, data, expand, files, logits_store, settings, teacher, tracking, trainer
-from pdsweep.spec import RunSpec, TeacherSpec
+from pdsweep.spec import RunSpec
 from pdsweep.specfile import SpecError
 
 Progress = Callable[[str, int, int], None]
@@ -34,6 +34,8 @@ def lock(run_dir: Path) -> None:
     import fcntl
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("PDSWEEP_LOCK_HELD") == str(run_dir.resolve()):
+        return  # `pdsweep run` took the lock and handed it to this process
     f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until the process exits
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -174,6 +176,11 @@ def _train_and_record(
     rank0 = backend.rank == 0
     try:
         result = trainer.train(spec, run_dir, tokens, backend, callbacks, store=store)
+    except KeyboardInterrupt:
+        if rank0:
+            files.write_json(run_dir / "status.json", {"status": "interrupted", "reason": "interrupted (Ctrl-C)"})
+        tracker.finish("interrupted", "interrupted (Ctrl-C)")
+        raise
     except trainer.TrainingFailed as e:
         if rank0:
             files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})
@@ -231,137 +238,9 @@ def relaunch(args: list[str], nproc: int, launcher: str, hostfile: Path | None) 
 
 
 # ----------------------------------------------------------------------------------------------
-# Sweeps
+# Sweeps (executed by scheduler.py)
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class RunStatus:
-    run_id: str
-    label: str
-    role: str
-    status: str
-    reason: str = ""
-    result: dict[str, Any] = field(default_factory=dict)
 
 
 def sweep_dir(name: str) -> Path:
     return settings.workdir() / "runs" / name
-
-
-def _status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "status.json"
-    return files.read_json(path) if path.exists() else {"status": "pending"}
-
-
-def _train_subprocess(
-    spec: RunSpec, run_dir: Path, logits: Path | None, tracking_uri: str | None, track: bool, sweep: str, label: str
-) -> None:
-    """One run in its own process (a crash or NaN fails that run, not the sweep); its log lands in
-    the run directory."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    run_file = run_dir / "run.yaml"
-    files.write_text(run_file, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    cmd = [
-        sys.executable,
-        "-m",
-        "pdsweep.cli",
-        "train",
-        str(run_file),
-        "--out",
-        str(run_dir),
-        "--sweep",
-        sweep,
-        "--label",
-        label,
-        *(["--logits", str(logits)] if logits else []),
-        *(["--tracking-uri", tracking_uri] if tracking_uri else []),
-        *([] if track else ["--no-track"]),
-    ]
-    with open(run_dir / "train.log", "a", encoding="utf-8") as log:
-        subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, preexec_fn=backends.die_with_parent)  # noqa: PLW1509
-
-
-def run_sweep(
-    sweep: str,
-    runs: list[expand.PlannedRun],
-    tracking_uri: str | None = None,
-    track: bool = True,
-    retry_failed: bool = False,
-    progress: Callable[[RunStatus], None] = lambda s: None,
-) -> list[RunStatus]:
-    """Execute a sweep in dependency order — teacher runs, their logits passes, then baselines and
-    students — one run at a time, each in its own process. Done runs are skipped, killed ones
-    resume from their checkpoints, failed ones are retried only with `retry_failed`."""
-    root = sweep_dir(sweep)
-    passes = expand.teacher_passes(runs)
-    teacher_dirs = {r.name: root / r.run_id for r in runs if r.role == "teacher"}
-    statuses: list[RunStatus] = []
-
-    def execute(run: expand.PlannedRun, logits: Path | None) -> RunStatus:
-        run_dir = root / run.run_id
-        state = _status(run_dir)
-        if state["status"] != "done" and not (state["status"] == "failed" and not retry_failed):
-            _train_subprocess(run.spec, run_dir, logits, tracking_uri, track, sweep, run.label)
-            state = _status(run_dir)
-        if state["status"] == "running":  # the process died without saying why
-            state = {
-                "status": "failed",
-                "reason": f"the training process ended unexpectedly (see {run_dir / 'train.log'})",
-            }
-        result = files.read_json(run_dir / "result.json") if (run_dir / "result.json").exists() else {}
-        s = RunStatus(run.run_id, run.label, run.role, state["status"], state.get("reason", ""), result)
-        statuses.append(s)
-        progress(s)
-        return s
-
-    done_teachers = {}
-    for run in runs:
-        if run.role == "teacher":
-            done_teachers[run.name] = execute(run, None).status == "done"
-    stores: dict[str, Path] = {}
-    for p in passes.values():
-        name = p.teacher.removeprefix("run:")
-        if p.teacher.startswith("run:") and not done_teachers.get(name):
-            continue
-        if p.mode == "online":
-            continue  # recorded by the teacher run itself (see RunSpec.train.record_logits)
-        source = f"ckpt:{teacher_dirs[name]}" if p.teacher.startswith("run:") else p.teacher
-        example = next(r for r in runs if r.run_id in p.runs)
-        t = teacher.load(TeacherSpec(source=source))
-        ensure_builtin_teacher(example.spec)
-        tokens = data.prepare(example.spec)
-        teacher.check_tokenizer(t, tokens, source)
-        stores[p.pass_id] = root / "logits" / p.pass_id
-        teacher.generate(
-            t,
-            tokens,
-            stores[p.pass_id],
-            p.top_p,
-            p.top_k,
-            example.spec.data.seq_len,
-            sampling_draws=p.sampling_draws or None,
-        )
-    pass_of = {rid: p for p in passes.values() for rid in p.runs}
-    for run in runs:
-        if run.role == "teacher":
-            continue
-        pass_ = pass_of.get(run.run_id)
-        logits = None
-        if pass_ is not None:
-            if pass_.mode == "online":
-                rec = next(r for r in runs if r.role == "teacher" and r.name == pass_.teacher.removeprefix("run:"))
-                window = tuple(run.spec.logits.online_window)
-                spec_rec = next(x for x in rec.spec.train.record_logits if tuple(x.window) == window)
-                logits = teacher_dirs[rec.name] / "logits" / spec_rec.name
-            else:
-                logits = stores.get(pass_.pass_id)
-            if logits is None:
-                s = RunStatus(
-                    run.run_id, run.label, run.role, "failed", f"its teacher ({pass_.teacher}) did not finish"
-                )
-                statuses.append(s)
-                progress(s)
-                continue
-        execute(run, logits)
-    return statuses

@@ -59,6 +59,8 @@ SmolLM2-135M's top-0.95-100 outputs over the default corpus (16384-position shar
 def value_step(gamma: float) -> float:
     """Grid step of y = p^γ: the error in p is at most step/(2γ)·p^(1−γ) ≤ 1e-3."""
     return 2 * gamma * 1e-3
+
+
 ZSTD_LEVEL = 9
 """Level 19 makes stores ~1.5% smaller (measured on SmolLM2-135M outputs) at ~10x the compression
 time, which bounds generation speed for small teachers; 9 keeps writing well below the forward pass."""
@@ -653,7 +655,7 @@ class StoreReader:
 
 def store_bytes(path: Path) -> int:
     """Bytes on disk of a store (shards and manifest)."""
-    return sum(p.stat().st_size for p in path.iterdir() if p.is_file())
+    return sum(p.stat().st_size for p in path.iterdir() if p.suffix == ".pdl" or p.name == "manifest.json")
 
 
 def stats(

@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -83,18 +87,13 @@ class MlflowTracker:
             self.run = known["mlflow_run_id"]  # a resumed run continues its own MLflow run
             self.client.set_tag(self.run, "pdsweep.status", "running")
             return
-        exp = self.client.get_experiment_by_name(sweep)
-        if exp is not None:
-            exp_id = exp.experiment_id
-        else:  # artifacts beside a sqlite store, not in ./mlruns of whatever directory we run in
-            where = (
-                Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / sweep
-                if self.uri.startswith("sqlite:///")
-                else None
-            )
-            exp_id = self.client.create_experiment(sweep, artifact_location=where.as_uri() if where else None)
+        exp_id = self.experiment(sweep)
         tags = {"pdsweep.run_id": run_id, "pdsweep.sweep": sweep, "pdsweep.label": label, "pdsweep.status": "running"}
-        run = self.client.create_run(exp_id, run_name=label, tags=tags)
+        parent = os.environ.get("PDSWEEP_MLFLOW_PARENT_RUN")
+        if parent:
+            tags["mlflow.parentRunId"] = parent  # nested under the sweep's run in the MLflow UI
+        name = label if sweep == "single" else f"{label} · seed {spec.train.seed}"  # seeds share a label
+        run = self.client.create_run(exp_id, run_name=name, tags=tags)
         self.run = run.info.run_id
         from mlflow.entities import Param
 
@@ -107,6 +106,43 @@ class MlflowTracker:
         if (run_dir / "spec.yaml").exists():
             self.client.log_artifact(self.run, str(run_dir / "spec.yaml"))
         files.write_json(state_file, {"uri": self.uri, "mlflow_run_id": self.run, "experiment": sweep})
+
+    def experiment(self, sweep: str) -> str:
+        """The id of the sweep's experiment, created on first use."""
+        exp = self.client.get_experiment_by_name(sweep)
+        if exp is not None:
+            return str(exp.experiment_id)
+        # Artifacts beside a sqlite store, not in ./mlruns of whatever directory we run in.
+        where = (
+            Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts" / sweep
+            if self.uri.startswith("sqlite:///")
+            else None
+        )
+        try:
+            return str(self.client.create_experiment(sweep, artifact_location=where.as_uri() if where else None))
+        except Exception:  # noqa: BLE001 - created concurrently by another run of the sweep
+            exp = self.client.get_experiment_by_name(sweep)
+            if exp is None:
+                raise
+            return str(exp.experiment_id)
+
+    def start_sweep(self, sweep: str, sweep_dir: Path, sweep_file: Path | None, runs: int) -> str:
+        """The sweep's parent run (one per sweep and store, continued when the sweep runs again)."""
+        state_file = sweep_dir / "tracking.json"
+        known = files.read_json(state_file) if state_file.exists() else {}
+        if known.get("uri") == self.uri and known.get("mlflow_run_id"):
+            self.run = known["mlflow_run_id"]
+            self.client.update_run(self.run, status="RUNNING")
+            self.client.set_tag(self.run, "pdsweep.status", "running")
+            return self.run
+        exp_id = self.experiment(sweep)
+        tags = {"pdsweep.sweep": sweep, "pdsweep.kind": "sweep", "pdsweep.status": "running"}
+        self.run = self.client.create_run(exp_id, run_name=sweep, tags=tags).info.run_id
+        self.client.log_param(self.run, "runs", runs)
+        if sweep_file is not None and sweep_file.exists():
+            self.client.log_artifact(self.run, str(sweep_file))
+        files.write_json(state_file, {"uri": self.uri, "mlflow_run_id": self.run, "experiment": sweep})
+        return self.run
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
@@ -123,3 +159,37 @@ class MlflowTracker:
         if reason:
             self.client.set_tag(self.run, "pdsweep.reason", reason[:5000])
         self.client.set_terminated(self.run, status={"done": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+
+
+def start_ui(uri: str, port: int, timeout_s: float = 180.0) -> subprocess.Popen[bytes]:
+    """`mlflow server` for the store `uri` on 127.0.0.1:`port`, in its own process group; returns
+    once it answers (one worker and no job execution: it starts in seconds, not a minute)."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise SpecError(f"tracking: {uri} does not exist yet (run a sweep first)")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # noqa: S603
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SpecError(f"--port: the MLflow UI exited with code {proc.returncode} (is port {port} in use?)")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=2):  # noqa: S310
+                return proc
+        except OSError:
+            time.sleep(0.5)
+    stop_ui(proc)
+    raise SpecError(f"tracking: the MLflow UI did not answer on port {port} within {timeout_s:.0f} s")
+
+
+def stop_ui(proc: subprocess.Popen[bytes]) -> None:
+    """Stop the server's whole process group (its gunicorn/uvicorn workers included)."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

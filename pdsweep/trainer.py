@@ -51,6 +51,8 @@ class TrainState:
     step: int = 0
     tokens_seen: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    resumed_from: int = 0
+    """The step this process started at (> 0 when it resumed from a checkpoint)."""
 
 
 class Callback:
@@ -234,6 +236,13 @@ def _read_truncation(spec: RunSpec, store: logits_store.StoreReader | None) -> t
     return (1.0, None) if want else (spec.logits.top_p, spec.logits.top_k)
 
 
+def _injected_nan_step(run_dir: Path) -> int:
+    """Fault injection for testing failure handling: PDSWEEP_INJECT_NAN="<run dir name prefix>@<step>"
+    makes that run's loss NaN at that step (-1: none)."""
+    target, _, step = os.environ.get("PDSWEEP_INJECT_NAN", "").partition("@")
+    return int(step) if target and step.isdigit() and run_dir.name.startswith(target) else -1
+
+
 def train(
     spec: RunSpec,
     run_dir: Path,
@@ -286,6 +295,7 @@ def train(
             resumed["tokens_seen"],
             resumed.get("metrics", {}),
         )
+        state.resumed_from = state.step
         if backend.rank == 0:
             truncate_metrics(run_dir, state.step)
     for cb in callbacks:
@@ -296,6 +306,8 @@ def train(
     tokens_per_step = tr.global_batch * t.seq_len
     wants_logits = [cb for cb in callbacks if type(cb).on_logits is not Callback.on_logits]
     engine.train()
+    loop_started = time.perf_counter()
+    inject_nan = _injected_nan_step(run_dir)
     while state.step < total:
         step = state.step
         started = time.perf_counter()
@@ -326,7 +338,7 @@ def train(
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value / accum
         grad_norm = backend.step()
-        step_loss = backend.mean(sums["loss"])
+        step_loss = backend.mean(sums["loss"]) if step != inject_nan else float("nan")
         if not math.isfinite(step_loss):
             raise TrainingFailed(step, f"non-finite loss ({step_loss}) at step {step}")
         state.step += 1
@@ -371,6 +383,8 @@ def train(
         "backend": backend.name,
         "world_size": backend.world_size,
         "params": spec.student.num_params(tokens.vocab_size),
+        "resumed_from": state.resumed_from,
+        "train_seconds": time.perf_counter() - loop_started,
     }
     if backend.rank == 0:
         files.write_json(run_dir / "result.json", result)
