@@ -724,7 +724,8 @@ def ui(
         exp = tracker.client.get_experiment_by_name(name) if name else None
         if name and exp is None:
             raise _spec_error(f"{file}: the sweep {name!r} has no experiment in {tracker.uri} yet (pdsweep run it)")
-    suffix = f"/#/experiments/{exp.experiment_id}" if exp is not None else ""
+    # The runs table of the sweep's experiment (the UI would otherwise open on its GenAI overview).
+    suffix = f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" if exp is not None else ""
     if tracker.uri.startswith(("http://", "https://")):
         typer.echo(f"{tracker.uri.rstrip('/')}{suffix}")  # a server already serves its UI
         return

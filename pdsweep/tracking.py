@@ -13,6 +13,7 @@ any training starts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -26,6 +27,9 @@ from typing import Any, Protocol
 from pdsweep import files, settings
 from pdsweep.spec import RunSpec
 from pdsweep.specfile import SpecError
+
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+"""Training runs, not GenAI traces: the MLflow UI opens a sweep's experiment on its runs table."""
 
 
 def default_uri() -> str:
@@ -66,18 +70,25 @@ class MlflowTracker:
 
     def __init__(self, uri: str | None = None):
         self.uri = uri or default_uri()
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(tracking_uri=self.uri)
-        try:
-            self.client.search_experiments(max_results=1)
-        except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise SpecError(f"tracking: cannot reach the MLflow store {self.uri} ({first[:200]})") from None
+        with contextlib.ExitStack() as stack:
+            if self.uri.startswith("sqlite:///"):
+                # Processes opening a brand-new sqlite store at once race creating its tables: one at a time.
+                import fcntl
+
+                db = Path(self.uri.removeprefix("sqlite:///"))
+                db.parent.mkdir(parents=True, exist_ok=True)
+                lock = stack.enter_context(open(db.with_name(db.name + ".lock"), "a+"))
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                self.client = MlflowClient(tracking_uri=self.uri)
+                self.client.search_experiments(max_results=1)
+            except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise SpecError(f"tracking: cannot reach the MLflow store {self.uri} ({first[:200]})") from None
         self.run: str | None = None
 
     def start(self, spec: RunSpec, run_dir: Path, run_id: str, label: str, sweep: str) -> None:
@@ -111,6 +122,8 @@ class MlflowTracker:
         """The id of the sweep's experiment, created on first use."""
         exp = self.client.get_experiment_by_name(sweep)
         if exp is not None:
+            if exp.tags.get(EXPERIMENT_KIND[0]) is None:
+                self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
             return str(exp.experiment_id)
         # Artifacts beside a sqlite store, not in ./mlruns of whatever directory we run in.
         where = (
@@ -119,7 +132,11 @@ class MlflowTracker:
             else None
         )
         try:
-            return str(self.client.create_experiment(sweep, artifact_location=where.as_uri() if where else None))
+            return str(
+                self.client.create_experiment(
+                    sweep, artifact_location=where.as_uri() if where else None, tags=dict([EXPERIMENT_KIND])
+                )
+            )
         except Exception:  # noqa: BLE001 - created concurrently by another run of the sweep
             exp = self.client.get_experiment_by_name(sweep)
             if exp is None:
@@ -128,6 +145,14 @@ class MlflowTracker:
 
     def start_sweep(self, sweep: str, sweep_dir: Path, sweep_file: Path | None, runs: int) -> str:
         """The sweep's parent run (one per sweep and store, continued when the sweep runs again)."""
+        import fcntl
+
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        with open(sweep_dir / ".tracking.lock", "a+") as lock:  # two `pdsweep run` of a sweep: one parent
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._start_sweep(sweep, sweep_dir, sweep_file, runs)
+
+    def _start_sweep(self, sweep: str, sweep_dir: Path, sweep_file: Path | None, runs: int) -> str:
         state_file = sweep_dir / "tracking.json"
         known = files.read_json(state_file) if state_file.exists() else {}
         if known.get("uri") == self.uri and known.get("mlflow_run_id"):

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
 
 
-def pdsweep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def pdsweep(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run `python -m pdsweep.cli ARGS` as a user would run `pdsweep ARGS`."""
     env = {**os.environ, "COLUMNS": "200"}
     return subprocess.run(
@@ -22,7 +22,7 @@ def pdsweep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
         text=True,
         cwd=cwd or ROOT,
         env=env,
-        timeout=120,
+        timeout=timeout,
     )
 
 
@@ -78,3 +78,61 @@ TINY_RUN = {
     "eval": {"interval": 1000, "heldout_tokens": 4096},
 }
 """A 30-step run of the smallest preset on the real corpus: a few seconds on 2 CPU cores."""
+
+
+def lm_sweep(name: str, steps: int = 8, lrs: tuple[float, ...] = (0.003, 0.01), seeds: int = 2, **train) -> dict:
+    """A sweep of tiny LM-only runs on the session's tokenized corpus: len(lrs) × seeds runs."""
+    return {
+        "name": name,
+        "base": {
+            "student": "tiny-xs",
+            "loss": {"alpha": 0},
+            "data": {"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 64, "tokens": 64 * 16 * steps},
+            "train": {"global_batch": 16, "micro_batch": 16, "backend": "torch", **train},
+            "eval": {"interval": 1000, "heldout_tokens": 2048},
+        },
+        "grid": {"optim.lr": list(lrs)},
+        "seeds": seeds,
+    }
+
+
+def start_mlflow_server(db: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """A real `mlflow server` on a free 127.0.0.1 port, in its own process group (stop with
+    stop_mlflow_server); returns once it answers."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd += ["--artifacts-destination", str(db.parent / "artifacts")]
+    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)  # noqa: SIM115
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}/version", timeout=2):
+                return proc, url
+        except OSError:
+            time.sleep(0.5)
+    stop_mlflow_server(proc)
+    raise AssertionError(f"mlflow server did not answer within 180 s: {log.read_text()[-3000:]}")
+
+
+def stop_mlflow_server(proc: subprocess.Popen) -> None:
+    import signal
+
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

@@ -4,13 +4,19 @@ executed in dependency order, each run in its own process, resumable, logged to 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from pdsweep import data
 from pdsweep.spec import RunSpec
-from tests.conftest import pdsweep
+from tests.conftest import lm_sweep, pdsweep
 
 
 def test_a_tiny_sweep_runs_end_to_end_and_again_does_nothing(tmp_path, workdir, shakespeare) -> None:
@@ -37,7 +43,9 @@ def test_a_tiny_sweep_runs_end_to_end_and_again_does_nothing(tmp_path, workdir, 
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    out = pdsweep("run", path, "--tracking-uri", uri)
+    dry = pdsweep("run", path, "--dry-run")
+    assert dry.returncode == 0 and "dry run" in dry.stdout and "pending" in dry.stdout and "logits" in dry.stdout
+    out = pdsweep("run", path, "--tracking-uri", uri, "--workers", "2", timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert "5 of 5 runs done" in out.stdout
     root = workdir / "runs" / "tiny-run-test"
@@ -47,12 +55,175 @@ def test_a_tiny_sweep_runs_end_to_end_and_again_does_nothing(tmp_path, workdir, 
     assert len(results) == 5 and all(r["step"] for r in results.values())
     stores = list((root / "logits").iterdir())
     assert len(stores) == 1 and (stores[0] / "manifest.json").exists()  # one teacher pass for the sweep
+    assert json.loads((stores[0] / "status.json").read_text())["status"] == "done"
+    # The teacher ran before its logits pass, and the pass before the students that read it.
+    starts = {
+        d.name: json.loads((d / "events.jsonl").read_text().splitlines()[0])["time"]
+        for d in [*root.iterdir(), stores[0]]
+        if (d / "events.jsonl").exists()
+    }
+    ends = {
+        d.name: json.loads((d / "events.jsonl").read_text().splitlines()[-1])["time"]
+        for d in [*root.iterdir(), stores[0]]
+        if (d / "events.jsonl").exists()
+    }
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name("tiny-run-test")
     runs = client.search_runs([exp.experiment_id])
-    assert len(runs) == 5 and {r.data.tags["pdsweep.status"] for r in runs} == {"done"}
-    assert {r.data.tags["pdsweep.label"] for r in runs} == {"teacher:teacher", "LM-only", "PD"}
+    parent = [r for r in runs if r.data.tags.get("pdsweep.kind") == "sweep"]
+    children = [r for r in runs if "pdsweep.run_id" in r.data.tags]
+    assert len(parent) == 1 and len(children) == 5 and len(runs) == 6
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent[0].info.run_id}
+    assert {r.data.tags["pdsweep.status"] for r in children} == {"done"}
+    assert {r.data.tags["pdsweep.label"] for r in children} == {"teacher:teacher", "LM-only", "PD"}
+    by_label = {r.data.tags["pdsweep.label"]: r.data.tags["pdsweep.run_id"] for r in children}
+    teacher_run, pd_runs = (
+        by_label["teacher:teacher"],
+        [r.data.tags["pdsweep.run_id"] for r in children if r.data.tags["pdsweep.label"] == "PD"],
+    )
+    assert ends[teacher_run] <= starts[stores[0].name] and all(ends[stores[0].name] <= starts[r] for r in pd_runs)
+    assert parent[0].data.metrics["runs_done"] == 5 and parent[0].info.status == "FINISHED"
+
+    status = pdsweep("status", path, "--json")
+    rows = json.loads(status.stdout)
+    assert status.returncode == 0 and {r["status"] for r in rows} == {"done"} and len(rows) == 6  # 5 runs + 1 pass
+    assert all(r["step"] == r["total_steps"] for r in rows if r["kind"] == "train")
 
     again = pdsweep("run", path, "--tracking-uri", uri)  # everything is done: nothing runs twice
     assert again.returncode == 0 and "5 of 5 runs done" in again.stdout
-    assert len(client.search_runs([exp.experiment_id])) == 5
+    assert len(client.search_runs([exp.experiment_id])) == 6
+    assert all(len((root / r / "events.jsonl").read_text().splitlines()) == 2 for r in results)  # one start, one end
+
+
+def _plan_ids(path) -> list[str]:
+    out = pdsweep("plan", path, "--json")
+    assert out.returncode == 0, out.stderr
+    return [r["run_id"] for r in json.loads(out.stdout)["runs"]]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
+        return f.read().split(") ")[-1][0] != "Z"
+
+
+def _run_process(path, uri, *extra, env=None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pdsweep.cli", "run", str(path), "--tracking-uri", uri, *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_run_again_resumes(tmp_path, workdir, shakespeare) -> None:
+    """`pdsweep run` killed with SIGKILL in the middle of a run: its training process dies with it,
+    and running the sweep again finishes every run — the killed one from its checkpoint — with no
+    duplicated MLflow runs."""
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(lm_sweep("kill-test", steps=400, lrs=(0.003,), seeds=2, checkpoint_every=20)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = _plan_ids(path)
+    root = workdir / "runs" / "kill-test"
+    proc = _run_process(path, uri)
+    deadline = time.monotonic() + 300
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        for rid in ids:
+            d = root / rid
+            if (d / "checkpoints" / "LATEST").exists() and json.loads((d / "status.json").read_text())[
+                "status"
+            ] == "running":
+                victim = rid
+        time.sleep(0.2)
+    assert victim is not None, proc.communicate()[0][-3000:] if proc.poll() is not None else "no checkpoint in 300 s"
+    child = json.loads((root / victim / "status.json").read_text())["pid"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child), "the training process outlived the killed pdsweep run"
+    assert not (root / victim / "result.json").exists()
+
+    again = pdsweep("run", path, "--tracking-uri", uri, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    result = json.loads((root / victim / "result.json").read_text())
+    assert result["step"] == 400 and result["resumed_from"] >= 20
+    events = [json.loads(x)["event"] for x in (root / victim / "events.jsonl").read_text().splitlines()]
+    assert events == ["start", "start", "end"]  # killed without an end, then resumed once
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("kill-test").experiment_id])
+    children = [r for r in runs if "pdsweep.run_id" in r.data.tags]
+    assert sorted(r.data.tags["pdsweep.run_id"] for r in children) == sorted(ids)  # one MLflow run per run
+    assert len(runs) == len(ids) + 1 and {r.data.tags["pdsweep.status"] for r in children} == {"done"}
+    steps = [
+        m.step
+        for m in client.get_metric_history(
+            next(r.info.run_id for r in children if r.data.tags["pdsweep.run_id"] == victim), "loss"
+        )
+    ]
+    assert max(steps) == 400 and set(range(1, 401)) <= set(steps)
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_execute_each_run_once_and_a_nan_run_fails_alone(tmp_path, workdir, shakespeare) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(lm_sweep("concurrent-test", steps=30, lrs=(0.003, 0.01), seeds=2)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = _plan_ids(path)
+    broken = ids[1]
+    env = {"PDSWEEP_INJECT_NAN": f"{broken}@5"}  # that run's loss is NaN at step 5
+    first, second = _run_process(path, uri, env=env), _run_process(path, uri, env=env)
+    outs = [p.communicate(timeout=600)[0] for p in (first, second)]
+    assert [p.returncode for p in (first, second)] == [1, 1], outs  # one run failed: both say so
+    assert all("3 of 4 runs done" in o for o in outs), outs
+    root = workdir / "runs" / "concurrent-test"
+    for rid in ids:
+        events = [json.loads(x) for x in (root / rid / "events.jsonl").read_text().splitlines()]
+        assert [e["event"] for e in events] == ["start", "end"], (rid, events)  # executed exactly once
+    assert len({json.loads((root / rid / "events.jsonl").read_text().splitlines()[0])["pid"] for rid in ids}) == 2
+    status = json.loads((root / broken / "status.json").read_text())
+    assert status["status"] == "failed" and "non-finite loss" in status["reason"] and status["step"] == 5
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("concurrent-test").experiment_id])
+    children = {r.data.tags["pdsweep.run_id"]: r for r in runs if "pdsweep.run_id" in r.data.tags}
+    assert sorted(children) == sorted(ids) and len(runs) == len(ids) + 1  # one parent, no duplicates
+    assert children[broken].data.tags["pdsweep.status"] == "failed" and children[broken].info.status == "FAILED"
+    assert "non-finite loss" in children[broken].data.tags["pdsweep.reason"]
+    assert all(children[r].data.tags["pdsweep.status"] == "done" for r in ids if r != broken)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_sweep_cleanly_and_leaves_it_resumable(tmp_path, workdir, shakespeare) -> None:
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(lm_sweep("ctrl-c-test", steps=400, lrs=(0.003,), seeds=1, checkpoint_every=20)))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (rid,) = _plan_ids(path)
+    run_dir = workdir / "runs" / "ctrl-c-test" / rid
+    proc = _run_process(path, uri)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "LATEST").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    child = json.loads((run_dir / "status.json").read_text())["pid"]
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    out = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130 and "run the same command again to resume" in out, out[-3000:]
+    assert not _alive(child)
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["status"] == "interrupted"
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = [
+        r
+        for r in client.search_runs([client.get_experiment_by_name("ctrl-c-test").experiment_id])
+        if "pdsweep.run_id" in r.data.tags
+    ]
+    assert run.info.status == "KILLED" and run.data.tags["pdsweep.status"] == "interrupted"
+    again = pdsweep("run", path, "--tracking-uri", uri, timeout=600)
+    assert again.returncode == 0 and "1 of 1 runs done" in again.stdout
+    assert json.loads((run_dir / "result.json").read_text())["resumed_from"] >= 20
