@@ -194,11 +194,16 @@ def start_ui(uri: str, port: int, timeout_s: float = 180.0) -> subprocess.Popen[
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True)  # noqa: S603
+    log = settings.workdir() / "mlflow-ui.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:  # the server's own chatter goes to a log, not the user's terminal
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SpecError(f"--port: the MLflow UI exited with code {proc.returncode} (is port {port} in use?)")
+            raise SpecError(
+                f"--port: the MLflow UI exited with code {proc.returncode} (is port {port} in use? see {log})"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=2):  # noqa: S310
                 return proc

@@ -1,0 +1,112 @@
+"""Orchestration overhead of `pdsweep run` per run, next to a tiny run's training time.
+
+One sweep of tiny LM-only runs (tiny-xs, 30 steps) executed by `pdsweep run` twice in one go: with
+MLflow tracking (the embedded sqlite store) and with --no-track. For every run, the overhead is the
+wall time of its task (its start and end events, i.e. process start, imports, data and model set-up,
+tracking, checkpoints, final evaluation) minus the time of its training loop (result.json
+`train_seconds`). The sweep-level figure adds the scheduler's own time between tasks.
+
+Metric: orchestration_overhead_s (tracked, median over runs), with the untracked figure, the
+sweep-level per-run overhead and the tiny run's training time beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import yaml  # noqa: E402
+from _common import summary, write  # noqa: E402
+
+RUNS, STEPS = 6, 30
+
+
+def sweep(name: str) -> dict:
+    return {
+        "name": name,
+        "base": {
+            "student": "tiny-xs",
+            "loss": {"alpha": 0},
+            "data": {"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 64, "tokens": 64 * 16 * STEPS},
+            "train": {"global_batch": 16, "micro_batch": 16, "backend": "torch", "checkpoint_every": 10},
+            "eval": {"interval": 1000, "heldout_tokens": 2048},
+        },
+        "grid": {"optim.lr": [0.002, 0.003, 0.005]},
+        "seeds": RUNS // 3,
+    }
+
+
+def measure(work: Path, name: str, *flags: str) -> dict:
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep(name)))
+    env = {**os.environ, "PDSWEEP_WORKDIR": str(work)}
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "pdsweep.cli", "run", str(path), *flags],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    wall = time.perf_counter() - started
+    overhead, train = [], []
+    for run_dir in (work / "runs" / name).iterdir():
+        if not (run_dir / "result.json").exists():
+            continue
+        events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+        task = events[-1]["time"] - events[0]["time"]
+        seconds = json.loads((run_dir / "result.json").read_text())["train_seconds"]
+        overhead.append(task - seconds)
+        train.append(seconds)
+    assert len(train) == RUNS
+    return {"overhead": overhead, "train": train, "per_run_sweep": (wall - sum(train)) / RUNS}
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        # Tokenize the corpus once, outside the measurement.
+        warm = work / "warm.yaml"
+        warm.write_text(yaml.safe_dump(sweep("warm") | {"grid": {"optim.lr": [0.001]}, "seeds": 1}))
+        subprocess.run(
+            [sys.executable, "-m", "pdsweep.cli", "run", str(warm), "--no-track"],
+            check=True,
+            env={**os.environ, "PDSWEEP_WORKDIR": str(work)},
+            stdout=subprocess.DEVNULL,
+        )
+        tracked = measure(work, "tracked")
+        untracked = measure(work, "untracked", "--no-track")
+    t, u, train = summary(tracked["overhead"]), summary(untracked["overhead"]), summary(tracked["train"])
+    write(
+        "bench_sweep",
+        [
+            {
+                "metric": "orchestration_overhead_s",
+                "value": round(t["median"], 2),
+                "unit": "s/run",
+                "goal": "report (beside tiny_run_train_s)",
+                "spread": t,
+                "untracked_s": round(u["median"], 2),
+                "untracked_spread": u,
+                "sweep_level_per_run_s": round(tracked["per_run_sweep"], 2),
+                "note": f"{RUNS} tiny-xs runs of {STEPS} steps, workers 1, sqlite MLflow store; overhead = task wall "
+                "time (process start to exit) − training loop time",
+            },
+            {
+                "metric": "tiny_run_train_s",
+                "value": round(train["median"], 2),
+                "unit": "s/run",
+                "goal": "reference",
+                "spread": train,
+            },
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
