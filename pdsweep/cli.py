@@ -318,13 +318,20 @@ def _progress_bar():  # noqa: ANN202 - (rich Progress, progress hook)
 
 
 @data_app.command("fetch")
-def data_fetch(name: Annotated[str, typer.Argument(help="shakespeare or debian-docs.", show_default=False)]) -> None:
-    """Download a builtin corpus into the cache (once)."""
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="shakespeare, debian-docs or benchmarks.", show_default=False)],
+) -> None:
+    """Download a builtin corpus, or the benchmark files, into the cache (once)."""
     from pdsweep import data
 
     bar, hook = _progress_bar()
     with _user_errors(), bar:
-        path = data.fetch(name, hook)
+        if name == "benchmarks":
+            from pdsweep import evaluate
+
+            path = evaluate.fetch_benchmarks(hook)
+        else:
+            path = data.fetch(name, hook)
     typer.echo(f"{name}: {path}")
 
 
@@ -736,6 +743,51 @@ def ui(
         raise typer.Exit(server.wait())
     except KeyboardInterrupt:
         tracking.stop_ui(server)
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[
+        str,
+        typer.Argument(
+            help="A run directory, or a model: hf:DIR, builtin:smollm2-135m, ckpt:RUN_DIR.", show_default=False
+        ),
+    ],
+    suite: Annotated[
+        list[str] | None, typer.Option("--suite", help="A benchmark (repeatable; default: all of them).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N items per benchmark.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Requests per forward pass.")] = 16,
+    json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: the run's own).")] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log to the run's MLflow run.")] = True,
+) -> None:
+    """Score a trained run or a model on the offline benchmarks, the way lm-evaluation-harness does."""
+    from pdsweep import evaluate, launch
+
+    suites = tuple(suite or evaluate.BENCHMARKS)
+    bar, hook = _progress_bar()
+    with _user_errors(), bar:
+        metrics, out = launch.evaluate_model(target, suites, limit, batch_size, hook, tracking_uri, track)
+    if json_out:
+        typer.echo(json.dumps(metrics, indent=1))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{target}" + (f" (≤ {limit} items per task)" if limit else ""), title_justify="left")
+    for col in ("task", "items", "acc", "acc_norm", "ppl"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for task in suites:
+        m = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(task + "/")}
+        table.add_row(
+            task,
+            f"{m['items']:.0f}",
+            *(f"{m[k]:.4f}" if k in m else "" for k in ("acc", "acc_norm", "ppl")),
+        )
+    Console(width=120).print(table)
+    if out is not None:
+        typer.echo(f"results: {out}")
 
 
 def _spec_error(line: str) -> Exception:

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from pdsweep import backends, data, expand, files, logits_store, settings, teacher, tracking, trainer
-from pdsweep.spec import RunSpec
+from pdsweep.spec import RunSpec, TeacherSpec
 from pdsweep.specfile import SpecError
 
 Progress = Callable[[str, int, int], None]
@@ -244,3 +244,68 @@ def relaunch(args: list[str], nproc: int, launcher: str, hostfile: Path | None) 
 
 def sweep_dir(name: str) -> Path:
     return settings.workdir() / "runs" / name
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation after the fact
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_model(
+    target: str,
+    suites: tuple[str, ...],
+    limit: int | None,
+    batch_size: int = 16,
+    progress: Progress = lambda *a: None,
+    tracking_uri: str | None = None,
+    track: bool = True,
+) -> tuple[dict[str, float], Path | None]:
+    """Evaluate a run directory (its last checkpoint, with its corpus's tokenizer) or a model
+    (`hf:DIR`, `builtin:NAME`, `ckpt:RUN_DIR`) on the benchmark `suites`.
+
+    For a run directory the results land in `<run dir>/eval.json` and, when the run is tracked, in
+    its MLflow run as `eval/<task>/<metric>` at its last step plus the JSON as an artifact."""
+    from pdsweep import evaluate
+
+    run_dir = Path(target) if ":" not in target or Path(target).is_dir() else None
+    source = f"ckpt:{run_dir}" if run_dir is not None else target
+    if run_dir is not None and not (run_dir / "spec.yaml").exists():
+        raise SpecError(f"{run_dir}: not a pdsweep run directory (no spec.yaml)")
+    unknown = [s for s in suites if s not in evaluate.TASKS]
+    if unknown:
+        raise SpecError(f"--suite: {', '.join(unknown)}: not a benchmark (one of {', '.join(evaluate.TASKS)})")
+    evaluate.fetch_benchmarks(progress)
+    t = teacher.load(TeacherSpec(source=source))
+    if run_dir is not None:
+        spec = RunSpec.model_validate(
+            {k: v for k, v in yaml.safe_load((run_dir / "spec.yaml").read_text()).items() if k != "run_id"}
+        )
+        tokens = data.prepare(spec)
+        tok, max_len = tokens.tokenizer(), spec.data.seq_len
+    else:
+        if t.tokenizer_json is None:
+            raise SpecError(f"{target}: the model has no tokenizer.json")
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(t.tokenizer_json))
+        config = getattr(t.module, "config", None) or getattr(t.module, "cfg", None)
+        max_len = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "max_seq_len", 0) or 2048)
+    eos = data.eos_id(tok)
+    device = next(t.module.parameters()).device
+    scorer = evaluate.ScoringModel(t.logits, tok, max_len, device, eos if eos is not None else 0)
+    metrics = evaluate.benchmark_metrics(scorer, suites, limit, progress)
+    if run_dir is None:
+        return metrics, None
+    out = run_dir / "eval.json"
+    previous = files.read_json(out) if out.exists() else {}
+    files.write_json(out, {**previous, **metrics})
+    state = run_dir / "tracking.json"
+    if track and state.exists():
+        known = files.read_json(state)
+        uri = tracking_uri or known.get("uri")
+        tracker = tracking.MlflowTracker(uri)
+        step = int(files.read_json(run_dir / "result.json").get("step", 0)) if (run_dir / "result.json").exists() else 0
+        tracker.run = known["mlflow_run_id"]
+        tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step)
+        tracker.client.log_artifact(tracker.run, str(out))
+    return metrics, out

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdsweep import data, files, logits_store, losses, model
+from pdsweep import data, evaluate, files, logits_store, losses, model
 from pdsweep.backends import Backend, peak_flops
 from pdsweep.schedules import alpha_at, lr_at
 from pdsweep.spec import RecordLogitsSpec, RunSpec
@@ -187,30 +187,32 @@ def save_checkpoint(backend: Backend, state: TrainState) -> Path:
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def heldout_loss(net: torch.nn.Module, backend: Backend, tokens: data.TokenData, spec: RunSpec) -> dict[str, float]:
-    """Mean next-token loss on the first `eval.heldout_tokens` held-out tokens, its perplexity and
-    bits per byte (bytes of the held-out text per token, from the token manifest)."""
-    net.eval()
-    total, count = 0.0, 0
-    for batch in data.heldout_batches(tokens, spec.data.seq_len, spec.train.micro_batch, spec.eval.heldout_tokens):
-        inputs = torch.from_numpy(batch.inputs).to(backend.device)
-        targets = torch.from_numpy(batch.targets).to(backend.device)
-        with backend.autocast():
-            logits = net(inputs)
-        total += float(losses.lm_loss(logits, targets)) * targets.numel()
-        count += targets.numel()
-    net.train()
-    if count == 0:
-        return {}
-    loss = total / count
-    split = tokens.manifest["splits"]["heldout"]
-    bytes_per_token = split["bytes"] / max(1, split["tokens"])
-    return {
-        "heldout/loss": loss,
-        "heldout/ppl": math.exp(min(loss, 50.0)),
-        "heldout/bits_per_byte": loss / math.log(2) / bytes_per_token,
-    }
+def evaluation(
+    net: torch.nn.Module,
+    backend: Backend,
+    tokens: data.TokenData,
+    spec: RunSpec,
+    store: logits_store.StoreReader | None,
+) -> dict[str, float]:
+    """The suites of `spec.eval`: held-out metrics, agreement with the teacher (runs that read a
+    store) and benchmarks, as `<suite>/<metric>`."""
+    ev, t = spec.eval, spec.data
+    out: dict[str, float] = {}
+    if "heldout" in ev.suites:
+        out |= evaluate.heldout(
+            net, backend.device, tokens, t.seq_len, spec.train.micro_batch, ev.heldout_tokens, backend.autocast
+        )
+    if "teacher_agreement" in ev.suites and store is not None:
+        out |= evaluate.teacher_agreement(
+            net, backend.device, tokens, store, t.seq_len, spec.train.micro_batch, ev.heldout_tokens
+        )
+    if any(s in evaluate.TASKS for s in ev.suites):
+        was_training = net.training
+        net.eval()
+        scorer = evaluate.scoring_model(net, tokens, t.seq_len, backend.device)
+        out |= evaluate.benchmark_metrics(scorer, ev.suites, ev.limit)
+        net.train(was_training)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -359,7 +361,7 @@ def train(
         for cb in callbacks:
             cb.on_step(state, metrics)
         if state.step % spec.eval.interval == 0 and state.step < total:
-            ev = heldout_loss(engine, backend, tokens, spec)
+            ev = evaluation(engine, backend, tokens, spec, store)
             for cb in callbacks:
                 cb.on_eval(state, ev)
         if state.step % tr.checkpoint_every == 0 and state.step < total:
@@ -367,7 +369,7 @@ def train(
             for cb in callbacks:
                 cb.on_checkpoint(state, path)
 
-    final_eval = heldout_loss(engine, backend, tokens, spec)
+    final_eval = evaluation(engine, backend, tokens, spec, store)
     for cb in callbacks:
         cb.on_eval(state, final_eval)
     if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != f"step_{state.step:08d}":  # type: ignore[union-attr]

@@ -90,7 +90,7 @@ def test_consolidated_fp32_weights_load_into_model_py(runs, shakespeare) -> None
     net.load_state_dict(state)
     from pdsweep import backends
 
-    loss = trainer.heldout_loss(net, backends.TorchBackend(spec), shakespeare, spec)["heldout/loss"]
+    loss = trainer.evaluation(net, backends.TorchBackend(spec), shakespeare, spec, None)["heldout/loss"]
     assert loss == pytest.approx(json.loads((root / "two" / "result.json").read_text())["heldout/loss"], abs=1e-4)
 
 

@@ -57,7 +57,9 @@ def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_sweep_logged_to_a_server_is_in_its_ui_with_runs_and_params(tmp_path, server, browser, shakespeare) -> None:
+def test_a_sweep_logged_to_a_server_is_in_its_ui_with_runs_and_params(
+    tmp_path, server, browser, shakespeare, monkeypatch
+) -> None:
     import mlflow
     from selenium.webdriver.common.by import By
 
@@ -66,7 +68,7 @@ def test_a_sweep_logged_to_a_server_is_in_its_ui_with_runs_and_params(tmp_path, 
     out = pdsweep("run", path, "--tracking-uri", server, "--workers", "2", timeout=600)
     assert out.returncode == 0 and "4 of 4 runs done" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
 
-    mlflow.set_tracking_uri(server)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server)  # not mlflow.set_tracking_uri: it outlives the test
     df = mlflow.search_runs(experiment_names=["server-sweep"])
     children = df[df["tags.pdsweep.run_id"].notna()]
     parent = df[df["tags.pdsweep.kind"] == "sweep"]

