@@ -761,14 +761,18 @@ def eval_(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
     tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: the run's own).")] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log to the run's MLflow run.")] = True,
+    harness: Annotated[
+        bool, typer.Option("--harness", help="Score with lm-evaluation-harness itself, on the same items.")
+    ] = False,
 ) -> None:
-    """Score a trained run or a model on the offline benchmarks, the way lm-evaluation-harness does."""
+    """Score a trained run or a model on the offline benchmarks, the way lm-evaluation-harness does
+    (or with the harness itself: --harness)."""
     from pdsweep import evaluate, launch
 
     suites = tuple(suite or evaluate.BENCHMARKS)
     bar, hook = _progress_bar()
     with _user_errors(), bar:
-        metrics, out = launch.evaluate_model(target, suites, limit, batch_size, hook, tracking_uri, track)
+        metrics, out = launch.evaluate_model(target, suites, limit, batch_size, hook, tracking_uri, track, harness)
     if json_out:
         typer.echo(json.dumps(metrics, indent=1))
         return

@@ -259,12 +259,16 @@ def evaluate_model(
     progress: Progress = lambda *a: None,
     tracking_uri: str | None = None,
     track: bool = True,
+    use_harness: bool = False,
 ) -> tuple[dict[str, float], Path | None]:
     """Evaluate a run directory (its last checkpoint, with its corpus's tokenizer) or a model
-    (`hf:DIR`, `builtin:NAME`, `ckpt:RUN_DIR`) on the benchmark `suites`.
+    (`hf:DIR`, `builtin:NAME`, `ckpt:RUN_DIR`) on the benchmark `suites` — with pdsweep's scorer, or
+    with lm-evaluation-harness on the same items (`use_harness`; a run is exported to Hugging Face
+    format in `<run dir>/hf/` first).
 
-    For a run directory the results land in `<run dir>/eval.json` and, when the run is tracked, in
-    its MLflow run as `eval/<task>/<metric>` at its last step plus the JSON as an artifact."""
+    For a run directory the results land in `<run dir>/eval.json` (`eval-harness.json`) and, when
+    the run is tracked, in its MLflow run as `eval/<task>/<metric>` (`eval/harness/...`) at its last
+    step, plus the JSON as an artifact."""
     from pdsweep import evaluate
 
     run_dir = Path(target) if ":" not in target or Path(target).is_dir() else None
@@ -291,12 +295,35 @@ def evaluate_model(
         config = getattr(t.module, "config", None) or getattr(t.module, "cfg", None)
         max_len = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "max_seq_len", 0) or 2048)
     eos = data.eos_id(tok)
-    device = next(t.module.parameters()).device
-    scorer = evaluate.ScoringModel(t.logits, tok, max_len, device, eos if eos is not None else 0)
-    metrics = evaluate.benchmark_metrics(scorer, suites, limit, progress)
+    if use_harness:
+        import tempfile
+
+        if run_dir is not None:
+            import dataclasses
+
+            from pdsweep import hf
+            from pdsweep.model import ModelConfig
+
+            cfg: ModelConfig = t.module.cfg  # type: ignore[assignment]
+            model_dir = hf.export(
+                t.module.state_dict(),
+                dataclasses.replace(cfg, max_seq_len=max_len),  # its trained context
+                run_dir / "hf",
+                tokenizer_json=tokens.tokenizer_path,
+                eos_token=tok.id_to_token(eos) if eos is not None else None,
+                eos_token_id=eos,
+            )
+        else:
+            model_dir = teacher.builtin_dir(target[8:]) if target.startswith("builtin:") else Path(target[3:])
+        with tempfile.TemporaryDirectory() as tasks_dir:
+            metrics = evaluate.harness(model_dir, suites, limit, batch_size, Path(tasks_dir))
+    else:
+        device = next(t.module.parameters()).device
+        scorer = evaluate.ScoringModel(t.logits, tok, max_len, device, eos if eos is not None else 0)
+        metrics = evaluate.benchmark_metrics(scorer, suites, limit, progress)
     if run_dir is None:
         return metrics, None
-    out = run_dir / "eval.json"
+    out = run_dir / ("eval-harness.json" if use_harness else "eval.json")
     previous = files.read_json(out) if out.exists() else {}
     files.write_json(out, {**previous, **metrics})
     state = run_dir / "tracking.json"
@@ -306,6 +333,7 @@ def evaluate_model(
         tracker = tracking.MlflowTracker(uri)
         step = int(files.read_json(run_dir / "result.json").get("step", 0)) if (run_dir / "result.json").exists() else 0
         tracker.run = known["mlflow_run_id"]
-        tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step)
+        prefix = "eval/harness/" if use_harness else "eval/"
+        tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step)
         tracker.client.log_artifact(tracker.run, str(out))
     return metrics, out

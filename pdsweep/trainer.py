@@ -309,6 +309,7 @@ def train(
     wants_logits = [cb for cb in callbacks if type(cb).on_logits is not Callback.on_logits]
     engine.train()
     loop_started = time.perf_counter()
+    eval_seconds = 0.0
     inject_nan = _injected_nan_step(run_dir)
     while state.step < total:
         step = state.step
@@ -361,7 +362,9 @@ def train(
         for cb in callbacks:
             cb.on_step(state, metrics)
         if state.step % spec.eval.interval == 0 and state.step < total:
+            eval_started = time.perf_counter()
             ev = evaluation(engine, backend, tokens, spec, store)
+            eval_seconds += time.perf_counter() - eval_started
             for cb in callbacks:
                 cb.on_eval(state, ev)
         if state.step % tr.checkpoint_every == 0 and state.step < total:
@@ -369,7 +372,10 @@ def train(
             for cb in callbacks:
                 cb.on_checkpoint(state, path)
 
+    loop_seconds = time.perf_counter() - loop_started - eval_seconds
+    eval_started = time.perf_counter()
     final_eval = evaluation(engine, backend, tokens, spec, store)
+    eval_seconds += time.perf_counter() - eval_started
     for cb in callbacks:
         cb.on_eval(state, final_eval)
     if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != f"step_{state.step:08d}":  # type: ignore[union-attr]
@@ -386,7 +392,8 @@ def train(
         "world_size": backend.world_size,
         "params": spec.student.num_params(tokens.vocab_size),
         "resumed_from": state.resumed_from,
-        "train_seconds": time.perf_counter() - loop_started,
+        "train_seconds": loop_seconds,  # the training loop (checkpoints included), without its evaluations
+        "eval_seconds": eval_seconds,
     }
     if backend.rank == 0:
         files.write_json(run_dir / "result.json", result)

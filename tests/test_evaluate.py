@@ -126,3 +126,23 @@ def test_pdsweep_eval_on_a_run_and_benchmarks_during_training(tmp_path, workdir,
 
     bad = pdsweep("eval", run_dir, "--suite", "kbqa")
     assert bad.returncode == 2 and "--suite: kbqa: not a benchmark" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.slow
+def test_lm_evaluation_harness_agrees_with_pdsweeps_scorer_on_the_same_items(tmp_path, shakespeare, bench) -> None:
+    """The real harness (lm_eval.simple_evaluate on the run exported to Hugging Face format, over
+    pdsweep's local task files) and pdsweep's scorer give the same numbers on the same items."""
+    spec = TINY_RUN | {"eval": {"interval": 1000, "heldout_tokens": 2048}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
+    run_dir = tmp_path / "run"
+    out = pdsweep("train", tmp_path / "run.yaml", "--out", run_dir, "--no-track", timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    suites = ["--suite", "arc_easy", "--suite", "winogrande", "--suite", "mmlu", "--suite", "lambada"]
+    ours = pdsweep("eval", run_dir, *suites, "--limit", "12", "--json", "--no-track")
+    theirs = pdsweep("eval", run_dir, *suites, "--limit", "12", "--json", "--no-track", "--harness", timeout=600)
+    assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr[-2000:] + theirs.stderr[-2000:]
+    a, b = json.loads(ours.stdout), json.loads(theirs.stdout)
+    assert a.keys() == b.keys() and a["mmlu/items"] == b["mmlu/items"] == 12
+    for key in a:
+        assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    assert (run_dir / "hf" / "config.json").exists() and json.loads((run_dir / "eval-harness.json").read_text()) == b
