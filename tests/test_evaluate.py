@@ -92,6 +92,23 @@ def test_task_formats_follow_lm_evaluation_harness(bench) -> None:
     assert len(evaluate.items("hellaswag")) == 10042 and len(evaluate.items("mmlu")) == 14042
 
 
+def test_gsm8k_generates_greedily_and_extracts_the_answer(scorer, bench) -> None:
+    it = evaluate.items("gsm8k", 1)[0]
+    assert it.answer == "18" and it.requests[0][0].endswith("farmers' market?\nAnswer:")
+    assert it.requests[0][0].count("So the answer is") == 8  # the 8-shot chain-of-thought context
+    assert evaluate.gsm8k_answer(" 9 eggs. She makes 9 * 2 = $18. So the answer is 18.") == "18"
+    assert evaluate.gsm8k_answer(" So the answer is $1,250.") == "1250"
+    assert evaluate.gsm8k_answer(" she has 3 and then 7") == "7" and evaluate.gsm8k_answer("none") == ""
+    texts = evaluate.generate_until(scorer, ["To be, or not", "Friends"], ["\n\n"], 12, batch_size=2)
+    one = evaluate.generate_until(scorer, ["To be, or not"], ["\n\n"], 12, batch_size=1)
+    assert texts[0] == one[0] and all("\n\n" not in t for t in texts)  # batching changes nothing
+    ids = scorer.encode("To be, or not")  # greedy: each token is the argmax given the ones before
+    first = int(scorer.forward(torch.tensor([ids]))[0, -1].argmax())
+    assert scorer.encode(one[0])[:1] == [first] or one[0] == scorer.tokenizer.decode([first])[: len(one[0])]
+    m = evaluate.score(scorer, "gsm8k", limit=2, batch_size=2)
+    assert m == {"items": 2.0, "exact_match": 0.0}
+
+
 def test_scores_are_accuracies_over_items(scorer, bench) -> None:
     m = evaluate.score(scorer, "arc_easy", limit=20)
     assert m["items"] == 20 and 0 <= m["acc"] <= 1 and 0 <= m["acc_norm"] <= 1
