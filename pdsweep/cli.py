@@ -750,7 +750,8 @@ def eval_(
     target: Annotated[
         str,
         typer.Argument(
-            help="A run directory, or a model: hf:DIR, builtin:smollm2-135m, ckpt:RUN_DIR.", show_default=False
+            help="A run directory, one of its checkpoints, or a model: hf:DIR, builtin:smollm2-135m.",
+            show_default=False,
         ),
     ],
     suite: Annotated[

@@ -193,6 +193,7 @@ def _train_and_record(
         return Outcome("invalid", backend.rank, reason="\n".join(e.problems))
     if rank0:
         files.write_json(run_dir / "status.json", {"status": "done"})
+        tracker.log_artifact(run_dir / "result.json")  # the final evaluation, every suite, as JSON
     tracker.finish("done")
     return Outcome("done", backend.rank, result=result)
 
@@ -261,20 +262,23 @@ def evaluate_model(
     track: bool = True,
     use_harness: bool = False,
 ) -> tuple[dict[str, float], Path | None]:
-    """Evaluate a run directory (its last checkpoint, with its corpus's tokenizer) or a model
-    (`hf:DIR`, `builtin:NAME`, `ckpt:RUN_DIR`) on the benchmark `suites` — with pdsweep's scorer, or
+    """Evaluate a run directory (its last checkpoint, with its corpus's tokenizer), one of its
+    checkpoints, or a model (`hf:DIR`, `builtin:NAME`, `ckpt:RUN_DIR`) on the benchmark `suites` — with pdsweep's scorer, or
     with lm-evaluation-harness on the same items (`use_harness`; a run is exported to Hugging Face
     format in `<run dir>/hf/` first).
 
-    For a run directory the results land in `<run dir>/eval.json` (`eval-harness.json`) and, when
+    For a run directory the results land in `<run dir>/eval.json` (`eval-harness.json`; for a
+    checkpoint, in the checkpoint's directory, at its step) and, when
     the run is tracked, in its MLflow run as `eval/<task>/<metric>` (`eval/harness/...`) at its last
     step, plus the JSON as an artifact."""
     from pdsweep import evaluate
 
-    run_dir = Path(target) if ":" not in target or Path(target).is_dir() else None
-    source = f"ckpt:{run_dir}" if run_dir is not None else target
+    path = Path(target) if ":" not in target or Path(target).is_dir() else None
+    checkpoint = path if path is not None and (path / "trainer.json").exists() else None
+    run_dir = path.parent.parent if checkpoint is not None and path is not None else path
+    source = f"ckpt:{path}" if path is not None else target
     if run_dir is not None and not (run_dir / "spec.yaml").exists():
-        raise SpecError(f"{run_dir}: not a pdsweep run directory (no spec.yaml)")
+        raise SpecError(f"{path}: not a pdsweep run directory or checkpoint (no spec.yaml)")
     unknown = [s for s in suites if s not in evaluate.TASKS]
     if unknown:
         raise SpecError(f"--suite: {', '.join(unknown)}: not a benchmark (one of {', '.join(evaluate.TASKS)})")
@@ -323,7 +327,9 @@ def evaluate_model(
         metrics = evaluate.benchmark_metrics(scorer, suites, limit, progress)
     if run_dir is None:
         return metrics, None
-    out = run_dir / ("eval-harness.json" if use_harness else "eval.json")
+    # A checkpoint's results stay with the checkpoint, at its step; a run's go beside its result.
+    where = checkpoint if checkpoint is not None else run_dir
+    out = where / ("eval-harness.json" if use_harness else "eval.json")
     previous = files.read_json(out) if out.exists() else {}
     files.write_json(out, {**previous, **metrics})
     state = run_dir / "tracking.json"
@@ -331,9 +337,12 @@ def evaluate_model(
         known = files.read_json(state)
         uri = tracking_uri or known.get("uri")
         tracker = tracking.MlflowTracker(uri)
-        step = int(files.read_json(run_dir / "result.json").get("step", 0)) if (run_dir / "result.json").exists() else 0
+        final = run_dir / "result.json"
+        step = int(files.read_json(checkpoint / "trainer.json")["step"]) if checkpoint is not None else 0
+        if checkpoint is None:
+            step = int(files.read_json(final).get("step", 0)) if final.exists() else 0
         tracker.run = known["mlflow_run_id"]
         prefix = "eval/harness/" if use_harness else "eval/"
         tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step)
-        tracker.client.log_artifact(tracker.run, str(out))
+        tracker.log_artifact(out)
     return metrics, out

@@ -49,6 +49,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 class Tracker(Protocol):
     def start(self, spec: RunSpec, run_dir: Path, run_id: str, label: str, sweep: str) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: Path) -> None: ...
     def finish(self, status: str, reason: str = "") -> None: ...
 
 
@@ -59,6 +60,9 @@ class NullTracker:
         pass
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path) -> None:
         pass
 
     def finish(self, status: str, reason: str = "") -> None:
@@ -176,6 +180,10 @@ class MlflowTracker:
         batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
         if self.run is not None and batch:
             self.client.log_batch(self.run, metrics=batch)
+
+    def log_artifact(self, path: Path) -> None:
+        if self.run is not None:
+            self.client.log_artifact(self.run, str(path))
 
     def finish(self, status: str, reason: str = "") -> None:
         if self.run is None:

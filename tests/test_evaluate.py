@@ -139,7 +139,16 @@ def test_pdsweep_eval_on_a_run_and_benchmarks_during_training(tmp_path, workdir,
     assert run.data.metrics["eval/arc_easy/acc"] == metrics["arc_easy/acc"]
     assert run.data.metrics["eval/piqa/acc"] == result["piqa/acc"]
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/arc_easy/acc")] == [result["step"]]
-    assert "eval.json" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert {"eval.json", "result.json"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+
+    # One checkpoint of the run, after the fact: results beside it, at its step.
+    ckpt = sorted((run_dir / "checkpoints").glob("step_*"))[0]
+    ev = pdsweep("eval", ckpt, "--suite", "piqa", "--limit", "4", "--json")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    step = json.loads((ckpt / "trainer.json").read_text())["step"]
+    assert json.loads((ckpt / "eval.json").read_text())["piqa/items"] == 4
+    history = client.get_metric_history(run.info.run_id, "eval/piqa/acc")
+    assert sorted(m.step for m in history) == sorted({step, result["step"]})
 
     bad = pdsweep("eval", run_dir, "--suite", "kbqa")
     assert bad.returncode == 2 and "--suite: kbqa: not a benchmark" in bad.stderr and "Traceback" not in bad.stderr
