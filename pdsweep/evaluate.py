@@ -336,31 +336,29 @@ def loglikelihoods(
 ) -> list[tuple[float, bool]]:
     """(log-likelihood of the continuation, whether it is the greedy continuation) per request.
 
-    Requests are scored longest first in padded batches (right padding never affects a causal
-    model's earlier positions), and returned in the order given."""
+    Requests whose model input is the same (MMLU's four one-token answers after one context) share
+    one forward pass; inputs are scored longest first in padded batches (right padding never affects
+    a causal model's earlier positions), and results are returned in the order given."""
     encoded = [_split(model, c, x) for c, x in requests]
-    order = sorted(range(len(encoded)), key=lambda i: -(len(encoded[i][0]) + len(encoded[i][1])))
+    by_input: dict[tuple[int, ...], list[int]] = {}
+    for i, (ctx, cont) in enumerate(encoded):
+        by_input.setdefault(tuple((ctx + cont)[-(model.max_len + 1) :][:-1]), []).append(i)
+    inputs = sorted(by_input, key=len, reverse=True)
     out: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        rows, spans = [], []
-        for i in chunk:
-            ctx, cont = encoded[i]
-            seq = (ctx + cont)[-(model.max_len + 1) :][:-1]
-            n = min(len(cont), len(seq))  # a continuation longer than the model's context: its last tokens
-            rows.append(seq)
-            spans.append((len(seq) - n, n))
-        width = max(len(r) for r in rows)
-        x = torch.zeros(len(rows), width, dtype=torch.long)
-        for r, seq in enumerate(rows):
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start : start + batch_size]
+        x = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)
+        for r, seq in enumerate(chunk):
             x[r, : len(seq)] = torch.tensor(seq)
         logprobs = torch.log_softmax(model.forward(x.to(model.device)).float(), dim=-1)
-        for r, i in enumerate(chunk):
-            first, n = spans[r]
-            target = torch.tensor(encoded[i][1][len(encoded[i][1]) - n :], device=logprobs.device)
-            lp = logprobs[r, first : first + n]
-            out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
-        progress("scoring", min(start + batch_size, len(order)), len(order))
+        for r, seq in enumerate(chunk):
+            for i in by_input[seq]:
+                cont = encoded[i][1]
+                n = min(len(cont), len(seq))  # a continuation longer than the model's context: its last tokens
+                target = torch.tensor(cont[len(cont) - n :], device=logprobs.device)
+                lp = logprobs[r, len(seq) - n : len(seq)]
+                out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
+        progress("scoring", min(start + batch_size, len(inputs)), len(inputs))
     return out
 
 
