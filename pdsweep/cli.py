@@ -765,15 +765,24 @@ def eval_(
     harness: Annotated[
         bool, typer.Option("--harness", help="Score with lm-evaluation-harness itself, on the same items.")
     ] = False,
+    harness_task: Annotated[
+        list[str] | None,
+        typer.Option("--harness-task", help="Also an lm-evaluation-harness task by name (its data from the Hub)."),
+    ] = None,
 ) -> None:
     """Score a trained run or a model on the offline benchmarks, the way lm-evaluation-harness does
     (or with the harness itself: --harness)."""
     from pdsweep import evaluate, launch
 
-    suites = tuple(suite or [b for b in evaluate.BENCHMARKS if not (harness and b == "gsm8k")])
+    named = tuple(harness_task or ())
+    harness = harness or bool(named)
+    default = () if named else [b for b in evaluate.BENCHMARKS if not (harness and b == "gsm8k")]
+    suites = tuple(suite or default)
     bar, hook = _progress_bar()
     with _user_errors(), bar:
-        metrics, out = launch.evaluate_model(target, suites, limit, batch_size, hook, tracking_uri, track, harness)
+        metrics, out = launch.evaluate_model(
+            target, suites, limit, batch_size, hook, tracking_uri, track, harness, named
+        )
     if json_out:
         typer.echo(json.dumps(metrics, indent=1))
         return
@@ -783,7 +792,7 @@ def eval_(
     table = Table(title=f"{target}" + (f" (≤ {limit} items per task)" if limit else ""), title_justify="left")
     for col in ("task", "items", "acc", "acc_norm", "ppl"):
         table.add_column(col, justify="left" if col == "task" else "right")
-    for task in suites:
+    for task in (*suites, *named):
         m = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith(task + "/")}
         table.add_row(
             task,

@@ -544,10 +544,16 @@ def write_harness_tasks(out: Path, suites: Iterable[str], limit: int | None = No
 
 
 def harness(
-    model_dir: Path, suites: Iterable[str], limit: int | None, batch_size: int, tasks_dir: Path
+    model_dir: Path,
+    suites: Iterable[str],
+    limit: int | None,
+    batch_size: int,
+    tasks_dir: Path,
+    named: Iterable[str] = (),
 ) -> dict[str, float]:
     """Run lm-evaluation-harness (`lm_eval.simple_evaluate`, its `hf` model) on pdsweep's local task
-    files for `suites`; `<task>/<metric>` like `benchmark_metrics`."""
+    files for `suites`, and on the harness's own `named` tasks (their datasets come from the Hugging
+    Face Hub, or its local cache); `<task>/<metric>` like `benchmark_metrics`."""
     try:
         import lm_eval
         from lm_eval.tasks import TaskManager
@@ -557,19 +563,37 @@ def harness(
     if "gsm8k" in suites:
         raise SpecError("--harness: gsm8k (generation) is scored by pdsweep only; leave it out of --suite")
     names = write_harness_tasks(tasks_dir, suites, limit)
+    named = list(named)
     import contextlib
     import sys
 
+    manager = TaskManager(include_path=str(tasks_dir), include_defaults=bool(named))
+    unknown = [t for t in named if t not in manager.all_tasks]
+    if unknown:
+        raise SpecError(f"--harness-task: {', '.join(unknown)}: not an lm-evaluation-harness task")
     with contextlib.redirect_stdout(sys.stderr):  # the harness prints progress; stdout stays the caller's
-        results = lm_eval.simple_evaluate(
-            model="hf",
-            model_args={"pretrained": str(model_dir), "dtype": "float32", "device": "cpu"},
-            tasks=names,
-            task_manager=TaskManager(include_path=str(tasks_dir), include_defaults=False),
-            batch_size=batch_size,
-            log_samples=False,
-        )
+        try:
+            results = lm_eval.simple_evaluate(
+                model="hf",
+                model_args={"pretrained": str(model_dir), "dtype": "float32", "device": "cpu"},
+                tasks=names + named,
+                task_manager=manager,
+                batch_size=batch_size,
+                limit=limit if named else None,  # pdsweep's own task files hold `limit` items already
+                log_samples=False,
+            )
+        except Exception as e:  # noqa: BLE001 - e.g. a named task's dataset is not reachable offline
+            if not named:
+                raise
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise SpecError(f"--harness-task {', '.join(named)}: lm-evaluation-harness failed ({first})") from None
     out: dict[str, float] = {}
+    for name in named:
+        out[f"{name}/items"] = float(results["n-samples"][name]["effective"])
+        for key, value in results["results"].get(name, {}).items():
+            metric, _, filt = key.partition(",")
+            if isinstance(value, (int, float)) and not metric.endswith("_stderr"):
+                out[f"{name}/{metric}" + ("" if filt in ("none", "") else f"/{filt}")] = float(value)
     for task, name in zip(suites, names, strict=True):
         r = results["results"][name]
         out[f"{task}/items"] = float(results["n-samples"][name]["effective"])

@@ -261,6 +261,7 @@ def evaluate_model(
     tracking_uri: str | None = None,
     track: bool = True,
     use_harness: bool = False,
+    harness_tasks: tuple[str, ...] = (),
 ) -> tuple[dict[str, float], Path | None]:
     """Evaluate a run directory (its last checkpoint, with its corpus's tokenizer), one of its
     checkpoints, or a model (`hf:DIR`, `builtin:NAME`, `ckpt:RUN_DIR`) on the benchmark `suites` — with pdsweep's scorer, or
@@ -320,7 +321,7 @@ def evaluate_model(
         else:
             model_dir = teacher.builtin_dir(target[8:]) if target.startswith("builtin:") else Path(target[3:])
         with tempfile.TemporaryDirectory() as tasks_dir:
-            metrics = evaluate.harness(model_dir, suites, limit, batch_size, Path(tasks_dir))
+            metrics = evaluate.harness(model_dir, suites, limit, batch_size, Path(tasks_dir), harness_tasks)
     else:
         device = next(t.module.parameters()).device
         scorer = evaluate.ScoringModel(t.logits, tok, max_len, device, eos if eos is not None else 0)

@@ -4,6 +4,9 @@ from PyPI), the task formats, `pdsweep eval`, and benchmark suites during traini
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -172,3 +175,30 @@ def test_lm_evaluation_harness_agrees_with_pdsweeps_scorer_on_the_same_items(tmp
     for key in a:
         assert a[key] == pytest.approx(b[key], rel=1e-4), key
     assert (run_dir / "hf" / "config.json").exists() and json.loads((run_dir / "eval-harness.json").read_text()) == b
+
+    # The harness's own tasks by name: an unknown one is refused; a known one whose dataset cannot be
+    # reached (no Hub here) fails with one clear line.
+    unknown = pdsweep("eval", run_dir, "--harness-task", "no_such_task", "--no-track")
+    assert (
+        unknown.returncode == 2 and "--harness-task: no_such_task: not an lm-evaluation-harness task" in unknown.stderr
+    )
+    offline = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pdsweep.cli",
+            "eval",
+            str(run_dir),
+            "--harness-task",
+            "piqa",
+            "--limit",
+            "2",
+            "--no-track",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        timeout=600,
+    )
+    assert offline.returncode == 2 and "--harness-task piqa: lm-evaluation-harness failed" in offline.stderr
+    assert "Traceback" not in offline.stderr
