@@ -738,11 +738,14 @@ def ui(
         return
     with _user_errors():
         server = tracking.start_ui(tracker.uri, port)
-    typer.echo(f"MLflow UI: http://127.0.0.1:{port}{suffix}  (Ctrl-C to stop)")
     try:
-        raise typer.Exit(server.wait())
+        typer.echo(f"MLflow UI: http://127.0.0.1:{port}{suffix}  (Ctrl-C to stop)")
+        code = server.wait()
     except KeyboardInterrupt:
-        tracking.stop_ui(server)
+        code = 0
+    finally:
+        tracking.stop_ui(server)  # whatever ends this command ends the server
+    raise typer.Exit(code)
 
 
 @app.command("eval")

@@ -205,20 +205,38 @@ def start_ui(uri: str, port: int, timeout_s: float = 180.0) -> subprocess.Popen[
     log = settings.workdir() / "mlflow-ui.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:  # the server's own chatter goes to a log, not the user's terminal
-        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # noqa: S603
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SpecError(
-                f"--port: the MLflow UI exited with code {proc.returncode} (is port {port} in use? see {log})"
-            )
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=2):  # noqa: S310
-                return proc
-        except OSError:
-            time.sleep(0.5)
-    stop_ui(proc)
-    raise SpecError(f"tracking: the MLflow UI did not answer on port {port} within {timeout_s:.0f} s")
+        proc = subprocess.Popen(  # noqa: S603
+            cmd,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_terminate_with_parent,  # noqa: PLW1509 - a killed `pdsweep ui` leaves no server behind
+        )
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SpecError(
+                    f"--port: the MLflow UI exited with code {proc.returncode} (is port {port} in use? see {log})"
+                )
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=2):  # noqa: S310
+                    return proc
+            except OSError:
+                time.sleep(0.5)
+        raise SpecError(f"tracking: the MLflow UI did not answer on port {port} within {timeout_s:.0f} s")
+    except BaseException:  # Ctrl-C while it starts included
+        stop_ui(proc)
+        raise
+
+
+def _terminate_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent exits (PR_SET_PDEATHSIG)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def stop_ui(proc: subprocess.Popen[bytes]) -> None:

@@ -158,3 +158,23 @@ def test_pdsweep_ui_serves_the_embedded_store_on_localhost(tmp_path, workdir, sh
         proc.wait(timeout=60)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=5)
+
+    # Killed outright, `pdsweep ui` leaves no server behind either.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pdsweep.cli", "ui", str(path), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout.readline().startswith("MLflow UI: ")
+    proc.kill()
+    proc.wait()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=2)
+        except OSError:
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("the MLflow UI outlived `pdsweep ui`")
