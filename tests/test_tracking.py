@@ -41,7 +41,10 @@ def test_a_trained_run_is_one_mlflow_run_even_when_run_again(tmp_path, shakespea
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [m.step for m in history] == list(range(1, 31))
     assert client.get_metric_history(run.info.run_id, "eval/heldout/loss")
-    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["spec.yaml"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == [
+        "result.json",
+        "spec.yaml",
+    ]  # spec + final evaluation
     # Artifacts live beside the sqlite store, not in ./mlruns of the current directory.
     assert run.info.artifact_uri.startswith(Path(store_uri.removeprefix("sqlite:///")).parent.as_uri())
 
