@@ -699,16 +699,13 @@ def status(
 
 def _locked(directory: Path) -> bool:
     """Is some process holding this run's lock (i.e. running it now)?"""
-    import fcntl
+    from pdsweep import scheduler
 
-    try:
-        with open(directory / ".lock", "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return False
-    except BlockingIOError:
+    lock = scheduler.try_lock(directory)
+    if lock is None:
         return True
-    except OSError:
-        return False
+    lock.close()
+    return False
 
 
 @app.command()

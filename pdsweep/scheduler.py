@@ -161,7 +161,8 @@ def _cuda_ids() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def _try_lock(directory: Path) -> IO[str] | None:
+def try_lock(directory: Path) -> IO[str] | None:
+    """The task's lock, held by the returned open file; None when another process holds it."""
     directory.mkdir(parents=True, exist_ok=True)
     f = open(directory / ".lock", "a+")  # noqa: SIM115 - handed to the task's process, closed when it ends
     try:
@@ -285,7 +286,7 @@ class Scheduler:
 
     def _start(self, t: Task) -> bool:
         """Start `t` if its lock is free; False when another pdsweep process holds it."""
-        lock = _try_lock(t.dir)
+        lock = try_lock(t.dir)
         if lock is None:
             t.status = "waiting"
             return False

@@ -126,13 +126,6 @@ def start_mlflow_server(db: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def stop_mlflow_server(proc: subprocess.Popen) -> None:
-    import signal
+    from pdsweep.tracking import stop_ui  # the same process-group stop `pdsweep ui` uses
 
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=20)
-    except ProcessLookupError:
-        pass
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+    stop_ui(proc)
