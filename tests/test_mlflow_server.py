@@ -48,9 +48,16 @@ def browser():
 
 
 def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    """Poll `predicate` until truthy. The UI is a React app: an element read while the table re-renders
+    is stale, which means "not yet", not failure."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        value = predicate()
+        try:
+            value = predicate()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         time.sleep(0.5)
@@ -91,12 +98,15 @@ def test_a_sweep_logged_to_a_server_is_in_its_ui_with_runs_and_params(
         return [r.text for r in browser.find_elements(By.CSS_SELECTOR, '[role="row"]')]
 
     _wait_for(lambda: any("server-sweep" in r for r in rows()), what="the sweep's parent run in the runs table")
-    expand = next(
-        b
-        for b in browser.find_elements(By.CSS_SELECTOR, '[role="row"] button')
-        if "runnamecellrenderer" in (b.get_attribute("data-component-id") or "")
-    )
-    expand.click()  # the sweep's runs are nested under its parent run
+
+    def expand_parent() -> bool:  # the sweep's runs are nested under its parent run
+        for b in browser.find_elements(By.CSS_SELECTOR, '[role="row"] button'):
+            if "runnamecellrenderer" in (b.get_attribute("data-component-id") or ""):
+                b.click()
+                return True
+        return False
+
+    _wait_for(expand_parent, what="the parent run's expand button")
     names = set(children["tags.mlflow.runName"])
     assert len(names) == 4  # seeds are told apart: "LM-only (optim.lr=0.01) · seed 1"
     _wait_for(lambda: all(any(n in r for r in rows()) for n in names), what="every run of the sweep")
@@ -104,12 +114,19 @@ def test_a_sweep_logged_to_a_server_is_in_its_ui_with_runs_and_params(
     # A run's page lists its parameters (the flattened spec); its table filters by name.
     run = children[children["params.optim.lr"] == "0.01"].iloc[0]
     browser.get(f"{server}/#/experiments/{exp_id}/runs/{run['run_id']}?workflowType=machine_learning")
-    box = _wait_for(
+    _wait_for(
         lambda: browser.find_elements(By.CSS_SELECTOR, 'input[placeholder="Search parameters"]'),
         what="the run page's parameters",
-    )[0]
-    browser.execute_script("arguments[0].scrollIntoView()", box)
-    box.send_keys("optim.lr")
+    )
+
+    def search_params() -> bool:
+        box = browser.find_elements(By.CSS_SELECTOR, 'input[placeholder="Search parameters"]')[0]
+        browser.execute_script("arguments[0].scrollIntoView()", box)
+        box.clear()
+        box.send_keys("optim.lr")
+        return True
+
+    _wait_for(search_params, what="the parameter search box")
 
     def param_rows() -> list[str]:
         return [r.text for r in browser.find_elements(By.CSS_SELECTOR, '[role="row"]') if "optim.lr" in r.text]
