@@ -379,6 +379,13 @@ def logits_generate(
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Windows per teacher forward (default: teacher.batch_size).")
     ] = None,
+    for_runs: Annotated[
+        Path | None,
+        typer.Option(
+            help="JSON list of the runs the store serves ({seed, steps, global_batch, seq_len} each): only the training "
+            "windows they visit are generated (pdsweep run writes it for each teacher pass)."
+        ),
+    ] = None,
 ) -> None:
     """Run the teacher over the run's tokenized corpus and store its top-p-k logits (resumable)."""
     from pdsweep import data, expand, settings, teacher
@@ -392,6 +399,34 @@ def logits_generate(
         tokens = data.prepare(spec, progress=hook)
         teacher.check_tokenizer(t, tokens, spec.teacher.source)
         lg = spec.logits
+        train_windows = None
+        if for_runs is not None:
+            import numpy as np
+
+            try:
+                served = json.loads(for_runs.read_text())
+                train_windows = np.unique(
+                    np.concatenate(
+                        [
+                            data.windows_covering(
+                                data.visited_windows(
+                                    len(tokens.train),
+                                    int(r["seq_len"]),
+                                    int(r["global_batch"]),
+                                    int(r["seed"]),
+                                    int(r["steps"]),
+                                ),
+                                int(r["seq_len"]),
+                                spec.data.seq_len,
+                            )
+                            for r in served
+                        ]
+                    )
+                )
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise _spec_error(
+                    f"--for-runs: {for_runs}: not a JSON list of {{seed, steps, global_batch, seq_len}} ({e})"
+                ) from None
         name = f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.store_label}" + (
             f"-first{limit}" if limit else ""
         )
@@ -408,6 +443,7 @@ def logits_generate(
                 limit=limit,
                 progress=hook,
                 sampling_draws=lg.sampling.draws if lg.sampling else None,
+                train_windows=train_windows,
             )
     rate = f", {result['tokens_per_s']:,.0f} tokens/s" if result["tokens_per_s"] else ""
     typer.echo(f"{store}: {result['positions']:,} positions ({result['generated']:,} generated now{rate})")
@@ -541,6 +577,9 @@ def run(
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log the runs to MLflow.")] = True,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, in order, and exit.")] = False,
+    with_report: Annotated[
+        bool, typer.Option("--report", help="Then print the sweep's table and write its report (pdsweep report).")
+    ] = False,
 ) -> None:
     """Run a whole sweep — teacher runs, their logits, baselines and students — in dependency
     order, WORKERS at a time; resumable (done runs are skipped, killed ones resume)."""
@@ -592,7 +631,71 @@ def run(
         tracker.finish("done" if done == len(trained) else "failed")
     _print_tasks(sched.tasks, title=f"{sweep.name}: {done} of {len(trained)} runs done")
     typer.echo(f"{sweep.name}: {done} of {len(trained)} runs done; runs in {launch.sweep_dir(sweep.name)}")
+    if with_report and track and done:
+        with _user_errors():
+            _report(file, None, tracking_uri, None, None, None, True, False)
     raise typer.Exit(0 if done == len(trained) else 1)
+
+
+@app.command()
+def report(
+    file: SweepFile,
+    out: Annotated[Path | None, typer.Option(help="Directory for the report (default: WORKDIR/reports/SWEEP).")] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db)."),
+    ] = None,
+    metric: Annotated[
+        list[str] | None, typer.Option("--metric", help="A column (repeatable; default: the sweep's report.metrics).")
+    ] = None,
+    primary: Annotated[str | None, typer.Option(help="The column Δ% is taken on (default: report.primary).")] = None,
+    fmt: Annotated[
+        list[str] | None, typer.Option("--format", help="md, csv, tex, html (repeatable; default: all).")
+    ] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Draw the figures (PNG + SVG).")] = True,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the table as JSON records; write nothing.")] = False,
+) -> None:
+    """The sweep's table — mean ± CI over seeds, Δ% vs LM-only, noise floor — from its MLflow runs;
+    writes Markdown, CSV, LaTeX and an HTML page with the figures."""
+    with _user_errors():
+        _report(file, out, tracking_uri, metric, primary, fmt, plots, json_out)
+
+
+def _report(file, out, tracking_uri, metric, primary, fmt, plots, json_out, quiet: bool = False) -> Path | None:  # noqa: ANN001
+    from pdsweep import expand, report, settings
+
+    formats = fmt or ["md", "csv", "tex", "html"]
+    bad = [f for f in formats if f not in ("md", "csv", "tex", "html")]
+    if bad:
+        raise _spec_error(f"--format: unknown format {bad[0]!r} (md, csv, tex, html)")
+    sweep = expand.load_sweep(file)
+    data = report.load(file, tracking_uri)
+    spec = sweep.report
+    table = report.build_table(
+        data.tidy,
+        metric or spec.metrics,
+        primary or spec.primary,
+        spec.confidence,
+        spec.bootstrap,
+        title=sweep.name,
+        delta_interval=spec.delta_interval,
+    )
+    if json_out:
+        typer.echo(report.to_frame(table).to_json(orient="records", indent=1))
+        return None
+    from rich.console import Console
+
+    where = out or settings.workdir() / "reports" / sweep.name
+    written = report.write(data, table, where, formats, plots)
+    console = Console(width=max(100, shutil.get_terminal_size((160, 40)).columns))
+    console.print(report.to_rich(table))
+    for note in report.footnotes(table):
+        console.print(f"• {note}", highlight=False)
+    if data.missing:
+        console.print(f"[yellow]{len(data.missing)} run(s) not done; the table has the done ones.[/yellow]")
+    main = next((p for p in written if p.suffix == ".html"), written[0])
+    typer.echo(f"report: {main} ({len(written)} files in {where})")
+    return main
 
 
 def _task_table(tasks, title: str):  # noqa: ANN001, ANN202 - scheduler Tasks → a rich Table

@@ -469,6 +469,26 @@ def batch_at(
     return Batch(chunk[:, :-1], chunk[:, 1:], (starts[:, None] + np.arange(seq_len)[None, :]) + offset)
 
 
+def visited_windows(n_tokens: int, seq_len: int, global_batch: int, seed: int, steps: int) -> np.ndarray:
+    """Indices (sorted) of the training windows a run visits in `steps` optimiser steps: all of them
+    once it reaches a second epoch, else the first rows of its first epoch's order (`batch_at`)."""
+    n = num_windows(n_tokens, seq_len)
+    rows = steps * global_batch
+    if rows >= n:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(_epoch_order(n, seed, 0)[:rows]).astype(np.int64)
+
+
+def windows_covering(windows: np.ndarray, seq_len: int, other_seq_len: int) -> np.ndarray:
+    """The windows of length `other_seq_len` that hold the input positions of `windows` (of length
+    `seq_len`), sorted and unique."""
+    starts = np.asarray(windows, dtype=np.int64) * seq_len
+    spans = [
+        (starts + min(j * other_seq_len, seq_len - 1)) // other_seq_len for j in range(seq_len // other_seq_len + 2)
+    ]
+    return np.unique(np.concatenate(spans))
+
+
 def covered_windows(positions: np.ndarray, seq_len: int, n_tokens: int) -> np.ndarray:
     """Indices of the training windows all of whose `seq_len` input positions are in `positions`
     (sorted, unique) — the windows an online logits store can supervise."""

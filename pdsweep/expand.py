@@ -93,13 +93,13 @@ def check_path(path: str, where: str) -> None:
     raise SpecError(f"{where}{path}: unknown RunSpec path{hint}")
 
 
-def _flatten(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """Nested sections → dotted paths; a tagged-union value (a dict with `kind`) stays one value."""
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         path = f"{prefix}{key}"
         if isinstance(value, dict) and "kind" not in value and value:
-            out.update(_flatten(value, f"{path}."))
+            out.update(flatten_overrides(value, f"{path}."))
         else:
             out[path] = value
     return out
@@ -134,7 +134,7 @@ def _set(raw: dict[str, Any], path: str, value: Any, where: str) -> None:
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str = "") -> dict[str, Any]:
     """A copy of `raw` with `overrides` (dotted paths or nested sections) applied; paths are checked."""
     out = copy.deepcopy(raw)
-    for path, value in _flatten(overrides).items():
+    for path, value in flatten_overrides(overrides).items():
         check_path(path, where)
         _set(out, path, value, where)
     return out
@@ -317,8 +317,8 @@ def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
         seeds = [base_train["seed"]]
 
     configs = _configurations(sweep)
-    varied = {p for overrides, _ in configs for p in _flatten(overrides)}
-    axis_paths = set(_flatten(sweep.grid)) | set(_flatten(sweep.zip))
+    varied = {p for overrides, _ in configs for p in flatten_overrides(overrides)}
+    axis_paths = set(flatten_overrides(sweep.grid)) | set(flatten_overrides(sweep.zip))
     shared = sorted(p for p in axis_paths if not p.startswith(PD_ONLY))
 
     # Baselines: each configuration is compared with the LM-only run that shares its non-PD axis
@@ -326,7 +326,7 @@ def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
     baselines: dict[str, tuple[S.RunSpec, str, dict[str, Any]] | None] = {}
     students: list[tuple[S.RunSpec, str, dict[str, Any], str | None]] = []
     for overrides, explicit_label in configs:
-        flat = _flatten(overrides)
+        flat = flatten_overrides(overrides)
         baseline_key = None
         if sweep.baseline is not None:
             key = {p: flat[p] for p in shared if p in flat}
@@ -414,7 +414,7 @@ def _planned(
 
 
 def _describe(overrides: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in _flatten(overrides).items())
+    return ", ".join(f"{k}={v}" for k, v in flatten_overrides(overrides).items())
 
 
 def _disambiguate(runs: list[PlannedRun]) -> list[PlannedRun]:
@@ -508,7 +508,7 @@ def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
 def plan_rows(runs: list[PlannedRun]) -> tuple[list[dict[str, Any]], dict[str, TeacherPass]]:
     """The table `pdsweep plan` prints: a row per run with its derived numbers."""
     passes = teacher_passes(runs)
-    varied = sorted({p for r in runs if r.role == "student" for p in _flatten(r.axes)})
+    varied = sorted({p for r in runs if r.role == "student" for p in flatten_overrides(r.axes)})
     pass_by_run = {rid: p.pass_id for p in passes.values() for rid in p.runs}
     rows = []
     for r in runs:

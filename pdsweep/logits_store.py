@@ -515,7 +515,8 @@ class StoreReader:
         order = sorted(range(len(shards)), key=lambda i: shards[i]["first"])
         firsts = np.asarray([shards[i]["first"] for i in order], dtype=np.int64)
         lasts = np.asarray([shards[i]["last"] for i in order], dtype=np.int64)
-        self._ranges = all(s.get("contiguous", False) for s in shards) and bool(np.all(firsts[1:] > lasts[:-1]))
+        self._sorted = bool(np.all(firsts[1:] > lasts[:-1]))  # shards do not overlap (offline stores)
+        self._ranges = self._sorted and all(s.get("contiguous", False) for s in shards)
         self._order, self._firsts, self._lasts = np.asarray(order, dtype=np.int64), firsts, lasts
         self._index: dict[int, tuple[int, int]] | None = None
 
@@ -547,12 +548,25 @@ class StoreReader:
 
     def _locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shard index, row in shard) per position."""
-        if self._ranges:
+        if self._sorted:
             k = np.searchsorted(self._firsts, positions, side="right") - 1
             ok = (k >= 0) & (positions <= self._lasts[np.clip(k, 0, None)])
             if not ok.all():
                 self._missing(positions[~ok], len(positions))
-            return self._order[k], positions - self._firsts[k]
+            if self._ranges:
+                return self._order[k], positions - self._firsts[k]
+            # Shards of a subset of windows (a pass for runs that see part of the corpus): search
+            # each shard's sorted positions.
+            rows = np.empty(len(positions), dtype=np.int64)
+            for kk in np.unique(k):
+                sel = k == kk
+                stored = self.shard(int(self._order[kk])).positions
+                r = np.clip(np.searchsorted(stored, positions[sel]), 0, len(stored) - 1)
+                bad = stored[r] != positions[sel]
+                if bad.any():
+                    self._missing(positions[sel][bad], len(positions))
+                rows[sel] = r
+            return self._order[k], rows
         index = self._position_index()
         found = [index.get(int(p)) for p in positions]
         missing = np.asarray([int(p) for p, f in zip(positions, found, strict=True) if f is None])

@@ -237,7 +237,19 @@ class Scheduler:
         ]
         if t.kind == "logits":
             assert t.pass_ is not None
-            return [*base, "logits", "generate", str(self._pass_spec(t)), "--out", str(t.dir)]
+            served = [
+                {
+                    "seed": r.spec.train.seed,
+                    "steps": r.spec.steps(),
+                    "global_batch": r.spec.train.global_batch,
+                    "seq_len": r.spec.data.seq_len,
+                }
+                for r in (x.run for x in self.tasks if x.logits == t.dir)
+                if r is not None
+            ]
+            files.write_json(t.dir / "runs.json", served)  # the pass stores only the windows they visit
+            spec = str(self._pass_spec(t))
+            return [*base, "logits", "generate", spec, "--out", str(t.dir), "--for-runs", str(t.dir / "runs.json")]
         assert t.run is not None
         run_file = t.dir / "run.yaml"
         files.write_text(run_file, yaml.safe_dump(t.run.spec.model_dump(mode="json"), sort_keys=False))

@@ -87,6 +87,27 @@ class SearchSpec(SpecModel):
     """Failed trials tolerated before the study stops."""
 
 
+class ReportSpec(SpecModel):
+    """How `pdsweep report` builds the sweep's table."""
+
+    metrics: list[str] | None = None
+    """Columns: evaluation metric keys without `eval/` (`heldout/loss`, `piqa/acc_norm`). Default:
+    held-out loss and bits/byte, teacher agreement, and each benchmark's leading score."""
+    primary: str | None = None
+    """The column Δ% is taken on. Default: `average` (the mean of the benchmark scores, as the
+    paper's) when there are two or more benchmark scores, else the first column."""
+    confidence: float = Field(default=0.95, gt=0, lt=1)
+    """Confidence level of every interval [D]: the cells' t-intervals over seeds and Δ%'s interval."""
+    delta_interval: Literal["auto", "bootstrap", "t"] = "auto"
+    """How the Δ% interval is made [D]: `bootstrap` (percentile, seeds resampled), `t` (t-interval on
+    per-seed ratios, or the delta method for unpaired seeds), `auto` = bootstrap when both sides
+    have ≥ 8 seeds, else t — a percentile bootstrap over 2–5 seeds has only a handful of distinct
+    resamples and gives intervals far too narrow to trust."""
+    bootstrap: int = Field(default=10_000, ge=100)
+    """Bootstrap resamples for the Δ% interval [D] (seeds resampled jointly with the baseline's when
+    both ran the same seeds)."""
+
+
 class Sweep(SpecModel):
     """A sweep file: base run, automatic LM-only baseline, axes, seeds, teacher runs, search space."""
 
@@ -110,6 +131,8 @@ class Sweep(SpecModel):
     """Replicates: every configuration is run once per seed (sets train.seed). An integer n means 0..n−1."""
     search: SearchSpec | None = None
     """Optuna search space for `pdsweep tune`."""
+    report: ReportSpec = Field(default_factory=ReportSpec)
+    """The table `pdsweep report` prints: its columns, the Δ column, the confidence level."""
 
     @field_validator("seeds", mode="before")
     @classmethod

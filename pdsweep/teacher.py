@@ -219,6 +219,7 @@ def generate(
     progress: Callable[[str, int, int], None] = lambda *a: None,
     sampling_draws: int | None = None,
     seed: int = 0,
+    train_windows: Any = None,
 ) -> dict[str, Any]:
     """Write the teacher's top-p-k logits for every position of the corpus (training positions
     first, then held-out ones after them) — or for the first `limit` training positions. With
@@ -226,7 +227,9 @@ def generate(
     the full teacher distribution; the draws of shard i depend only on (seed, i)).
 
     The teacher reads the corpus in consecutive windows of `seq_len` tokens; a shard holds whole
-    windows. Resumes after the last complete shard of an existing store."""
+    windows. `train_windows` (sorted window indices) limits the training positions to the windows
+    the store's students will visit (`data.visited_windows`); held-out positions are always stored.
+    Resumes where it stopped: shards already in the store are not generated again."""
     if sampling_draws is not None:
         top_p, top_k = 1.0, None  # the sampled ids are not a truncation
     writer = logits_store.StoreWriter(out, store_info(teacher, tokens, top_p, top_k, sampling_draws=sampling_draws))
@@ -237,9 +240,13 @@ def generate(
     windows = [
         (arr, offset, start, min(start + seq_len, n)) for arr, offset, n in spans for start in range(0, n, seq_len)
     ]
+    if train_windows is not None:
+        wanted = set(np.asarray(train_windows).tolist())
+        windows = [w for w in windows if w[0] is not tokens.train or w[2] // seq_len in wanted]
     per_shard = max(1, shard_positions // seq_len)
-    done_positions = writer.covered()
+    have = logits_store.StoreReader(out).positions() if writer.covered() else np.zeros(0, dtype=np.int64)
     total = sum(e - s for _, _, s, e in windows)
+    written_before = int(len(have))
     device = next(teacher.module.parameters()).device
     started = time.perf_counter()
     written = 0
@@ -253,8 +260,8 @@ def generate(
             group = windows[i : i + per_shard]
             i += per_shard
             size = sum(e - s for _, _, s, e in group)
-            if done_positions >= size:  # already in the store (resume)
-                done_positions -= size
+            firsts = np.array([off + s for _, off, s, _ in group], dtype=np.int64)
+            if len(have) and np.isin(firsts, have).all():  # already in the store (resume)
                 continue
             positions: list[np.ndarray] = []
             parts: list[logits_store.Sparse] = []

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -192,6 +193,61 @@ class MlflowTracker:
         if reason:
             self.client.set_tag(self.run, "pdsweep.reason", reason[:5000])
         self.client.set_terminated(self.run, status={"done": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """One pdsweep run as its MLflow store has it."""
+
+    run_id: str
+    """pdsweep's run id (the `pdsweep.run_id` tag)."""
+    mlflow_run_id: str
+    status: str
+    """pdsweep.status: done, failed, running, interrupted."""
+    metrics: dict[str, float]
+    """The latest value of every metric."""
+
+
+def sweep_runs(uri: str, sweep: str) -> list[TrackedRun]:
+    """The runs of `sweep`'s experiment in the store `uri` (SpecError when it has none). When a run
+    was tracked twice (a store reused across workdirs), the latest MLflow run wins."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        exp = client.get_experiment_by_name(sweep)
+    except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SpecError(f"tracking: cannot read the MLflow store {uri} ({first[:200]})") from None
+    if exp is None:
+        raise SpecError(f"tracking: the MLflow store {uri} has no experiment {sweep!r} (run the sweep first)")
+    found: dict[str, Any] = {}
+    token = None
+    while True:
+        page = client.search_runs(
+            [exp.experiment_id],
+            "tags.`pdsweep.run_id` != ''",
+            max_results=1000,
+            page_token=token,
+            order_by=["attributes.start_time ASC"],
+        )
+        for r in page:
+            found[r.data.tags["pdsweep.run_id"]] = r
+        token = page.token
+        if not token:
+            break
+    return [
+        TrackedRun(rid, r.info.run_id, r.data.tags.get("pdsweep.status", "unknown"), dict(r.data.metrics))
+        for rid, r in found.items()
+    ]
+
+
+def metric_history(uri: str, mlflow_run_id: str, key: str) -> list[tuple[int, float]]:
+    """(step, value) of one metric of one run, by step."""
+    from mlflow.tracking import MlflowClient
+
+    hist = MlflowClient(tracking_uri=uri).get_metric_history(mlflow_run_id, key)
+    return sorted((m.step, m.value) for m in hist)
 
 
 def start_ui(uri: str, port: int, timeout_s: float = 180.0) -> subprocess.Popen[bytes]:

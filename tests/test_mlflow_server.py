@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,8 +17,6 @@ import yaml
 
 from tests.conftest import lm_sweep, pdsweep, start_mlflow_server, stop_mlflow_server
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
@@ -27,24 +24,6 @@ def server(tmp_path_factory):
     proc, url = start_mlflow_server(where / "mlflow.db", where / "server.log")
     yield url
     stop_mlflow_server(proc)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not (CHROMIUM and DRIVER):
-        if os.environ.get("PDSWEEP_REQUIRE_BROWSER"):  # CI installs them: missing there is a failure
-            pytest.fail("chromium and chromedriver are required (apt-get install chromium chromium-driver)")
-        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1200"):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=options)
-    yield driver
-    driver.quit()
 
 
 def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):

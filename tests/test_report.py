@@ -1,0 +1,196 @@
+"""`pdsweep report` on a real sweep: a tiny teacher, its logits pass, LM-only and PD students over
+two seeds, tracked in a real MLflow store — read back into the table, every format, the figures,
+and the HTML page opened in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from pdsweep import report
+from tests.conftest import pdsweep
+
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def done_sweep(tmp_path_factory, workdir, shakespeare):
+    """The sweep file, its tracking URI and the report directory, after `pdsweep run --report`."""
+    where = tmp_path_factory.mktemp("report")
+    sweep = {
+        "name": "report-test",
+        "description": "LM-only vs PD (α = 0.5, 0.9), two seeds each.",
+        "base": {
+            "student": "tiny-xs",
+            "teacher": "run:teacher",
+            "loss": {"kd": "kld", "alpha": 0.5},
+            "logits": {"top_p": 0.95, "top_k": 20},
+            "data": {"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 64, "tokens": 64 * 16 * STEPS},
+            "train": {"global_batch": 16, "micro_batch": 16, "backend": "torch"},
+            "eval": {"suites": ["heldout", "teacher_agreement"], "interval": 5, "heldout_tokens": 2048},
+        },
+        "teachers": {"teacher": {"data.tokens": 64 * 16 * 20}},
+        "grid": {"loss.alpha": [0.5, 0.9]},
+        "seeds": 2,
+    }
+    path = where / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep, sort_keys=False))
+    uri = f"sqlite:///{where / 'mlflow.db'}"
+    out = pdsweep("run", path, "--tracking-uri", uri, "--workers", "2", timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "7 of 7 runs done" in out.stdout
+    rep = pdsweep("report", path, "--tracking-uri", uri, "--out", where / "out", timeout=300)
+    assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
+    return path, uri, where / "out", rep.stdout
+
+
+def _mlflow_values(uri: str, key: str) -> dict[str, list[float]]:
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("report-test")
+    out: dict[str, list[float]] = {}
+    for r in client.search_runs([exp.experiment_id]):
+        label = r.data.tags.get("pdsweep.label")
+        if label and not label.startswith("teacher") and key in r.data.metrics:
+            out.setdefault(label, []).append(r.data.metrics[key])
+    return out
+
+
+def test_the_table_is_the_mlflow_numbers_aggregated_over_seeds(done_sweep) -> None:
+    path, uri, out, stdout = done_sweep
+    table = pd.read_csv(out / "report.csv").set_index("label")
+    assert list(table.index) == ["LM-only", "α = 0.5", "α = 0.9"]  # baseline first, then the sweep's order
+    assert (table["n_seeds"] == 2).all()
+    losses = _mlflow_values(uri, "eval/heldout/loss")
+    for label, values in losses.items():
+        assert len(values) == 2
+        assert table.loc[label, "heldout/loss"] == pytest.approx(np.mean(values), rel=1e-5)
+        half = report.t_half(values, 0.95)  # t(0.975, 1) = 12.706 for two seeds
+        assert half == pytest.approx(12.706 * np.std(values, ddof=1) / math.sqrt(2), rel=1e-3)
+        assert table.loc[label, "heldout/loss_ci"] == pytest.approx(half, rel=1e-4)
+    base = np.mean(losses["LM-only"])
+    for label in ("α = 0.5", "α = 0.9"):
+        assert table.loc[label, "delta_pct"] == pytest.approx((np.mean(losses[label]) / base - 1) * 100, rel=1e-4)
+        lo, hi = table.loc[label, "delta_pct_lo"], table.loc[label, "delta_pct_hi"]
+        assert lo <= hi and math.isfinite(lo)
+    assert math.isnan(table.loc["LM-only", "delta_pct"])
+    # Held-out loss is the primary column (no benchmark scores); teacher agreement only where a store is read.
+    assert math.isnan(table.loc["LM-only", "teacher_agreement/top1"])
+    assert 0 < table.loc["α = 0.9", "teacher_agreement/top1"] <= 100
+    # The terminal shows the same table and its notes.
+    assert "LM-only" in stdout and "Noise floor" in stdout and "report.html" in stdout
+
+
+def test_every_format_is_written_with_machine_date_and_fingerprint(done_sweep) -> None:
+    _, _, out, _ = done_sweep
+    md = (out / "report.md").read_text()
+    assert md.startswith("# report-test") and "- machine:" in md and "- date:" in md and "- data sha256:" in md
+    assert "| LM-only |" in md and "Δ% held-out loss (lower is better)" in md and "Noise floor:" in md
+    assert md.count("**") >= 2  # the best cell of each column is bold
+    assert "paired t, 2 seeds" in md  # the effect line: same seeds, so paired
+    tex = (out / "report.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"$\alpha$ = 0.5" in tex and r"\toprule" in tex
+    runs = pd.read_csv(out / "runs.csv")
+    assert set(runs["role"]) == {"baseline", "student"} and "loss.alpha" in runs.columns
+    assert len(runs["run_id"].unique()) == 6
+    for stem in ("delta_vs_loss_alpha", "metric_vs_tokens", "training_curves"):
+        assert (out / f"{stem}.png").stat().st_size > 5000, stem
+        assert (out / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_the_html_report_opens_in_chromium(done_sweep, browser) -> None:
+    from selenium.webdriver.common.by import By
+
+    _, _, out, _ = done_sweep
+    browser.get((out / "report.html").as_uri())
+    rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
+    assert [r.find_element(By.TAG_NAME, "th").text for r in rows] == ["LM-only", "α = 0.5", "α = 0.9"]
+    images = browser.find_elements(By.TAG_NAME, "img")
+    assert len(images) >= 3
+    for img in images:  # every figure is inlined and decodes
+        assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 100", img)
+    shot = out / "report-screenshot.png"
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+
+def test_report_json_and_bad_input(done_sweep, tmp_path) -> None:
+    path, uri, _, _ = done_sweep
+    js = pdsweep("report", path, "--tracking-uri", uri, "--json", "--primary", "heldout/bits_per_byte")
+    assert js.returncode == 0, js.stderr
+    rows = json.loads(js.stdout)
+    assert [r["label"] for r in rows] == ["LM-only", "α = 0.5", "α = 0.9"] and rows[1]["delta_pct"] is not None
+    bad = pdsweep("report", path, "--tracking-uri", uri, "--metric", "piqa/acc")
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: report.metrics: no run has piqa/acc")
+    assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    fmt = pdsweep("report", path, "--tracking-uri", uri, "--format", "docx")
+    assert fmt.returncode == 2 and "--format" in fmt.stderr
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), "name": "never-run"}))
+    none = pdsweep("report", other, "--tracking-uri", uri, "--out", tmp_path / "nothing")
+    assert none.returncode == 2 and "no experiment 'never-run'" in none.stderr
+    assert not (tmp_path / "nothing").exists()  # nothing half-written
+
+
+def test_the_teacher_pass_stores_only_the_windows_its_students_visit(done_sweep, workdir) -> None:
+    from pdsweep import data, logits_store
+    from pdsweep.expand import expand, load_sweep
+
+    path, _, _, _ = done_sweep
+    store = next((workdir / "runs" / "report-test" / "logits").iterdir())
+    stored = logits_store.StoreReader(store).positions()
+    planned = [r for r in expand(load_sweep(path)) if r.role == "student"]
+    tokens = data.prepare(planned[0].spec)
+    seq = planned[0].spec.data.seq_len
+    visited = np.unique(
+        np.concatenate([data.visited_windows(len(tokens.train), seq, 16, r.seed, r.spec.steps()) for r in planned])
+    )
+    train = stored[stored < len(tokens.train)]
+    assert len(visited) < data.num_windows(len(tokens.train), seq)  # the students see part of the corpus
+    assert np.array_equal(np.unique(train // seq), visited)
+    assert len(stored) - len(train) == len(tokens.heldout)  # held-out positions are always stored
+
+
+def _frame(values: dict[str, list[float]], seeds: dict[str, list[int]] | None = None) -> pd.DataFrame:
+    recs = []
+    for label, vals in values.items():
+        for seed, v in zip((seeds or {}).get(label, range(len(vals))), vals, strict=True):
+            role = "baseline" if label == "LM" else "student"
+            recs.append(
+                {"label": label, "role": role, "seed": seed, "baseline": "LM", "metric": "heldout/loss", "value": v}
+            )
+    return pd.DataFrame.from_records(recs)
+
+
+def test_delta_intervals_t_for_few_seeds_bootstrap_for_many() -> None:
+    rng = np.random.default_rng(0)
+    # Few seeds, paired: the t-interval on per-seed ratios, wide enough to include zero here.
+    few = report.build_table(_frame({"LM": [6.0, 6.1, 5.9], "PD": [5.9, 6.05, 5.92]}))
+    pd_row = few.rows[1]
+    ratios = [(5.9 / 6.0 - 1) * 100, (6.05 / 6.1 - 1) * 100, (5.92 / 5.9 - 1) * 100]
+    half = 4.303 * np.std(ratios, ddof=1) / math.sqrt(3)
+    assert pd_row.delta_method == "t" and pd_row.delta_hi - pd_row.delta_lo == pytest.approx(2 * half, rel=1e-3)
+    assert pd_row.delta_lo < 0 < pd_row.delta_hi
+    assert pd_row.effect is not None and pd_row.effect.paired and pd_row.effect.halfwidths < 3
+    # Many seeds, a real effect: the bootstrap interval excludes zero and sits around the truth (−2%).
+    base = 6.0 + rng.normal(0, 0.02, 12)
+    many = report.build_table(_frame({"LM": list(base), "PD": list(base * 0.98 + rng.normal(0, 0.005, 12))}))
+    row = many.rows[1]
+    assert row.delta_method == "bootstrap" and row.delta_lo < row.delta < row.delta_hi < 0 and abs(row.delta + 2) < 0.2
+    assert row.effect.halfwidths > 10
+    # Different seeds on each side: not paired (Welch), and the interval says so.
+    unpaired = report.build_table(_frame({"LM": [6.0, 6.1, 5.9], "PD": [5.8, 5.85]}, {"PD": [7, 8]}))
+    assert not unpaired.rows[1].effect.paired and unpaired.rows[1].delta_lo < unpaired.rows[1].delta_hi
+
+
+def test_noise_floor_and_single_seed_tables() -> None:
+    t = report.build_table(_frame({"LM": [6.0, 6.12], "PD": [5.9, 6.0]}))
+    assert "span 1.98% of its held-out loss" in t.noise_floor
+    one = report.build_table(_frame({"LM": [6.0], "PD": [5.9]}))
+    assert "Noise floor unknown" in one.noise_floor and math.isnan(one.rows[1].delta_lo)
+    md = report.to_markdown(one)
+    assert "| PD | **5.900** |" in md and "↓ 1.7%" in md  # lower loss is better: PD's cell is bold
