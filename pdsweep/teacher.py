@@ -246,7 +246,6 @@ def generate(
     per_shard = max(1, shard_positions // seq_len)
     have = logits_store.StoreReader(out).positions() if writer.covered() else np.zeros(0, dtype=np.int64)
     total = sum(e - s for _, _, s, e in windows)
-    written_before = int(len(have))
     device = next(teacher.module.parameters()).device
     started = time.perf_counter()
     written = 0
