@@ -255,12 +255,18 @@ def explain(
             show_default=False,
         ),
     ] = "",
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Every field as a Markdown reference (docs/spec-reference.md).")
+    ] = False,
 ) -> None:
     """Print a field's documentation, type, default and constraints."""
     from pdsweep import expand, spec, sweep
     from pdsweep.specfile import SpecError, describe_field
 
     with _user_errors():
+        if markdown:
+            typer.echo(_reference(path), nl=False)
+            return
         if not path:
             typer.echo("RunSpec sections (pdsweep explain SECTION.FIELD for details):")
             for name, info in spec.RunSpec.model_fields.items():
@@ -280,6 +286,52 @@ def explain(
             typer.echo(f"  {e['doc']}")
             for v in e["variants"]:
                 typer.echo(f"    - {v}")
+
+
+def _reference(prefix: str = "") -> str:
+    """The spec reference in Markdown, generated from the models' field docstrings."""
+    from pdsweep import expand, spec, sweep
+    from pdsweep.specfile import describe_field
+
+    def section(title: str, root: Any, paths: list[str]) -> list[str]:
+        lines = [f"## {title}", ""]
+        for path in paths:
+            for e in describe_field(root, path) or []:
+                where = f" ({e['in']})" if e["in"].startswith("kind") else ""
+                lines.append(f"### `{path}`{where}")
+                lines.append("")
+                lines.append(e["doc"] or "(undocumented)")
+                lines.append("")
+                lines.append(f"- type: `{e['type']}`")
+                lines.append(f"- default: `{e['default']}`")
+                if e["constraints"]:
+                    lines.append(f"- constraints: {e['constraints']}")
+                lines += [f"- `{v.split(':', 1)[0]}`:{v.split(':', 1)[1]}" for v in e["variants"]]
+                lines.append("")
+        return lines
+
+    def sweep_paths(model: Any, at: str = "") -> list[str]:
+        out = []
+        for name, info in model.model_fields.items():
+            out.append(at + name)
+            subs = [m for m in getattr(info.annotation, "__args__", (info.annotation,)) if isinstance(m, type)]
+            out += [
+                p for m in subs if m in (sweep.ReportSpec, sweep.SearchSpec) for p in sweep_paths(m, f"{at}{name}.")
+            ]
+        return out
+
+    run_paths = [p for p in expand.valid_paths() if p.startswith(prefix)]
+    lines = [
+        "# Spec reference",
+        "",
+        "Generated from the field docstrings by `pdsweep explain --markdown` (tests/test_readme.py checks it",
+        "is current). A run file is a RunSpec; a sweep file has the keys under *Sweep* and a `base:` RunSpec.",
+        "Decisions where the paper is silent are marked [D]; `pdsweep explain FIELD` prints one field.",
+        "",
+        *section("RunSpec", spec.RunSpec, run_paths),
+        *section("Sweep", sweep.Sweep, [p for p in sweep_paths(sweep.Sweep) if p.startswith(prefix)]),
+    ]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 data_app = typer.Typer(help="Fetch corpora and tokenize them.", no_args_is_help=True)
@@ -382,8 +434,8 @@ def logits_generate(
     for_runs: Annotated[
         Path | None,
         typer.Option(
-            help="JSON list of the runs the store serves ({seed, steps, global_batch, seq_len} each): only the training "
-            "windows they visit are generated (pdsweep run writes it for each teacher pass)."
+            help="JSON list of the runs the store serves ({seed, steps, global_batch, seq_len, heldout_tokens} each): only "
+            "the training windows they visit and the held-out positions they evaluate on are generated (pdsweep run writes it for each teacher pass)."
         ),
     ] = None,
 ) -> None:
@@ -399,7 +451,7 @@ def logits_generate(
         tokens = data.prepare(spec, progress=hook)
         teacher.check_tokenizer(t, tokens, spec.teacher.source)
         lg = spec.logits
-        train_windows = None
+        train_windows = heldout_limit = None
         if for_runs is not None:
             import numpy as np
 
@@ -423,9 +475,12 @@ def logits_generate(
                         ]
                     )
                 )
+                heldout_limit = max(
+                    -(-int(r["heldout_tokens"]) // int(r["seq_len"])) * int(r["seq_len"]) for r in served
+                )
             except (OSError, ValueError, KeyError, TypeError) as e:
                 raise _spec_error(
-                    f"--for-runs: {for_runs}: not a JSON list of {{seed, steps, global_batch, seq_len}} ({e})"
+                    f"--for-runs: {for_runs}: not a JSON list of {{seed, steps, global_batch, seq_len, heldout_tokens}} ({e})"
                 ) from None
         name = f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.store_label}" + (
             f"-first{limit}" if limit else ""
@@ -444,6 +499,7 @@ def logits_generate(
                 progress=hook,
                 sampling_draws=lg.sampling.draws if lg.sampling else None,
                 train_windows=train_windows,
+                heldout_limit=heldout_limit,
             )
     rate = f", {result['tokens_per_s']:,.0f} tokens/s" if result["tokens_per_s"] else ""
     typer.echo(f"{store}: {result['positions']:,} positions ({result['generated']:,} generated now{rate})")

@@ -202,7 +202,6 @@ class Scheduler:
         self.free = list(range(len(self.slots)))
         self.tracking_uri, self.track, self.retry_failed = tracking_uri, track, retry_failed
         self.hostfile, self.parent_run, self.on_change = hostfile, parent_run, on_change
-        self.threads = max(1, (os.cpu_count() or 1) // len(self.slots))
         for t in tasks:
             self._refresh_from_disk(t)
 
@@ -243,6 +242,7 @@ class Scheduler:
                     "steps": r.spec.steps(),
                     "global_batch": r.spec.train.global_batch,
                     "seq_len": r.spec.data.seq_len,
+                    "heldout_tokens": r.spec.eval.heldout_tokens,
                 }
                 for r in (x.run for x in self.tasks if x.logits == t.dir)
                 if r is not None
@@ -296,6 +296,15 @@ class Scheduler:
         files.write_text(path, yaml.safe_dump(spec, sort_keys=False))
         return path
 
+    def _threads_for(self, t: Task) -> int:
+        """CPU threads for a task starting now: the cores shared among the tasks that will run beside
+        it — all of them when it runs alone (a teacher pass every student waits for), cores/workers
+        when every worker is busy."""
+        running = sum(1 for x in self.tasks if x.proc is not None)
+        others = sum(1 for x in self.tasks if x is not t and x.proc is None and self._candidate(x) and self._ready(x))
+        sharing = 1 + running + min(others, len(self.free))
+        return max(1, (os.cpu_count() or 1) // min(len(self.slots), sharing))
+
     def _start(self, t: Task) -> bool:
         """Start `t` if its lock is free; False when another pdsweep process holds it."""
         lock = try_lock(t.dir)
@@ -312,7 +321,7 @@ class Scheduler:
         env = {
             **os.environ,
             "PDSWEEP_LOCK_HELD": str(t.dir.resolve()),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(self.threads)),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(self._threads_for(t))),
             **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {}),
             **({"PDSWEEP_MLFLOW_PARENT_RUN": self.parent_run} if self.parent_run else {}),
         }

@@ -220,6 +220,7 @@ def generate(
     sampling_draws: int | None = None,
     seed: int = 0,
     train_windows: Any = None,
+    heldout_limit: int | None = None,
 ) -> dict[str, Any]:
     """Write the teacher's top-p-k logits for every position of the corpus (training positions
     first, then held-out ones after them) — or for the first `limit` training positions. With
@@ -228,14 +229,17 @@ def generate(
 
     The teacher reads the corpus in consecutive windows of `seq_len` tokens; a shard holds whole
     windows. `train_windows` (sorted window indices) limits the training positions to the windows
-    the store's students will visit (`data.visited_windows`); held-out positions are always stored.
+    the store's students will visit (`data.visited_windows`), `heldout_limit` the held-out ones to
+    the first that their evaluation reads.
     Resumes where it stopped: shards already in the store are not generated again."""
     if sampling_draws is not None:
         top_p, top_k = 1.0, None  # the sampled ids are not a truncation
     writer = logits_store.StoreWriter(out, store_info(teacher, tokens, top_p, top_k, sampling_draws=sampling_draws))
     n_train = len(tokens.train) if limit is None else min(limit, len(tokens.train))
     spans = [(tokens.train, 0, n_train)] + (
-        [(tokens.heldout, len(tokens.train), len(tokens.heldout))] if limit is None else []
+        [(tokens.heldout, len(tokens.train), min(len(tokens.heldout), heldout_limit or len(tokens.heldout)))]
+        if limit is None
+        else []
     )
     windows = [
         (arr, offset, start, min(start + seq_len, n)) for arr, offset, n in spans for start in range(0, n, seq_len)

@@ -1,0 +1,100 @@
+"""The README's main command, on a fresh work directory and a fresh download cache: fetch and tokenize
+the default corpus, train the teacher, store its logits, train LM-only and PD students (3 seeds
+each), evaluate, print the Δ table and write the HTML report.
+
+Metrics: quickstart_wall_s (goal ≤ 600 s on 2 CPU cores) and quickstart_pd_effect_halfwidths (the
+PD − LM-only difference in held-out loss, paired by seed, in 95% CI half-widths; goal ≥ 3), plus the
+time of each stage from the runs' event logs. BENCH_QUICKSTART_REPEATS=n repeats it (default 1: it
+takes minutes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import summary, write  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = "pdsweep run sweeps/quickstart.yaml --workers 2 --report"
+"""The README's main command (tests/test_readme.py checks that the README says exactly this)."""
+
+
+def stages(workdir: Path) -> dict[str, float]:
+    """Seconds from the first start to the last end of each kind of task: teacher, logits pass,
+    baseline (LM-only students), student (PD students)."""
+    from pdsweep import expand
+
+    role = {r.run_id: r.role for r in expand.expand(expand.load_sweep(ROOT / "sweeps" / "quickstart.yaml"))}
+    spans: dict[str, list[float]] = {}
+    for events in (workdir / "runs" / "quickstart").rglob("events.jsonl"):
+        lines = [json.loads(x) for x in events.read_text().splitlines() if x.strip()]
+        task = str(lines[0].get("task", ""))
+        kind = "logits pass" if task.startswith("logits:") else role.get(task, "other")
+        spans.setdefault(kind, []).extend([lines[0]["time"], lines[-1]["time"]])
+    return {k: round(max(v) - min(v), 1) for k, v in spans.items()}
+
+
+def once() -> tuple[float, pd.DataFrame, dict[str, float], str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "PDSWEEP_WORKDIR": f"{tmp}/work", "PDSWEEP_CACHE": f"{tmp}/cache"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        start = time.perf_counter()
+        out = subprocess.run(shlex.split(COMMAND), cwd=ROOT, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if out.returncode != 0:
+            raise SystemExit(f"{COMMAND} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        table = pd.read_csv(Path(tmp) / "work" / "reports" / "quickstart" / "report.csv")
+        return wall, table, stages(Path(tmp) / "work"), out.stdout
+
+
+def main() -> None:
+    n = int(os.environ.get("BENCH_QUICKSTART_REPEATS", "1"))
+    walls, effects, deltas, parts = [], [], [], []
+    for _ in range(n):
+        wall, table, stage, stdout = once()
+        row = table[table["role"] == "student"].iloc[0]
+        walls.append(wall)
+        effects.append(float(row["effect_halfwidths"]))
+        deltas.append(float(row["delta_pct"]))
+        parts.append(stage)
+        print(stdout[-2500:])
+        print(
+            f"wall {wall:.0f} s, PD effect {row['effect']:+.4f} ± {row['effect_ci']:.4f} ({row['effect_halfwidths']:.1f} half-widths), stages {stage}"
+        )
+    write(
+        "bench_quickstart",
+        [
+            {
+                "metric": "quickstart_wall_s",
+                "value": round(statistics.median(walls), 1),
+                "unit": "s",
+                "goal": "<= 600 on 2 CPU cores, fresh work directory and download cache",
+                "spread": summary(walls),
+                "stages_s": parts,
+                "command": COMMAND,
+            },
+            {
+                "metric": "quickstart_pd_effect_halfwidths",
+                "value": round(statistics.median(effects), 2),
+                "unit": "95% CI half-widths (paired t over 3 seeds)",
+                "goal": ">= 3",
+                "spread": summary(effects),
+                "delta_pct_heldout_loss": deltas,
+            },
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
