@@ -754,6 +754,134 @@ def _report(file, out, tracking_uri, metric, primary, fmt, plots, json_out, quie
     return main
 
 
+@app.command()
+def tune(
+    target: Annotated[
+        str, typer.Argument(help="A sweep YAML file with a search: section, or `status`.", show_default=False)
+    ],
+    sweep_file: Annotated[
+        Path | None, typer.Argument(help="With `status`: the sweep file.", show_default=False)
+    ] = None,
+    trials: Annotated[int | None, typer.Option(min=1, help="Trials in the study (default: search.trials).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Trials at a time on this machine.")] = 1,
+    storage: Annotated[
+        str | None,
+        typer.Option(help="Optuna storage: an SQLAlchemy URL (default: sqlite:///WORKDIR/optuna.db)."),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db)."),
+    ] = None,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Log the trials' runs to MLflow.")] = True,
+    worker_index: Annotated[int, typer.Option(hidden=True)] = -1,
+) -> None:
+    """Run an Optuna study over the sweep's search space (`pdsweep tune SWEEP`), or show one
+    (`pdsweep tune status SWEEP`): trials are runs, pruned on their intermediate evaluations."""
+    from pdsweep import search
+
+    with _user_errors():
+        if target == "status":
+            if sweep_file is None:
+                raise _spec_error("tune status: give the sweep file (pdsweep tune status SWEEP)")
+            _tune_status(sweep_file, search.storage_url(storage))
+            return
+        path = Path(target)
+        if not path.exists():
+            raise _spec_error(f"{target}: no such sweep file")
+        from pdsweep import expand
+
+        sweep = expand.load_sweep(path)
+        if sweep.search is None:
+            raise _spec_error(f"{path}: search: the sweep has no search space")
+        url = search.storage_url(storage)
+        if worker_index >= 0:  # one worker process of a `pdsweep tune --workers N`
+            _tune_worker(path, url, worker_index, tracking_uri, track, trials)
+            return
+        search.create(sweep, str(path), url)  # once, before any worker
+    if workers == 1:
+        with _user_errors():
+            _tune_worker(path, url, 0, tracking_uri, track, trials)
+    else:
+        import subprocess
+
+        cores = os.cpu_count() or 1
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cores // workers)))}
+        args = [sys.executable, "-m", "pdsweep.cli", "tune", str(path), "--storage", url]
+        args += [
+            *(["--trials", str(trials)] if trials else []),
+            *(["--tracking-uri", tracking_uri] if tracking_uri else []),
+        ]
+        args += [] if track else ["--no-track"]
+        procs = [subprocess.Popen([*args, "--worker-index", str(i)], env=env) for i in range(workers)]
+        try:
+            codes = [p.wait() for p in procs]
+        except KeyboardInterrupt:
+            for p in procs:
+                p.wait()
+            raise typer.Exit(130) from None
+        if any(codes):
+            raise typer.Exit(max(codes))
+    with _user_errors():
+        _tune_status(path, url, trials)
+
+
+def _tune_worker(path: Path, url: str, index: int, tracking_uri: str | None, track: bool, trials: int | None) -> None:
+    from pdsweep import search
+
+    def show(o) -> None:  # noqa: ANN001 - a search.Outcome
+        value = f"{o.value:.6g}" if o.value is not None else o.reason or "-"
+        typer.echo(f"trial {o.number}: {o.state} {value}  {o.params}")
+
+    search.work(path, url, index, tracking_uri, track, on_trial=show, trials=trials)
+
+
+def _tune_status(path: Path, url: str, trials: int | None = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from pdsweep import expand, search
+
+    sweep = expand.load_sweep(path)
+    spec = sweep.search
+    if spec is None:
+        raise _spec_error(f"{path}: search: the sweep has no search space")
+    import optuna
+
+    try:
+        with search._quiet():
+            study = optuna.load_study(study_name=sweep.name, storage=search._storage(url))
+    except KeyError:
+        raise _spec_error(f"tune status: no study {sweep.name!r} in {url} (run pdsweep tune {path} first)") from None
+    frame = search.trials_frame(study)
+    n, failed = search.counted(study)
+    table = Table(
+        title=f"{sweep.name}: {n} of {trials or spec.trials} trials, {failed} failed ({url})", title_justify="left"
+    )
+    for col in frame.columns:
+        table.add_column(str(col), justify="right" if col in ("trial", "value") else "left")
+    for row in frame.itertuples(index=False):
+        table.add_row(
+            *(
+                "" if v is None or (isinstance(v, float) and v != v) else f"{v:.6g}" if isinstance(v, float) else str(v)
+                for v in row
+            )
+        )
+    console = Console(width=max(100, shutil.get_terminal_size((160, 40)).columns))
+    console.print(table)
+    imp = search.importances(study)
+    if imp:
+        console.print(
+            "parameter importances (fANOVA): " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()), highlight=False
+        )
+    try:
+        best = search.best_spec_yaml(sweep, str(path), study)
+    except ValueError:
+        typer.echo("no completed trial yet")
+        return
+    typer.echo("best trial, as a RunSpec:")
+    typer.echo(best)
+
+
 def _task_table(tasks, title: str):  # noqa: ANN001, ANN202 - scheduler Tasks → a rich Table
     from rich.table import Table
 

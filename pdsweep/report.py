@@ -475,10 +475,14 @@ def footnotes(t: Table) -> list[str]:
         "t": f"a {pct} t-interval (too few seeds for a bootstrap interval to be trusted)",
     }
     interval = " or ".join(how[m] for m in sorted(methods)) or "no interval (one seed)"
+    delta = (
+        f"Δ% relative to each row's LM-only baseline, with {interval}, paired by seed where both ran the same seeds."
+        if any(math.isfinite(r.delta) for r in t.rows)
+        else "No Δ%: every row is an LM-only baseline."
+    )
     out = [
         f"Seeds per row: {', '.join(map(str, seeds))}. Cells: mean ± {pct} t-interval half-width over seeds; "
-        f"Δ% relative to each row's LM-only baseline, with {interval}, paired by seed where both ran the "
-        "same seeds. Best in bold.",
+        f"{delta} Best in bold.",
         t.noise_floor,
     ]
     for r in t.rows:

@@ -52,6 +52,9 @@ class SearchParam(SpecModel):
     """Grid step (float, int)."""
     choices: list[Any] | None = None
     """Values (categorical)."""
+    when: dict[str, Any] = Field(default_factory=dict)
+    """Draw this parameter only when parameters listed before it have these values — for a field that
+    exists only in one kind of a tagged union: `loss.alpha.max: {type: float, ..., when: {loss.alpha.kind: wsd_alpha}}`."""
 
     @model_validator(mode="after")
     def _consistent(self) -> SearchParam:

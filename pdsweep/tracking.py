@@ -105,6 +105,7 @@ class MlflowTracker:
             return
         exp_id = self.experiment(sweep)
         tags = {"pdsweep.run_id": run_id, "pdsweep.sweep": sweep, "pdsweep.label": label, "pdsweep.status": "running"}
+        tags.update(json.loads(os.environ.get("PDSWEEP_MLFLOW_TAGS") or "{}"))  # e.g. a tune trial's study/number
         parent = os.environ.get("PDSWEEP_MLFLOW_PARENT_RUN")
         if parent:
             tags["mlflow.parentRunId"] = parent  # nested under the sweep's run in the MLflow UI

@@ -194,3 +194,17 @@ def test_noise_floor_and_single_seed_tables() -> None:
     assert "Noise floor unknown" in one.noise_floor and math.isnan(one.rows[1].delta_lo)
     md = report.to_markdown(one)
     assert "| PD | **5.900** |" in md and "↓ 1.7%" in md  # lower loss is better: PD's cell is bold
+
+
+def test_bytes_per_token_come_from_the_sweeps_own_store(done_sweep, workdir) -> None:
+    """The truncation figures' second axis: logits bytes per token at each row's (p, k), read from
+    the teacher pass the sweep stored (as `pdsweep logits stats` reports them)."""
+    from pdsweep import logits_store
+
+    path, uri, _, _ = done_sweep
+    data = report.load(path, uri)
+    got = report._bytes_per_token(data, ["α = 0.5", "α = 0.9"], "logits.top_p", "logits.top_k")
+    store = next((workdir / "runs" / "report-test" / "logits").iterdir())
+    want = logits_store.stats(logits_store.StoreReader(store), [0.95], [20])[0]["bytes_per_token"]
+    assert got == {"α = 0.5": pytest.approx(want), "α = 0.9": pytest.approx(want)}
+    assert 1 < want < 20 * 8  # at most k entries of a few bytes each
