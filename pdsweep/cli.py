@@ -773,6 +773,9 @@ def tune(
         typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db)."),
     ] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log the trials' runs to MLflow.")] = True,
+    out: Annotated[
+        Path | None, typer.Option(help="With `status`: also write report.md and trials.csv to this directory.")
+    ] = None,
     worker_index: Annotated[int, typer.Option(hidden=True)] = -1,
 ) -> None:
     """Run an Optuna study over the sweep's search space (`pdsweep tune SWEEP`), or show one
@@ -783,7 +786,7 @@ def tune(
         if target == "status":
             if sweep_file is None:
                 raise _spec_error("tune status: give the sweep file (pdsweep tune status SWEEP)")
-            _tune_status(sweep_file, search.storage_url(storage))
+            _tune_status(sweep_file, search.storage_url(storage), trials, out)
             return
         path = Path(target)
         if not path.exists():
@@ -835,7 +838,7 @@ def _tune_worker(path: Path, url: str, index: int, tracking_uri: str | None, tra
     search.work(path, url, index, tracking_uri, track, on_trial=show, trials=trials)
 
 
-def _tune_status(path: Path, url: str, trials: int | None = None) -> None:
+def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -876,10 +879,29 @@ def _tune_status(path: Path, url: str, trials: int | None = None) -> None:
     try:
         best = search.best_spec_yaml(sweep, str(path), study)
     except ValueError:
-        typer.echo("no completed trial yet")
-        return
-    typer.echo("best trial, as a RunSpec:")
-    typer.echo(best)
+        best = ""
+    typer.echo("best trial, as a RunSpec:\n" + best if best else "no completed trial yet")
+    if out is not None:
+        from pdsweep import files, report
+
+        title = f"{sweep.name}: {n} of {trials or spec.trials} trials, {failed} failed"
+        md = [f"# {sweep.name} (Optuna study)", ""] + (
+            [f"- {' '.join(sweep.description.split())}"] if sweep.description else []
+        )
+        md += [
+            f"- {title}; sampler {spec.sampler}, pruner {spec.pruner}, objective {spec.objective} ({spec.direction})"
+        ]
+        import datetime as dt
+
+        when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        md += [f"- machine: {report.machine()}", f"- date: {when}", f"- storage: {url}", ""]
+        md += [frame.to_markdown(index=False, floatfmt=".6g"), ""]
+        if imp:
+            md += ["Parameter importances (fANOVA): " + ", ".join(f"`{k}` {v:.2f}" for k, v in imp.items()), ""]
+        md += ["Best trial, as a RunSpec:", "", "```yaml", best.rstrip(), "```", ""] if best else []
+        files.write_text(out / "report.md", "\n".join(md))
+        files.write_text(out / "trials.csv", frame.to_csv(index=False, float_format="%.6g"))
+        typer.echo(f"report: {out / 'report.md'}")
 
 
 def _task_table(tasks, title: str):  # noqa: ANN001, ANN202 - scheduler Tasks → a rich Table

@@ -132,8 +132,12 @@ def test_a_sqlite_study_two_workers_exact_count_tagged_runs_best_spec(tmp_path, 
     # Running it again does nothing: the study has its trials.
     again = pdsweep("tune", path, "--storage", url, "--tracking-uri", mlflow_uri, timeout=300)
     assert again.returncode == 0 and len(_study("tune-sqlite", url).get_trials()) == 4
-    status = pdsweep("tune", "status", path, "--storage", url)
+    status = pdsweep("tune", "status", path, "--storage", url, "--out", tmp_path / "report")
     assert status.returncode == 0 and "4 of 4 trials" in status.stdout
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| trial |" in md.replace("   ", " ").replace("  ", " ") or "trial" in md.splitlines()[7]
+    assert "- machine:" in md and "Best trial, as a RunSpec:" in md and "```yaml" in md
+    assert len((tmp_path / "report" / "trials.csv").read_text().splitlines()) == 5
 
 
 def test_tune_bad_input_is_one_line(tmp_path) -> None:
