@@ -61,6 +61,7 @@ def _mlflow_values(uri: str, key: str) -> dict[str, list[float]]:
     return out
 
 
+@pytest.mark.slow
 def test_the_table_is_the_mlflow_numbers_aggregated_over_seeds(done_sweep) -> None:
     path, uri, out, stdout = done_sweep
     table = pd.read_csv(out / "report.csv").set_index("label")
@@ -86,6 +87,7 @@ def test_the_table_is_the_mlflow_numbers_aggregated_over_seeds(done_sweep) -> No
     assert "LM-only" in stdout and "Noise floor" in stdout and "report.html" in stdout
 
 
+@pytest.mark.slow
 def test_every_format_is_written_with_machine_date_and_fingerprint(done_sweep) -> None:
     _, _, out, _ = done_sweep
     md = (out / "report.md").read_text()
@@ -103,6 +105,7 @@ def test_every_format_is_written_with_machine_date_and_fingerprint(done_sweep) -
         assert (out / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
 
 
+@pytest.mark.slow
 def test_the_html_report_opens_in_chromium(done_sweep, browser) -> None:
     from selenium.webdriver.common.by import By
 
@@ -118,6 +121,7 @@ def test_the_html_report_opens_in_chromium(done_sweep, browser) -> None:
     assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_report_json_and_bad_input(done_sweep, tmp_path) -> None:
     path, uri, _, _ = done_sweep
     js = pdsweep("report", path, "--tracking-uri", uri, "--json", "--primary", "heldout/bits_per_byte")
@@ -136,6 +140,7 @@ def test_report_json_and_bad_input(done_sweep, tmp_path) -> None:
     assert not (tmp_path / "nothing").exists()  # nothing half-written
 
 
+@pytest.mark.slow
 def test_the_teacher_pass_stores_only_the_windows_its_students_visit(done_sweep, workdir) -> None:
     from pdsweep import data, logits_store
     from pdsweep.expand import expand, load_sweep
@@ -196,6 +201,7 @@ def test_noise_floor_and_single_seed_tables() -> None:
     assert "| PD | **5.900** |" in md and "↓ 1.7%" in md  # lower loss is better: PD's cell is bold
 
 
+@pytest.mark.slow
 def test_bytes_per_token_come_from_the_sweeps_own_store(done_sweep, workdir) -> None:
     """The truncation figures' second axis: logits bytes per token at each row's (p, k), read from
     the teacher pass the sweep stored (as `pdsweep logits stats` reports them)."""

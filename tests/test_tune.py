@@ -103,6 +103,7 @@ def test_search_space_conditional_params_grid_and_trial_runs(tmp_path) -> None:
     assert grid == {"loss.alpha.kind": ["constant", "wsd_alpha"], "loss.alpha.max": [0.5, 0.75, 1.0]}
 
 
+@pytest.mark.slow
 def test_a_sqlite_study_two_workers_exact_count_tagged_runs_best_spec(tmp_path, workdir, shakespeare) -> None:
     path = _write(tmp_path, _tune_sweep("tune-sqlite", trials=4))
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
@@ -197,6 +198,7 @@ def postgres():
     shutil.rmtree(where, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_concurrent_workers_on_postgresql_run_each_trial_once(tmp_path, workdir, shakespeare, postgres) -> None:
     path = _write(tmp_path, _tune_sweep("tune-pg", trials=5))
     mlflow_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -222,6 +224,7 @@ def test_two_concurrent_workers_on_postgresql_run_each_trial_once(tmp_path, work
     assert sorted(int(r.data.tags["pdsweep.trial"]) for r in runs if "pdsweep.trial" in r.data.tags) == [0, 1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_a_killed_study_resumes_its_stale_trial(tmp_path, workdir, shakespeare) -> None:
     path = _write(tmp_path, _tune_sweep("tune-kill", trials=2, steps=40, interval=10))
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
