@@ -5,26 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pdsweep.settings import machine  # one description of the machine, as reports give it
+
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def repeat(fn: Callable[[], object], n: int) -> list[float]:

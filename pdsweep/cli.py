@@ -882,7 +882,7 @@ def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | No
         best = ""
     typer.echo("best trial, as a RunSpec:\n" + best if best else "no completed trial yet")
     if out is not None:
-        from pdsweep import files, report
+        from pdsweep import files, settings
 
         title = f"{sweep.name}: {n} of {trials or spec.trials} trials, {failed} failed"
         md = [f"# {sweep.name} (Optuna study)", ""] + (
@@ -894,7 +894,7 @@ def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | No
         import datetime as dt
 
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        md += [f"- machine: {report.machine()}", f"- date: {when}", f"- storage: {url}", ""]
+        md += [f"- machine: {settings.machine()}", f"- date: {when}", f"- storage: {url}", ""]
         md += [frame.to_markdown(index=False, floatfmt=".6g"), ""]
         if imp:
             md += ["Parameter importances (fANOVA): " + ", ".join(f"`{k}` {v:.2f}" for k, v in imp.items()), ""]

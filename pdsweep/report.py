@@ -18,8 +18,6 @@ from __future__ import annotations
 import datetime as dt
 import html
 import math
-import os
-import platform
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pdsweep import __version__, expand, files, scheduler, tracking
+from pdsweep import __version__, expand, files, scheduler, settings, tracking
 from pdsweep.specfile import SpecError
 
 if TYPE_CHECKING:
@@ -901,19 +899,6 @@ def rows_role(t: Table, label: str) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-
-
 def header(data: SweepData, t: Table) -> dict[str, str]:
     done = {r.run_id for r in data.planned if r.role != "teacher"} - {r.run_id for r in data.missing}
     n = sum(1 for r in data.planned if r.role != "teacher")
@@ -924,7 +909,7 @@ def header(data: SweepData, t: Table) -> dict[str, str]:
         "runs": f"{len(done)} of {n} runs done"
         + (f"; not done: {', '.join(sorted({r.label for r in missing}))}" if missing else ""),
         "tracking": data.uri,
-        "machine": machine(),
+        "machine": settings.machine(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "pdsweep": __version__,
         "data sha256": files.sha256_bytes(data.tidy.to_csv(index=False).encode())[:16],
