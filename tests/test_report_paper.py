@@ -22,7 +22,6 @@ UNREACHABLE = (10, "0.1")
 """The paper's Δ% for α = 0.1 (Table 4) is off by 0.23 from what its rounded Table 10 scores give."""
 
 
-
 class _Tables(HTMLParser):
     """Every <table> of the dump as a list of rows of cell texts, keyed by the caption's table number."""
 
