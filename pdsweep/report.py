@@ -407,15 +407,22 @@ def _effect(a: dict[int, float], b: dict[int, float], confidence: float) -> Effe
     return Effect(diff, _welch_half(list(a.values()), list(b.values()), confidence), min(len(a), len(b)), False)
 
 
-def _noise_floor(rows: list[Row], primary: str, metrics: Sequence[Metric]) -> str:
-    what = "Average" if primary == AVERAGE else metric_by_key(metrics, primary).title
-    spreads = []
+def baseline_spreads(rows: Sequence[Row], primary: str) -> list[tuple[float, float, str, int]]:
+    """(range as % of the mean, sd, label, seeds) of the primary column for each baseline row with
+    two or more seeds: the noise floor."""
+    out = []
     for r in rows:
         c = r.cells.get(primary)
         if r.role == "baseline" and c is not None and c.n >= 2 and c.mean:
-            spreads.append(
+            out.append(
                 ((max(c.values) - min(c.values)) / abs(c.mean) * 100.0, float(np.std(c.values, ddof=1)), r.label, c.n)
             )
+    return out
+
+
+def _noise_floor(rows: list[Row], primary: str, metrics: Sequence[Metric]) -> str:
+    what = "Average" if primary == AVERAGE else metric_by_key(metrics, primary).title
+    spreads = baseline_spreads(rows, primary)
     if not spreads:
         return (
             f"Noise floor unknown: no baseline ran two or more seeds, so a Δ of {what} cannot be told from seed noise."
@@ -790,12 +797,8 @@ def figures(data: SweepData, t: Table, out: Path) -> list[tuple[str, Path]]:
 
 
 def _noise_band(t: Table) -> float:
-    spreads = []
-    for r in t.rows:
-        c = r.cells.get(t.primary)
-        if r.role == "baseline" and c is not None and c.n >= 2 and c.mean:
-            spreads.append((max(c.values) - min(c.values)) / abs(c.mean) * 100.0 / 2)
-    return max(spreads) if spreads else 0.0
+    """Half the widest baseline seed range, in %: the band drawn around Δ = 0."""
+    return max((spread / 2 for spread, *_ in baseline_spreads(t.rows, t.primary)), default=0.0)
 
 
 def _errs(rows: Sequence[Row]) -> Any:

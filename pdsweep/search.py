@@ -123,18 +123,11 @@ def suggest(trial: Any, params: dict[str, SearchParam]) -> dict[str, Any]:
 
 def trial_runs(sweep: Sweep, params: dict[str, Any], number: int, source: str) -> list[expand.PlannedRun]:
     """The runs a trial needs: the sweep's teacher runs and the trial's run (its first seed)."""
-    nested: dict[str, Any] = {}
-    for path, value in params.items():  # `loss.alpha.kind` + `loss.alpha.max` → one section
-        node = nested
-        *parents, last = path.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[last] = value
     trial = sweep.model_copy(
         update={
             "grid": {},
             "zip": {},
-            "runs": [ExplicitRun(label=f"trial {number}", set=nested)],
+            "runs": [ExplicitRun(label=f"trial {number}", set=params)],  # dotted paths, as in runs:
             "seeds": [sweep.seeds[0]],
             "baseline": None,
         }
