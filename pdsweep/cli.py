@@ -576,7 +576,7 @@ def train(
     out: Annotated[Path | None, typer.Option(help="Run directory (default: WORKDIR/runs/single/RUN_ID).")] = None,
     nproc: Annotated[int, typer.Option(min=1, help="Processes per machine (GPUs, or CPU workers).")] = 1,
     launcher: Annotated[
-        str, typer.Option(help="torchrun (one machine) or deepspeed (needed for --hostfile).")
+        str, typer.Option(help="torchrun or deepspeed (one machine; --hostfile always uses deepspeed).")
     ] = "torchrun",
     hostfile: Annotated[Path | None, typer.Option(help="DeepSpeed hostfile: train on several machines.")] = None,
     logits: Annotated[
@@ -602,6 +602,10 @@ def train(
             raise _spec_error(f"--launcher: must be torchrun or deepspeed, got {launcher!r}")
         if hostfile is not None and not hostfile.is_file():
             raise _spec_error(f"--hostfile: {hostfile} does not exist")
+        if hostfile is not None:
+            from pdsweep import launch
+
+            launch.hostfile_hosts(hostfile)
     if (nproc > 1 or hostfile is not None) and "RANK" not in os.environ:
         from pdsweep import launch
 
@@ -614,7 +618,9 @@ def train(
             *(["--tracking-uri", tracking_uri] if tracking_uri else []),
             *([] if track else ["--no-track"]),
         ]
-        raise typer.Exit(launch.relaunch(args, nproc, "deepspeed" if hostfile else launcher, hostfile))
+        with _user_errors():
+            rc = launch.relaunch(args, nproc, "deepspeed" if hostfile else launcher, hostfile)
+        raise typer.Exit(rc)
     raise typer.Exit(_train_one(spec, run_dir, logits, tracking_uri, track, sweep, label or run_dir.name))
 
 
@@ -647,6 +653,8 @@ def run(
         tasks = scheduler.build(sweep.name, runs)
         if hostfile is not None and not hostfile.is_file():
             raise _spec_error(f"--hostfile: {hostfile} does not exist")
+        if hostfile is not None:
+            launch.hostfile_hosts(hostfile)
         slots = scheduler.device_slots(devices, workers)
         if dry_run:
             sched = scheduler.Scheduler(sweep.name, tasks, workers, devices, retry_failed=retry_failed)

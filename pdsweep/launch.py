@@ -204,37 +204,57 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def relaunch(args: list[str], nproc: int, launcher: str, hostfile: Path | None) -> int:
-    """Run `python -m pdsweep.cli ARGS` under torchrun (one machine) or DeepSpeed's launcher
-    (several machines through `hostfile`), `nproc` processes per machine, each with its share of
-    the CPU threads. The launcher dies with this process, and its workers with it."""
-    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    env = {**os.environ, "OMP_NUM_THREADS": threads}
+def launcher_command(
+    args: list[str], nproc: int, launcher: str, hostfile: Path | None, env: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run `python -m pdsweep.cli ARGS` under torchrun (one
+    machine) or DeepSpeed's launcher (several machines through `hostfile`), `nproc` processes per
+    machine, each with its share of the CPU threads.
+
+    GPUs: torchrun's workers inherit CUDA_VISIBLE_DEVICES and index into it. DeepSpeed's launcher
+    sets CUDA_VISIBLE_DEVICES itself for its workers and, given `--num_gpus` or a hostfile, ignores
+    the caller's value (two workers of `pdsweep run` would share GPUs 0…n−1), so the visible GPUs
+    become DeepSpeed's `--include`: `localhost:IDS` on one machine, `HOST:IDS@HOST:IDS…` for every
+    machine of the hostfile (a worker's share of GPUs is the same on each machine)."""
+    threads = env.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env = {**env, "OMP_NUM_THREADS": threads}
     if launcher == "torchrun":
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc_per_node={nproc}",
-            "-m",
-            "pdsweep.cli",
-            *args,
-        ]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        return [*cmd, "-m", "pdsweep.cli", *args], env
+    visible = [x.strip() for x in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+    resources = [f"--hostfile={hostfile}"] if hostfile is not None else []
+    if visible:
+        if len(visible) < nproc:
+            raise SpecError(f"--nproc: {nproc} processes per machine but CUDA_VISIBLE_DEVICES has {len(visible)} GPUs")
+        hosts = hostfile_hosts(hostfile) if hostfile is not None else ["localhost"]
+        resources.append("--include=" + "@".join(f"{h}:{','.join(visible[:nproc])}" for h in hosts))
+        del env["CUDA_VISIBLE_DEVICES"]
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "deepspeed.launcher.runner",
-            f"--num_gpus={nproc}",
-            "--master_port",
-            str(_free_port()),
-            "--no_local_rank",
-            *([f"--hostfile={hostfile}"] if hostfile else []),
-            "--module",
-            "pdsweep.cli",
-            *args,
-        ]
+        resources.append(f"--num_gpus={nproc}")  # an empty CUDA_VISIBLE_DEVICES (CPU) stays as it is
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", *resources]
+    cmd += ["--master_port", str(_free_port()), "--no_local_rank", "--module", "pdsweep.cli", *args]
+    return cmd, env
+
+
+def hostfile_hosts(hostfile: Path) -> list[str]:
+    """The machines of a DeepSpeed hostfile (`HOST slots=N` lines; `#` comments)."""
+    hosts = []
+    for n, line in enumerate(hostfile.read_text(encoding="utf-8").splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) != 2 or not words[1].startswith("slots=") or not words[1][6:].isdigit():
+            raise SpecError(f"{hostfile}:{n}: expected 'HOST slots=N', got {line.strip()!r}")
+        hosts.append(words[0])
+    if not hosts:
+        raise SpecError(f"{hostfile}: names no machine")
+    return hosts
+
+
+def relaunch(args: list[str], nproc: int, launcher: str, hostfile: Path | None) -> int:
+    """Run `python -m pdsweep.cli ARGS` over `nproc` processes per machine (launcher_command). The
+    launcher dies with this process, and its workers with it."""
+    cmd, env = launcher_command(args, nproc, launcher, hostfile, dict(os.environ))
     return subprocess.run(cmd, env=env, preexec_fn=backends.die_with_parent).returncode  # noqa: PLW1509
 
 

@@ -254,9 +254,9 @@ class Scheduler:
         run_file = t.dir / "run.yaml"
         files.write_text(run_file, yaml.safe_dump(t.run.spec.model_dump(mode="json"), sort_keys=False))
         gpus = slot.split(",") if slot else []
-        parallel = [*(["--nproc", str(len(gpus))] if len(gpus) > 1 else [])]
+        parallel = ["--nproc", str(len(gpus)), "--launcher", "deepspeed"] if len(gpus) > 1 else []
         if self.hostfile is not None:
-            parallel += ["--hostfile", str(self.hostfile), "--launcher", "deepspeed"]
+            parallel = [*parallel[:2], "--hostfile", str(self.hostfile), "--launcher", "deepspeed"]
         return [
             *base,
             "train",
@@ -271,6 +271,21 @@ class Scheduler:
             *parallel,
             *tracking,
         ]
+
+    def _env(self, t: Task, slot: str | None) -> dict[str, str]:
+        """The task's environment: its lock, its CPU threads, its GPUs (CUDA_VISIBLE_DEVICES — the
+        `train` command hands a multi-GPU set on to its launcher) and the sweep's parent MLflow run."""
+        env = {
+            **os.environ,
+            "PDSWEEP_LOCK_HELD": str(t.dir.resolve()),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(self._threads_for(t))),
+            **({"PDSWEEP_MLFLOW_PARENT_RUN": self.parent_run} if self.parent_run else {}),
+        }
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        elif "CUDA_VISIBLE_DEVICES" not in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # --devices cpu: CPU even on a GPU machine
+        return env
 
     def _pass_spec(self, t: Task) -> Path:
         """A run file that `pdsweep logits generate` turns into this pass's store."""
@@ -318,15 +333,7 @@ class Scheduler:
             return True
         slot_index = self.free.pop(0)
         slot = self.slots[slot_index]
-        env = {
-            **os.environ,
-            "PDSWEEP_LOCK_HELD": str(t.dir.resolve()),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(self._threads_for(t))),
-            **({"CUDA_VISIBLE_DEVICES": slot} if slot is not None else {}),
-            **({"PDSWEEP_MLFLOW_PARENT_RUN": self.parent_run} if self.parent_run else {}),
-        }
-        if slot is None and any(s is None for s in self.slots) and "CUDA_VISIBLE_DEVICES" not in os.environ:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # --devices cpu: CPU even on a GPU machine
+        env = self._env(t, slot)
         log_path = t.dir / ("train.log" if t.kind == "train" else "generate.log")
         t.log = open(log_path, "ab")  # noqa: SIM115 - closed in _finish
         t.proc = subprocess.Popen(  # noqa: S603
