@@ -156,6 +156,7 @@ def run_one(
     tracker: tracking.Tracker = tracking.MlflowTracker(tracking_uri) if (track and rank0) else tracking.NullTracker()
     tracker.start(spec, run_dir, rid, label or rid, sweep)
     hooks.append(_Track(tracker))
+    hooks.append(trainer.FollowThreads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if rank0:
         files.write_json(run_dir / "status.json", {"status": "running", "pid": os.getpid()})
     try:

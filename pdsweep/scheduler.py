@@ -7,7 +7,7 @@ A task is a training run (`pdsweep train` in a subprocess, log in `<run dir>/tra
 teacher logits pass (`pdsweep logits generate`; its run file, log and status in the store directory). Before starting a task the
 scheduler takes the task's file lock and hands it to the subprocess, so two `pdsweep run` of one
 sweep never execute a task twice: the second waits for the lock and then finds the task done.
-Every start and end is appended to the run's `events.jsonl`.
+Every start and end, and every change of a task's CPU threads, is appended to its `events.jsonl`.
 
 Running a sweep again skips done runs, resumes killed or interrupted ones from their checkpoints,
 and retries failed ones only with `retry_failed`. Ctrl-C interrupts the running tasks (each writes
@@ -65,6 +65,7 @@ class Task:
     log: IO[bytes] | None = None
     slot: int = -1
     attempted: bool = False
+    threads: int = 0  # the CPU threads last given to the running task (its `threads` file)
 
     @property
     def eta_s(self) -> float | None:
@@ -278,14 +279,29 @@ class Scheduler:
         env = {
             **os.environ,
             "PDSWEEP_LOCK_HELD": str(t.dir.resolve()),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(self._threads_for(t))),
             **({"PDSWEEP_MLFLOW_PARENT_RUN": self.parent_run} if self.parent_run else {}),
         }
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
         elif "CUDA_VISIBLE_DEVICES" not in os.environ:
             env["CUDA_VISIBLE_DEVICES"] = ""  # --devices cpu: CPU even on a GPU machine
+        if "OMP_NUM_THREADS" not in os.environ:  # a user's OMP_NUM_THREADS is left alone
+            t.threads = self._threads_for(t)
+            files.write_text(t.dir / "threads", f"{t.threads}\n")
+            env["OMP_NUM_THREADS"] = str(t.threads)
+            env["PDSWEEP_THREADS_FILE"] = str(t.dir / "threads")
         return env
+
+    def _rebalance(self) -> None:
+        """Share the cores among the tasks running now: a task whose neighbours ended gets their
+        threads (a teacher pass that started beside LM-only runs speeds up when they finish)."""
+        running = [t for t in self.tasks if t.proc is not None and t.threads]
+        for t in running:
+            n = max(1, (os.cpu_count() or 1) // len(running))
+            if n != t.threads:
+                t.threads = n
+                files.write_text(t.dir / "threads", f"{n}\n")
+                _event(t, "threads", threads=n)
 
     def _pass_spec(self, t: Task) -> Path:
         """A run file that `pdsweep logits generate` turns into this pass's store."""
@@ -416,6 +432,7 @@ class Scheduler:
                     t.status, t.reason, t.attempted = "failed", f"{self.by_key[failed].label} did not finish", True
                 elif ready and self.free:
                     self._start(t)
+            self._rebalance()
             self.on_change(self.tasks)
             busy = any(t.proc is not None or t.status == "waiting" for t in self.tasks)
             if not busy and not any(self._candidate(t) and self._ready(t) for t in self.tasks):

@@ -5,12 +5,15 @@
 - Cache (`PDSWEEP_CACHE`, default `$XDG_CACHE_HOME/pdsweep` or `~/.cache/pdsweep`): things pdsweep
   downloads from package registries (the default corpus, a pretrained teacher, benchmark data),
   shared by every work directory on the machine.
+- CPU threads: `pdsweep run` gives each task a share of the cores and moves it as tasks start and
+  end (`ThreadBudget`).
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import time
 from pathlib import Path
 
 
@@ -37,3 +40,32 @@ def machine() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cpu}, {cores} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+class ThreadBudget:
+    """The CPU threads `pdsweep run` gives this process now. The scheduler writes the count to the
+    file named by `PDSWEEP_THREADS_FILE` when tasks start and end (a task left running alone gets
+    every core); long loops call `poll()` between steps and apply a new count
+    (`torch.set_num_threads`). Without the variable (a command run by hand) it never changes.
+    `share`: processes of one run dividing the budget (its world size on this machine)."""
+
+    def __init__(self, share: int = 1, interval_s: float = 1.0):
+        self.path = os.environ.get("PDSWEEP_THREADS_FILE")
+        self.share, self.interval_s = max(1, share), interval_s
+        self.current: int | None = None
+        self.checked = 0.0
+
+    def poll(self) -> int | None:
+        """The new thread count when the budget changed since the last call, else None."""
+        now = time.monotonic()
+        if not self.path or now - self.checked < self.interval_s:
+            return None
+        self.checked = now
+        try:
+            n = max(1, int(Path(self.path).read_text().strip()) // self.share)
+        except (OSError, ValueError):  # not written yet, or mid-replace
+            return None
+        if n == self.current:
+            return None
+        self.current = n
+        return n

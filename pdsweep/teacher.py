@@ -258,6 +258,7 @@ def generate(
     # one writer thread keeps shards in order, and at most one shard waits to be written.
     pool = ThreadPoolExecutor(max_workers=1)
     pending: Future[Any] | None = None
+    threads = settings.ThreadBudget()  # more cores when the tasks beside this pass end
     try:
         while i < len(windows):
             group = windows[i : i + per_shard]
@@ -275,6 +276,8 @@ def generate(
                 same = all(e - s == length for _, _, s, e in batch)
                 chunks = [batch] if same else [[w] for w in batch]  # a short last window goes alone
                 for chunk in chunks:
+                    if (n := threads.poll()) is not None and n != torch.get_num_threads():
+                        torch.set_num_threads(n)
                     x = torch.from_numpy(np.stack([np.asarray(arr[s:e], dtype=np.int64) for arr, _, s, e in chunk])).to(
                         device
                     )

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdsweep import data, evaluate, files, logits_store, losses, model
+from pdsweep import data, evaluate, files, logits_store, losses, model, settings
 from pdsweep.backends import Backend, peak_flops
 from pdsweep.schedules import alpha_at, lr_at
 from pdsweep.spec import RecordLogitsSpec, RunSpec
@@ -66,6 +66,19 @@ class Callback:
     def on_eval(self, state: TrainState, metrics: dict[str, float]) -> None: ...
     def on_checkpoint(self, state: TrainState, path: Path) -> None: ...
     def on_end(self, state: TrainState, result: dict[str, Any]) -> None: ...
+
+
+class FollowThreads(Callback):
+    """Apply the CPU threads `pdsweep run` gives this process as other tasks start and end
+    (settings.ThreadBudget), between optimiser steps; `share`: processes of the run on this machine."""
+
+    def __init__(self, share: int = 1):
+        self.budget = settings.ThreadBudget(share)
+
+    def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
+        n = self.budget.poll()
+        if n is not None and n != torch.get_num_threads():
+            torch.set_num_threads(n)
 
 
 class RecordLogits(Callback):
@@ -355,6 +368,7 @@ def train(
             "grad_norm": grad_norm,
             "tokens_per_s": tps,
             "tokens_seen": float(state.tokens_seen),
+            "cpu_threads": float(torch.get_num_threads()),
         }
         if peak:
             metrics["mfu"] = flops_per_token * tps / (peak * backend.world_size)

@@ -14,9 +14,11 @@ ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
 
 
-def pdsweep(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    """Run `python -m pdsweep.cli ARGS` as a user would run `pdsweep ARGS`."""
-    env = {**os.environ, "COLUMNS": "200"}
+def pdsweep(
+    *args: str, cwd: Path | None = None, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m pdsweep.cli ARGS` as a user would run `pdsweep ARGS` (`env`: variables to add)."""
+    env = {**os.environ, "COLUMNS": "200", **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "pdsweep.cli", *map(str, args)],
         capture_output=True,

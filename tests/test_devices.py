@@ -52,7 +52,8 @@ def test_auto_takes_the_visible_gpus_and_falls_back_to_cpu(monkeypatch) -> None:
 
 
 @pytest.fixture()
-def quickstart_tasks(workdir) -> tuple[str, list[scheduler.Task]]:
+def quickstart_tasks(tmp_path, monkeypatch) -> tuple[str, list[scheduler.Task]]:
+    monkeypatch.setenv("PDSWEEP_WORKDIR", str(tmp_path))  # _command writes each task's run file
     sweep = expand.load_sweep(ROOT / "sweeps" / "quickstart.yaml")
     runs = expand.expand(sweep, "sweeps/quickstart.yaml")
     return sweep.name, scheduler.build(sweep.name, runs)
