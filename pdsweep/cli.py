@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pdsweep import __version__
+from pdsweep import __version__, views
 
 app = typer.Typer(
     name="pdsweep",
@@ -100,15 +100,6 @@ def validate(
         raise typer.Exit(2)
 
 
-def _human(n: float | None, unit: str = "") -> str:
-    if n is None:
-        return "?"
-    for suffix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{suffix}{unit}"
-    return f"{n:.3g}{unit}"
-
-
 @app.command()
 def plan(
     file: SweepFile,
@@ -142,108 +133,16 @@ def plan(
     console = Console()
     if not console.is_terminal:  # piped: do not squeeze the table into 80 columns
         console = Console(width=240)
-    console.print(_runs_table(f"{sweep.name}: {len(rows)} runs", rows, expand.PD_ONLY))
+    console.print(views.runs_table(f"{sweep.name}: {len(rows)} runs", rows, expand.PD_ONLY))
     counts = {role: sum(r["role"] == role for r in rows) for role in ("teacher", "baseline", "student")}
     configs = len({r.config_id for r in runs if r.role != "teacher"})
     console.print(
         f"{len(rows)} runs: {counts['teacher']} teacher, {counts['baseline']} baseline, {counts['student']} student "
         f"({configs} configurations × {len({r['seed'] for r in rows if r['role'] != 'teacher'})} seeds); "
-        f"{_human(sum(r['tokens'] for r in rows))} training tokens in all"
+        f"{views.human(sum(r['tokens'] for r in rows))} training tokens in all"
     )
     if passes:
-        console.print(_passes_table(passes))
-
-
-PLAN_TABLE_MAX_RUNS = 200
-"""Above this many runs, `plan` prints one row per configuration (seeds collapsed)."""
-
-
-def _runs_table(title: str, rows: list[dict], pd_only: tuple[str, ...]):  # noqa: ANN202 - a rich Table
-    from rich.table import Table
-
-    collapsed = len(rows) > PLAN_TABLE_MAX_RUNS
-    if collapsed:  # one row per (role, label), listing its seeds
-        groups: dict[tuple[str, str], list[dict]] = {}
-        for r in rows:
-            groups.setdefault((r["role"], r["label"]), []).append(r)
-        rows = [
-            {
-                **g[0],
-                "run_id": f"{g[0]['run_id']} +{len(g) - 1}" if len(g) > 1 else g[0]["run_id"],
-                "seed": _seed_list([r["seed"] for r in g]),
-            }
-            for g in groups.values()
-        ]
-        title += " (one row per configuration; --json lists every run)"
-    axes = list(rows[0]["axes"]) if rows else []
-    table = Table(title=title, title_justify="left")
-    for col in (
-        "run_id",
-        "role",
-        "label",
-        *axes,
-        "seeds" if collapsed else "seed",
-        "params",
-        "tokens",
-        "steps",
-        "teacher pass",
-    ):
-        numeric = col in ("seed", "params", "tokens", "steps")
-        table.add_column(col, justify="right" if numeric else "left", no_wrap=col in ("run_id", "label"))
-    for r in rows:
-        # Teacher and baseline rows are LM-only: PD axes (logits.*, loss.*, teacher) do not apply.
-        cells = [_cell(r["axes"][a]) if r["role"] == "student" or not a.startswith(pd_only) else "-" for a in axes]
-        table.add_row(
-            r["run_id"],
-            r["role"],
-            r["label"],
-            *cells,
-            str(r["seed"]),
-            _human(r["params"]),
-            _human(r["tokens"]),
-            str(r["steps"]),
-            r["teacher_pass"] or "-",
-        )
-    return table
-
-
-def _seed_list(seeds: list[int]) -> str:
-    seeds = sorted(seeds)
-    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
-        return f"{seeds[0]}–{seeds[-1]}"
-    return ",".join(map(str, seeds))
-
-
-def _passes_table(passes: dict):  # noqa: ANN202 - a rich Table
-    from rich.table import Table
-
-    table = Table(
-        title="teacher passes",
-        caption="one pass per teacher × corpus, at the largest p and k; smaller p, k and any τ are applied when reading",
-        title_justify="left",
-        caption_justify="left",
-    )
-    for col in ("pass", "teacher", "mode", "p_max", "k_max", "tokens", "runs", "store ≤"):
-        table.add_column(col)
-    for p in passes.values():
-        k = "inf" if p.top_k is None else str(p.top_k)
-        table.add_row(
-            p.pass_id,
-            p.teacher,
-            p.mode,
-            f"{p.top_p:g}",
-            k if not p.sampling_draws else f"{p.sampling_draws} draws",
-            _human(p.tokens),
-            str(len(p.runs)),
-            _human(p.store_bytes_upper_bound(), "B"),
-        )
-    return table
-
-
-def _cell(value: object) -> str:
-    if isinstance(value, dict):
-        return ",".join(f"{k}={v}" for k, v in value.items() if v is not None)
-    return str(value)
+        console.print(views.passes_table(passes))
 
 
 @app.command()
@@ -338,37 +237,6 @@ data_app = typer.Typer(help="Fetch corpora and tokenize them.", no_args_is_help=
 app.add_typer(data_app, name="data")
 
 
-def _progress_bar():  # noqa: ANN202 - (rich Progress, progress hook)
-    """One rich Progress for everything a command waits on (downloads, tokenizing, teacher logits,
-    training steps), and the `progress(what, done, total)` hook that feeds it."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=True,
-    )
-    tasks: dict[str, int] = {}
-
-    def hook(what: str, done: int, total: int) -> None:
-        if what not in tasks:
-            tasks[what] = bar.add_task(what, total=total, info="")
-        bar.update(tasks[what], completed=done, total=total)
-
-    return bar, hook
-
-
 @data_app.command("fetch")
 def data_fetch(
     name: Annotated[str, typer.Argument(help="shakespeare, debian-docs or benchmarks.", show_default=False)],
@@ -376,7 +244,7 @@ def data_fetch(
     """Download a builtin corpus, or the benchmark files, into the cache (once)."""
     from pdsweep import data
 
-    bar, hook = _progress_bar()
+    bar, hook = views.progress_bar()
     with _user_errors(), bar:
         if name == "benchmarks":
             from pdsweep import evaluate
@@ -392,7 +260,7 @@ def data_prepare(file: Annotated[Path, typer.Argument(help="A run or sweep YAML 
     """Tokenize the corpus of a run (or of every run of a sweep), training its tokenizer if needed."""
     from pdsweep import data, launch
 
-    bar, hook = _progress_bar()
+    bar, hook = views.progress_bar()
     with _user_errors():
         spec_or_sweep, runs = _load_any(file)
         specs = [spec_or_sweep] if runs is None else [r.spec for r in runs]
@@ -442,7 +310,7 @@ def logits_generate(
     """Run the teacher over the run's tokenized corpus and store its top-p-k logits (resumable)."""
     from pdsweep import data, expand, settings, teacher
 
-    bar, hook = _progress_bar()
+    bar, hook = views.progress_bar()
     with _user_errors():
         spec = expand.load_run(file)
         if spec.teacher is None:
@@ -564,7 +432,7 @@ def teacher_fetch(name: Annotated[str, typer.Argument(help="smollm2-135m", show_
     """Download a builtin pretrained teacher and convert it once to safetensors + tokenizer.json."""
     from pdsweep import teacher
 
-    bar, hook = _progress_bar()
+    bar, hook = views.progress_bar()
     with _user_errors(), bar:
         path = teacher.builtin_dir(name, hook)
     typer.echo(f"{name}: {path}")
@@ -658,7 +526,7 @@ def run(
         slots = scheduler.device_slots(devices, workers)
         if dry_run:
             sched = scheduler.Scheduler(sweep.name, tasks, workers, devices, retry_failed=retry_failed)
-            _print_tasks(sched.tasks, title=f"{sweep.name}: {len(tasks)} tasks on {len(slots)} worker(s), dry run")
+            views.print_tasks(sched.tasks, title=f"{sweep.name}: {len(tasks)} tasks on {len(slots)} worker(s), dry run")
             raise typer.Exit(0)
         parent = None
         if track:
@@ -677,7 +545,7 @@ def run(
             hostfile,
             parent_run=parent,
         )
-    view = _LiveTasks(f"{sweep.name}: {len(runs)} runs, {len(slots)} worker(s)")
+    view = views.LiveTasks(f"{sweep.name}: {len(runs)} runs, {len(slots)} worker(s)")
     sched.on_change = view.update
     try:
         with view:
@@ -685,7 +553,7 @@ def run(
     except KeyboardInterrupt:
         if track:
             tracker.finish("interrupted", "interrupted (Ctrl-C)")
-        _print_tasks(sched.tasks, title=f"{sweep.name}: interrupted")
+        views.print_tasks(sched.tasks, title=f"{sweep.name}: interrupted")
         typer.echo("interrupted: run the same command again to resume", err=True)
         raise typer.Exit(130) from None
     trained = [t for t in sched.tasks if t.kind == "train"]
@@ -693,7 +561,7 @@ def run(
     if track:
         tracker.log_metrics({"runs_done": done, "runs_failed": len(trained) - done}, 0)
         tracker.finish("done" if done == len(trained) else "failed")
-    _print_tasks(sched.tasks, title=f"{sweep.name}: {done} of {len(trained)} runs done")
+    views.print_tasks(sched.tasks, title=f"{sweep.name}: {done} of {len(trained)} runs done")
     typer.echo(f"{sweep.name}: {done} of {len(trained)} runs done; runs in {launch.sweep_dir(sweep.name)}")
     if with_report and track and done:
         with _user_errors():
@@ -726,10 +594,10 @@ def report(
 
 
 def _report(file, out, tracking_uri, metric, primary, fmt, plots, json_out, quiet: bool = False) -> Path | None:  # noqa: ANN001
-    from pdsweep import expand, report, settings
+    from pdsweep import expand, formats, report, settings
 
-    formats = fmt or ["md", "csv", "tex", "html"]
-    bad = [f for f in formats if f not in ("md", "csv", "tex", "html")]
+    kinds = fmt or ["md", "csv", "tex", "html"]
+    bad = [f for f in kinds if f not in ("md", "csv", "tex", "html")]
     if bad:
         raise _spec_error(f"--format: unknown format {bad[0]!r} (md, csv, tex, html)")
     sweep = expand.load_sweep(file)
@@ -745,15 +613,15 @@ def _report(file, out, tracking_uri, metric, primary, fmt, plots, json_out, quie
         delta_interval=spec.delta_interval,
     )
     if json_out:
-        typer.echo(report.to_frame(table).to_json(orient="records", indent=1))
+        typer.echo(formats.to_frame(table).to_json(orient="records", indent=1))
         return None
     from rich.console import Console
 
     where = out or settings.workdir() / "reports" / sweep.name
-    written = report.write(data, table, where, formats, plots)
+    written = report.write(data, table, where, kinds, plots)
     console = Console(width=max(100, shutil.get_terminal_size((160, 40)).columns))
-    console.print(report.to_rich(table))
-    for note in report.footnotes(table):
+    console.print(formats.to_rich(table))
+    for note in formats.footnotes(table):
         console.print(f"• {note}", highlight=False)
     if data.missing:
         console.print(f"[yellow]{len(data.missing)} run(s) not done; the table has the done ones.[/yellow]")
@@ -912,71 +780,6 @@ def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | No
         typer.echo(f"report: {out / 'report.md'}")
 
 
-def _task_table(tasks, title: str):  # noqa: ANN001, ANN202 - scheduler Tasks → a rich Table
-    from rich.table import Table
-
-    from pdsweep import scheduler
-
-    colors = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "waiting": "magenta"}
-    table = Table(title=title, title_justify="left")
-    for col in ("run", "label", "role", "status", "step", "loss", "ETA", "note"):
-        table.add_column(col, justify="right" if col in ("step", "loss", "ETA") else "left", no_wrap=col != "note")
-    for t in tasks:
-        c = colors.get(t.status, "white")
-        heldout = t.result.get("heldout/loss")
-        note = f"held-out loss {heldout:.4f}" if heldout is not None else t.reason
-        table.add_row(
-            t.key[:12] if t.kind == "train" else t.key,
-            t.label,
-            t.role,
-            f"[{c}]{t.status}[/{c}]",
-            f"{t.step}/{t.total_steps}" if t.kind == "train" else "",
-            f"{t.loss:.4f}" if t.loss is not None else "",
-            scheduler.fmt_eta(t.eta_s),
-            note,
-        )
-    return table
-
-
-def _print_tasks(tasks, title: str) -> None:  # noqa: ANN001
-    from rich.console import Console
-
-    Console(width=max(120, shutil.get_terminal_size().columns)).print(_task_table(tasks, title))
-
-
-class _LiveTasks:
-    """A live table on a terminal; elsewhere (logs, CI) one line whenever a task changes state."""
-
-    def __init__(self, title: str):
-        from rich.console import Console
-
-        self.title, self.console = title, Console()
-        self.live: Any = None
-        self.seen: dict[str, str] = {}
-
-    def __enter__(self) -> _LiveTasks:
-        if self.console.is_terminal:
-            from rich.live import Live
-
-            self.live = Live(console=self.console, refresh_per_second=2, transient=True)
-            self.live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.live is not None:
-            self.live.__exit__(*exc)
-
-    def update(self, tasks) -> None:  # noqa: ANN001
-        if self.live is not None:
-            self.live.update(_task_table(tasks, self.title))
-            return
-        for t in tasks:
-            if self.seen.get(t.key, "pending") != t.status:
-                extra = f"  {t.reason}" if t.reason and t.status != "running" else ""
-                typer.echo(f"{t.status:11s} {t.key[:12] if t.kind == 'train' else t.key}  {t.label}{extra}")
-            self.seen[t.key] = t.status
-
-
 @app.command()
 def status(
     file: SweepFile,
@@ -1011,7 +814,7 @@ def status(
         typer.echo(json.dumps(rows, indent=1))
         return
     counts = collections.Counter(t.status for t in sched.tasks)
-    _print_tasks(sched.tasks, title=f"{sweep.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    views.print_tasks(sched.tasks, title=f"{sweep.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
 
 
 def _locked(directory: Path) -> bool:
@@ -1095,7 +898,7 @@ def eval_(
     harness = harness or bool(named)
     default = () if named else [b for b in evaluate.BENCHMARKS if not (harness and b == "gsm8k")]
     suites = tuple(suite or default)
-    bar, hook = _progress_bar()
+    bar, hook = views.progress_bar()
     with _user_errors(), bar:
         metrics, out = launch.evaluate_model(
             target, suites, limit, batch_size, hook, tracking_uri, track, harness, named
@@ -1139,7 +942,7 @@ def _train_one(  # noqa: ANN001 - spec is a RunSpec
     """Train in run_dir with progress bars; 0 when done, 1 when the run failed, 2 on bad input."""
     from pdsweep import launch
 
-    bar, hook = _progress_bar()
+    bar, hook = views.progress_bar()
     quiet = int(os.environ.get("RANK", "0")) != 0  # one bar, on rank 0
     with _user_errors(), contextlib.nullcontext() if quiet else bar:
         outcome = launch.run_one(
@@ -1147,7 +950,7 @@ def _train_one(  # noqa: ANN001 - spec is a RunSpec
             run_dir,
             logits,
             progress=hook,
-            callbacks=(_train_bar(bar),),
+            callbacks=(views.train_bar(bar),),
             tracking_uri=tracking_uri,
             track=track,
             sweep=sweep,
@@ -1169,25 +972,6 @@ def _train_one(  # noqa: ANN001 - spec is a RunSpec
         f"done: {run_dir} — {r['step']} steps, train loss {r['train/loss']:.4f}{ev} (unigram entropy {r['unigram_entropy_nats']:.3f})"
     )
     return 0
-
-
-def _train_bar(bar):  # noqa: ANN001, ANN202 - a rich Progress → a trainer Callback
-    """Training steps on the command's progress bar: step, loss, tokens/s, ETA."""
-    from pdsweep.trainer import Callback
-
-    class TrainBar(Callback):
-        task: Any = None
-
-        def on_start(self, state, net) -> None:  # noqa: ANN001
-            if state.rank == 0:
-                self.task = bar.add_task("train", total=state.total_steps, completed=state.step, info="")
-
-        def on_step(self, state, metrics) -> None:  # noqa: ANN001
-            if self.task is not None:
-                info = f"loss {metrics['loss']:.3f}  {metrics['tokens_per_s']:,.0f} tok/s"
-                bar.update(self.task, completed=state.step, info=info)
-
-    return TrainBar()
 
 
 def main() -> None:

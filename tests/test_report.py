@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pdsweep import report
+from pdsweep import figures, formats, report, stats
 from tests.conftest import pdsweep
 
 STEPS = 10
@@ -71,7 +71,7 @@ def test_the_table_is_the_mlflow_numbers_aggregated_over_seeds(done_sweep) -> No
     for label, values in losses.items():
         assert len(values) == 2
         assert table.loc[label, "heldout/loss"] == pytest.approx(np.mean(values), rel=1e-5)
-        half = report.t_half(values, 0.95)  # t(0.975, 1) = 12.706 for two seeds
+        half = stats.t_half(values, 0.95)  # t(0.975, 1) = 12.706 for two seeds
         assert half == pytest.approx(12.706 * np.std(values, ddof=1) / math.sqrt(2), rel=1e-3)
         assert table.loc[label, "heldout/loss_ci"] == pytest.approx(half, rel=1e-4)
     base = np.mean(losses["LM-only"])
@@ -197,7 +197,7 @@ def test_noise_floor_and_single_seed_tables() -> None:
     assert "span 1.98% of its held-out loss" in t.noise_floor
     one = report.build_table(_frame({"LM": [6.0], "PD": [5.9]}))
     assert "Noise floor unknown" in one.noise_floor and math.isnan(one.rows[1].delta_lo)
-    md = report.to_markdown(one)
+    md = formats.to_markdown(one)
     assert "| PD | **5.900** |" in md and "↓ 1.7%" in md  # lower loss is better: PD's cell is bold
 
 
@@ -209,7 +209,7 @@ def test_bytes_per_token_come_from_the_sweeps_own_store(done_sweep, workdir) -> 
 
     path, uri, _, _ = done_sweep
     data = report.load(path, uri)
-    got = report._bytes_per_token(data, ["α = 0.5", "α = 0.9"], "logits.top_p", "logits.top_k")
+    got = figures._bytes_per_token(data, ["α = 0.5", "α = 0.9"], "logits.top_p", "logits.top_k")
     store = next((workdir / "runs" / "report-test" / "logits").iterdir())
     want = logits_store.stats(logits_store.StoreReader(store), [0.95], [20])[0]["bytes_per_token"]
     assert got == {"α = 0.5": pytest.approx(want), "α = 0.9": pytest.approx(want)}
