@@ -8,7 +8,8 @@ what evaluation costs a tiny run.
 - Cost: the tiny LM-only run of docs/examples/tiny-lm.yaml (held-out evaluation every 50 steps):
   time spent evaluating / time spent training (result.json eval_seconds / train_seconds).
 
-Metrics: lm_eval_max_abs_diff_points, eval_vs_train_ratio.
+Metrics: lm_eval_max_abs_diff_points, eval_vs_train_ratio, scorer_vs_harness_speed (the same items,
+batch size and machine, one after the other), scorer_peak_rss_mb.
 """
 
 from __future__ import annotations
@@ -28,21 +29,36 @@ ITEMS = 200
 TASKS = ["hellaswag", "winogrande", "piqa", "arc_easy", "arc_challenge", "mmlu", "lambada"]
 
 
+# Runs a command and reports its peak resident memory (the command's process tree, in KB) on stderr.
+_PEAK = (
+    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+    "print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)"
+)
+
+
 def pdsweep(*args: str) -> str:
-    out = subprocess.run([sys.executable, "-m", "pdsweep.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    return pdsweep_peak(*args)[0]
+
+
+def pdsweep_peak(*args: str) -> tuple[str, float]:
+    """stdout of `pdsweep ARGS` and its peak resident memory in MB."""
+    cmd = [sys.executable, "-c", _PEAK, sys.executable, "-m", "pdsweep.cli", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     if out.returncode != 0:
         raise SystemExit(out.stderr[-3000:])
-    return out.stdout
+    peak = next(line.split()[1] for line in out.stderr.splitlines() if line.startswith("PEAK_RSS_KB"))
+    return out.stdout, int(peak) / 1024
 
 
 def main() -> None:
     suites = [x for t in TASKS for x in ("--suite", t)]
+    pdsweep("eval", "builtin:smollm2-135m", "--suite", "piqa", "--limit", "2", "--json")  # fetch and convert once
     started = time.perf_counter()
-    ours = json.loads(pdsweep("eval", "builtin:smollm2-135m", *suites, "--limit", str(ITEMS), "--json"))
-    ours_s = time.perf_counter() - started
+    out, ours_mb = pdsweep_peak("eval", "builtin:smollm2-135m", *suites, "--limit", str(ITEMS), "--json")
+    ours, ours_s = json.loads(out), time.perf_counter() - started
     started = time.perf_counter()
-    theirs = json.loads(pdsweep("eval", "builtin:smollm2-135m", *suites, "--limit", str(ITEMS), "--json", "--harness"))
-    theirs_s = time.perf_counter() - started
+    out, theirs_mb = pdsweep_peak("eval", "builtin:smollm2-135m", *suites, "--limit", str(ITEMS), "--json", "--harness")
+    theirs, theirs_s = json.loads(out), time.perf_counter() - started
     table = {}
     diffs = []
     for key in sorted(ours):
@@ -77,6 +93,22 @@ def main() -> None:
                 "published": {"hellaswag/acc_norm": 42, "piqa/acc_norm": 66},
                 "seconds": {"pdsweep": round(ours_s, 1), "lm_eval": round(theirs_s, 1)},
                 "note": "SmolLM2-135M-Instruct (builtin teacher), the first items of each task (MMLU: spread over subjects)",
+            },
+            {
+                "metric": "scorer_vs_harness_speed",
+                "value": round(theirs_s / ours_s, 2),
+                "unit": "x",
+                "goal": "informational (> 1: pdsweep's scorer is faster)",
+                "seconds": {"pdsweep": round(ours_s, 1), "lm_eval": round(theirs_s, 1)},
+                "note": "the same items and batch size (16), one after the other in this run; one repetition each",
+            },
+            {
+                "metric": "scorer_peak_rss_mb",
+                "value": round(ours_mb),
+                "unit": "MB",
+                "goal": "informational",
+                "lm_eval_peak_rss_mb": round(theirs_mb),
+                "note": "peak resident memory of each evaluation command (model, data, batch logits)",
             },
             {
                 "metric": "eval_vs_train_ratio",

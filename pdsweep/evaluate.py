@@ -330,35 +330,48 @@ def _split(model: ScoringModel, context: str, continuation: str) -> tuple[list[i
     return ctx, cont
 
 
+SCORING_TOKENS = 4096
+"""At most this many padded tokens per scoring forward pass: a batch's logits are tokens × vocabulary
+floats (0.8 GB at SmolLM2's 49k vocabulary; a fixed 16 MMLU 5-shot prompts would be 2 GB)."""
+
+
 @torch.no_grad()
 def loglikelihoods(
-    model: ScoringModel, requests: list[tuple[str, str]], batch_size: int = 16, progress: Progress = lambda *a: None
+    model: ScoringModel,
+    requests: list[tuple[str, str]],
+    batch_size: int = 16,
+    progress: Progress = lambda *a: None,
+    max_tokens: int = SCORING_TOKENS,
 ) -> list[tuple[float, bool]]:
     """(log-likelihood of the continuation, whether it is the greedy continuation) per request.
 
     Requests whose model input is the same (MMLU's four one-token answers after one context) share
-    one forward pass; inputs are scored longest first in padded batches (right padding never affects
-    a causal model's earlier positions), and results are returned in the order given."""
+    one forward pass; inputs are scored longest first in padded batches of at most `batch_size`
+    inputs and `max_tokens` tokens (right padding never affects a causal model's earlier
+    positions); the log-softmax is taken only where continuations are. Results are returned in the
+    order given."""
     encoded = [_split(model, c, x) for c, x in requests]
     by_input: dict[tuple[int, ...], list[int]] = {}
     for i, (ctx, cont) in enumerate(encoded):
         by_input.setdefault(tuple((ctx + cont)[-(model.max_len + 1) :][:-1]), []).append(i)
     inputs = sorted(by_input, key=len, reverse=True)
     out: list[tuple[float, bool]] = [(0.0, False)] * len(encoded)
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start : start + batch_size]
+    start = 0
+    while start < len(inputs):
+        chunk = inputs[start : start + max(1, min(batch_size, max_tokens // len(inputs[start])))]
+        start += len(chunk)
         x = torch.zeros(len(chunk), len(chunk[0]), dtype=torch.long)
         for r, seq in enumerate(chunk):
             x[r, : len(seq)] = torch.tensor(seq)
-        logprobs = torch.log_softmax(model.forward(x.to(model.device)).float(), dim=-1)
+        logits = model.forward(x.to(model.device))
         for r, seq in enumerate(chunk):
             for i in by_input[seq]:
                 cont = encoded[i][1]
                 n = min(len(cont), len(seq))  # a continuation longer than the model's context: its last tokens
-                target = torch.tensor(cont[len(cont) - n :], device=logprobs.device)
-                lp = logprobs[r, len(seq) - n : len(seq)]
+                target = torch.tensor(cont[len(cont) - n :], device=logits.device)
+                lp = torch.log_softmax(logits[r, len(seq) - n : len(seq)].float(), dim=-1)
                 out[i] = (float(lp.gather(1, target[:, None]).sum()), bool((lp.argmax(-1) == target).all()))
-        progress("scoring", min(start + batch_size, len(inputs)), len(inputs))
+        progress("scoring", start, len(inputs))
     return out
 
 

@@ -51,8 +51,10 @@ def test_loglikelihoods_match_a_direct_computation_at_any_batch_size(scorer) -> 
     ]
     one = evaluate.loglikelihoods(scorer, requests, batch_size=1)
     many = evaluate.loglikelihoods(scorer, requests, batch_size=16)
-    for (a, ga), (b, gb), (ctx, cont) in zip(one, many, requests, strict=True):
+    capped = evaluate.loglikelihoods(scorer, requests, batch_size=16, max_tokens=20)  # ~2 inputs per forward
+    for (a, ga), (b, gb), (c, gc), (ctx, cont) in zip(one, many, capped, requests, strict=True):
         assert a == pytest.approx(b, abs=1e-4) and ga == gb
+        assert a == pytest.approx(c, abs=1e-4) and ga == gc
         assert a == pytest.approx(_direct(scorer, ctx, cont), abs=1e-4)
         assert a < 0
     # A continuation longer than the model's context is scored on its last max_len tokens.
