@@ -50,7 +50,6 @@ MMLU_SHOTS = 5
 # ----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def heldout(
     net: torch.nn.Module,
     device: torch.device,
@@ -62,31 +61,9 @@ def heldout(
 ) -> dict[str, float]:
     """Mean next-token loss on the first `max_tokens` held-out tokens, its perplexity and bits per
     byte (bytes of the held-out text per token, from the token manifest)."""
-    was_training = net.training
-    net.eval()
-    total, count = 0.0, 0
-    for batch in data.heldout_batches(tokens, seq_len, batch_size, max_tokens):
-        inputs = torch.from_numpy(batch.inputs).to(device)
-        targets = torch.from_numpy(batch.targets).to(device)
-        with autocast() if autocast else torch.autocast("cpu", enabled=False):
-            logits = net(inputs)
-        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum")
-        total += float(loss)
-        count += targets.numel()
-    net.train(was_training)
-    if count == 0:
-        return {}
-    loss_mean = total / count
-    split = tokens.manifest["splits"]["heldout"]
-    bytes_per_token = split["bytes"] / max(1, split["tokens"])
-    return {
-        "heldout/loss": loss_mean,
-        "heldout/ppl": math.exp(min(loss_mean, 50.0)),
-        "heldout/bits_per_byte": loss_mean / math.log(2) / bytes_per_token,
-    }
+    return heldout_pass(net, device, tokens, seq_len, batch_size, max_tokens, autocast=autocast)
 
 
-@torch.no_grad()
 def teacher_agreement(
     net: torch.nn.Module,
     device: torch.device,
@@ -99,28 +76,63 @@ def teacher_agreement(
     """On the held-out positions the store covers (an offline store covers them all): how often the
     student's top-1 token is the teacher's, and KL(teacher ‖ student) with the teacher's stored
     entries renormalised (τ = 1)."""
+    return heldout_pass(net, device, tokens, seq_len, batch_size, max_tokens, loss=False, store=store)
+
+
+@torch.no_grad()
+def heldout_pass(
+    net: torch.nn.Module,
+    device: torch.device,
+    tokens: data.TokenData,
+    seq_len: int,
+    batch_size: int,
+    max_tokens: int,
+    *,
+    loss: bool = True,
+    store: logits_store.StoreReader | None = None,
+    autocast: Callable[[], Any] | None = None,
+) -> dict[str, float]:
+    """The held-out metrics (`loss`) and the teacher agreement (`store`) from one forward pass over
+    the first `max_tokens` held-out tokens: a distilled run's evaluation costs one pass, not two."""
     was_training = net.training
     net.eval()
-    match = kl = 0.0
-    count = 0
-    covered = store.positions()
+    total = match = kl = 0.0
+    count = agree = 0
+    covered = store.positions() if store is not None else None
     for batch in data.heldout_batches(tokens, seq_len, batch_size, max_tokens):
         flat = batch.positions.reshape(-1)
-        ok = np.isin(flat, covered)
-        if not ok.any():
+        ok = np.isin(flat, covered) if covered is not None else None
+        if not loss and (ok is None or not ok.any()):
             continue
-        logits = net(torch.from_numpy(batch.inputs).to(device)).float().flatten(0, 1)[torch.from_numpy(ok)]
-        ids, logprobs, mask = store.truncated(flat[ok], store.top_p, store.top_k)  # all it holds
-        ids, logprobs, mask = ids.to(device), logprobs.to(device), mask.to(device)
-        q = torch.softmax(logprobs.masked_fill(~mask, float("-inf")), dim=-1)
-        log_p = torch.log_softmax(logits, dim=-1).gather(1, ids)
-        kl += float((q * (torch.log(q.clamp_min(1e-30)) - log_p)).masked_fill(~mask, 0.0).sum())
-        match += float((logits.argmax(-1) == ids[:, 0]).sum())
-        count += int(ok.sum())
+        with autocast() if autocast else torch.autocast("cpu", enabled=False):
+            logits = net(torch.from_numpy(batch.inputs).to(device)).float().flatten(0, 1)
+        if loss:
+            targets = torch.from_numpy(batch.targets).to(device).flatten()
+            total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            count += targets.numel()
+        if store is not None and ok is not None and ok.any():
+            mine = logits[torch.from_numpy(ok).to(device)]
+            ids, logprobs, mask = store.truncated(flat[ok], store.top_p, store.top_k)  # all it holds
+            ids, logprobs, mask = ids.to(device), logprobs.to(device), mask.to(device)
+            q = torch.softmax(logprobs.masked_fill(~mask, float("-inf")), dim=-1)
+            log_p = torch.log_softmax(mine, dim=-1).gather(1, ids)
+            kl += float((q * (torch.log(q.clamp_min(1e-30)) - log_p)).masked_fill(~mask, 0.0).sum())
+            match += float((mine.argmax(-1) == ids[:, 0]).sum())
+            agree += int(ok.sum())
     net.train(was_training)
-    if count == 0:
-        return {}
-    return {"teacher_agreement/top1": match / count, "teacher_agreement/kl": kl / count}
+    out: dict[str, float] = {}
+    if count:
+        loss_mean = total / count
+        split = tokens.manifest["splits"]["heldout"]
+        bytes_per_token = split["bytes"] / max(1, split["tokens"])
+        out |= {
+            "heldout/loss": loss_mean,
+            "heldout/ppl": math.exp(min(loss_mean, 50.0)),
+            "heldout/bits_per_byte": loss_mean / math.log(2) / bytes_per_token,
+        }
+    if agree:
+        out |= {"teacher_agreement/top1": match / agree, "teacher_agreement/kl": kl / agree}
+    return out
 
 
 # ----------------------------------------------------------------------------------------------

@@ -211,13 +211,18 @@ def evaluation(
     store) and benchmarks, as `<suite>/<metric>`."""
     ev, t = spec.eval, spec.data
     out: dict[str, float] = {}
-    if "heldout" in ev.suites:
-        out |= evaluate.heldout(
-            net, backend.device, tokens, t.seq_len, spec.train.micro_batch, ev.heldout_tokens, backend.autocast
-        )
-    if "teacher_agreement" in ev.suites and store is not None:
-        out |= evaluate.teacher_agreement(
-            net, backend.device, tokens, store, t.seq_len, spec.train.micro_batch, ev.heldout_tokens
+    agreement = "teacher_agreement" in ev.suites and store is not None
+    if "heldout" in ev.suites or agreement:  # one forward pass for both
+        out |= evaluate.heldout_pass(
+            net,
+            backend.device,
+            tokens,
+            t.seq_len,
+            spec.train.micro_batch,
+            ev.heldout_tokens,
+            loss="heldout" in ev.suites,
+            store=store if agreement else None,
+            autocast=backend.autocast,
         )
     if any(s in evaluate.TASKS for s in ev.suites):
         was_training = net.training

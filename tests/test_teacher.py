@@ -328,3 +328,9 @@ def test_teacher_agreement_of_a_teacher_with_its_own_store(hamlet) -> None:
     student = model.build(RunSpec.model_validate(base | {"loss": {"alpha": 0}}).student, tokens.vocab_size, 64, seed=1)
     other = evaluate.teacher_agreement(student, torch.device("cpu"), tokens, store, 64, 8, 2048)
     assert other["teacher_agreement/top1"] < 0.5 and other["teacher_agreement/kl"] > m["teacher_agreement/kl"]
+    # One pass gives both suites, equal to each computed alone.
+    both = evaluate.heldout_pass(student, torch.device("cpu"), tokens, 64, 8, 2048, store=store)
+    alone = evaluate.heldout(student, torch.device("cpu"), tokens, 64, 8, 2048)
+    assert set(both) == set(alone) | set(other)
+    for key, value in (alone | other).items():
+        assert both[key] == pytest.approx(value, rel=1e-6), key
