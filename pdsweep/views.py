@@ -202,7 +202,7 @@ class LiveTasks:
         for t in tasks:
             if self.seen.get(t.key, "pending") != t.status:
                 extra = f"  {t.reason}" if t.reason and t.status != "running" else ""
-                print(f"{t.status:11s} {t.key[:12] if t.kind == 'train' else t.key}  {t.label}{extra}")
+                print(f"{t.status:11s} {t.key[:12] if t.kind == 'train' else t.key}  {t.label}{extra}", flush=True)
             self.seen[t.key] = t.status
 
 
