@@ -141,6 +141,16 @@ def plan(
         f"({configs} configurations × {len({r['seed'] for r in rows if r['role'] != 'teacher'})} seeds); "
         f"{views.human(sum(r['tokens'] for r in rows))} training tokens in all"
     )
+    students = [r for r in rows if r["role"] != "teacher"]
+    if students:
+        top = max(students, key=lambda r: r["eval_share"])
+        ev = next(r.spec.eval for r in runs if r.run_id == top["run_id"])
+        during = f"{top['evaluations'] - 1} × {views.human(ev.tokens_during())} held-out tokens during"
+        console.print(
+            f"evaluation: {during if top['evaluations'] > 1 else 'none during'} a run of {views.human(top['tokens'])} "
+            f"tokens, {views.human(ev.heldout_tokens)} at its end: ~{100 * top['eval_share']:.0f}% of its training "
+            "compute (the most of any run; eval.interval, eval.interval_tokens, eval.heldout_tokens)"
+        )
     if passes:
         console.print(views.passes_table(passes))
 

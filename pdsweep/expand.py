@@ -525,6 +525,8 @@ def plan_rows(runs: list[PlannedRun]) -> tuple[list[dict[str, Any]], dict[str, T
                 "vocab_size": vocab,
                 "tokens": s.data.tokens,
                 "steps": s.steps(),
+                "evaluations": s.evaluations(),
+                "eval_share": round(s.eval_share(), 4),
                 "teacher": s.teacher.source if s.teacher and s.uses_teacher else None,
                 "teacher_pass": pass_by_run.get(r.run_id),
             }

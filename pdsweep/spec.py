@@ -721,9 +721,17 @@ class EvalSpec(SpecModel):
     interval: int = Field(default=100, ge=1)
     """Optimiser steps between evaluations (always at the end too)."""
     heldout_tokens: int = Field(default=65536, ge=1)
-    """Held-out tokens scored at each evaluation."""
+    """Held-out tokens scored at the final evaluation (the numbers reports compare)."""
+    interval_tokens: int | None = Field(default=None, ge=1)
+    """[D] Held-out tokens scored at the evaluations during training (curves, pruning): the first
+    this many of the final evaluation's tokens. null = a quarter of heldout_tokens, so that
+    evaluating a tiny run costs a few percent of its training (`pdsweep plan` shows the share)."""
     limit: int | None = Field(default=None, ge=1)
     """At most this many items per benchmark (null = all)."""
+
+    def tokens_during(self) -> int:
+        """Held-out tokens scored at an evaluation before the end."""
+        return self.interval_tokens or max(1, self.heldout_tokens // 4)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -785,6 +793,17 @@ class RunSpec(SpecModel):
     def steps(self) -> int:
         """Optimiser steps: the token budget over tokens per step (at least 1)."""
         return max(1, self.data.tokens // (self.train.global_batch * self.data.seq_len))
+
+    def evaluations(self) -> int:
+        """Evaluations during the run: every `eval.interval` steps before the last, and at the end."""
+        return (self.steps() - 1) // self.eval.interval + 1
+
+    def eval_share(self) -> float:
+        """Held-out evaluation compute as a share of training compute: the tokens evaluated (a
+        forward pass each) over three times the tokens trained on (forward and backward), before
+        any benchmark suite."""
+        evaluated = (self.evaluations() - 1) * self.eval.tokens_during() + self.eval.heldout_tokens
+        return evaluated / (3 * self.steps() * self.train.global_batch * self.data.seq_len)
 
     def vocab_size(self) -> int | None:
         """Vocabulary size when it is known without loading anything (bpe, builtin teacher)."""

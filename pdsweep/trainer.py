@@ -206,10 +206,13 @@ def evaluation(
     tokens: data.TokenData,
     spec: RunSpec,
     store: logits_store.StoreReader | None,
+    final: bool = True,
 ) -> dict[str, float]:
     """The suites of `spec.eval`: held-out metrics, agreement with the teacher (runs that read a
-    store) and benchmarks, as `<suite>/<metric>`."""
+    store) and benchmarks, as `<suite>/<metric>` — on `eval.heldout_tokens` at the end (`final`),
+    on the first `eval.tokens_during()` of them before."""
     ev, t = spec.eval, spec.data
+    heldout_tokens = ev.heldout_tokens if final else min(ev.heldout_tokens, ev.tokens_during())
     out: dict[str, float] = {}
     agreement = "teacher_agreement" in ev.suites and store is not None
     if "heldout" in ev.suites or agreement:  # one forward pass for both
@@ -219,7 +222,7 @@ def evaluation(
             tokens,
             t.seq_len,
             spec.train.micro_batch,
-            ev.heldout_tokens,
+            heldout_tokens,
             loss="heldout" in ev.suites,
             store=store if agreement else None,
             autocast=backend.autocast,
@@ -382,7 +385,7 @@ def train(
             cb.on_step(state, metrics)
         if state.step % spec.eval.interval == 0 and state.step < total:
             eval_started = time.perf_counter()
-            ev = evaluation(engine, backend, tokens, spec, store)
+            ev = evaluation(engine, backend, tokens, spec, store, final=False)
             eval_seconds += time.perf_counter() - eval_started
             for cb in callbacks:
                 cb.on_eval(state, ev)

@@ -141,3 +141,39 @@ def test_held_out_loss_falls_well_below_the_unigram_entropy(shakespeare, tmp_pat
     )
     result = run(spec, tmp_path, shakespeare)
     assert result["heldout/loss"] < result["unigram_entropy_nats"] - 0.5, result
+
+
+class HeldoutCheck(trainer.Callback):
+    """Recomputes each evaluation's held-out loss on a given number of tokens with the run's weights."""
+
+    def __init__(self, tokens, spec: RunSpec):
+        self.tokens, self.spec, self.seen = tokens, spec, []
+
+    def on_start(self, state, net) -> None:
+        self.net = net
+
+    def on_eval(self, state, metrics) -> None:
+        from pdsweep import evaluate
+
+        ev, final = self.spec.eval, state.step == self.spec.steps()
+        n = ev.heldout_tokens if final else ev.tokens_during()
+        args = (self.net, torch.device("cpu"), self.tokens, self.spec.data.seq_len, self.spec.train.micro_batch)
+        expect = evaluate.heldout(*args, n)["heldout/loss"]
+        self.seen.append((state.step, metrics["heldout/loss"], expect))
+
+
+def test_evaluations_during_training_score_a_quarter_of_the_final_tokens(shakespeare, tmp_path) -> None:
+    spec = RunSpec.model_validate({**TINY_RUN, "eval": {"interval": 10, "heldout_tokens": 4096}})
+    assert spec.eval.tokens_during() == 1024 and spec.evaluations() == 3
+    check = HeldoutCheck(shakespeare, spec)
+    result = run(spec, tmp_path, shakespeare, [check])
+    assert [s for s, _, _ in check.seen] == [10, 20, 30]
+    for _, logged, expect in check.seen:
+        assert logged == pytest.approx(expect, rel=1e-6)
+    assert result["heldout/loss"] == check.seen[-1][1]
+    # The estimate `pdsweep plan` prints: 2 × 1,024 + 4,096 tokens evaluated on 30 steps of 16 × 64
+    assert spec.eval_share() == pytest.approx((2 * 1024 + 4096) / (3 * 30 * 16 * 64))
+    explicit = RunSpec.model_validate(
+        {**TINY_RUN, "eval": {"interval": 10, "heldout_tokens": 4096, "interval_tokens": 4096}}
+    )
+    assert explicit.eval.tokens_during() == 4096
