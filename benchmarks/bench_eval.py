@@ -127,8 +127,8 @@ def cost(repeats: int = COST_REPEATS) -> list[dict]:
             "spread": summary(ratios),
             "eval_s": round(statistics.median(evals), 2),
             "train_s": round(statistics.median(trains), 2),
-            "note": "docs/examples/tiny-lm.yaml (146 steps of 2,048 tokens): held-out evaluation of 32,768 tokens "
-            "at steps 50, 100 and the end; the median of the runs",
+            "note": "docs/examples/tiny-lm.yaml (146 steps of 2,048 tokens): held-out loss on 8,192 tokens at steps "
+            "50 and 100 (eval.interval_tokens) and on 32,768 at the end; the median of the runs",
         }
     ]
 
