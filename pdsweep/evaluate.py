@@ -98,24 +98,24 @@ def heldout_pass(
     net.eval()
     total = match = kl = 0.0
     count = agree = 0
-    covered = store.positions() if store is not None else None
     for batch in data.heldout_batches(tokens, seq_len, batch_size, max_tokens):
         flat = batch.positions.reshape(-1)
-        ok = np.isin(flat, covered) if covered is not None else None
-        if not loss and (ok is None or not ok.any()):
+        ok = store.covers(flat) if store is not None else np.zeros(len(flat), dtype=bool)
+        if not loss and not ok.any():
             continue
         with autocast() if autocast else torch.autocast("cpu", enabled=False):
             logits = net(torch.from_numpy(batch.inputs).to(device)).float().flatten(0, 1)
+        logp = torch.log_softmax(logits, dim=-1)  # one log-softmax for the loss and the agreement
         if loss:
             targets = torch.from_numpy(batch.targets).to(device).flatten()
-            total += float(torch.nn.functional.cross_entropy(logits, targets, reduction="sum"))
+            total -= float(logp.gather(1, targets[:, None]).sum())
             count += targets.numel()
-        if store is not None and ok is not None and ok.any():
-            mine = logits[torch.from_numpy(ok).to(device)]
+        if store is not None and ok.any():
+            mine = logp[torch.from_numpy(ok).to(device)]
             ids, logprobs, mask = store.truncated(flat[ok], store.top_p, store.top_k)  # all it holds
             ids, logprobs, mask = ids.to(device), logprobs.to(device), mask.to(device)
             q = torch.softmax(logprobs.masked_fill(~mask, float("-inf")), dim=-1)
-            log_p = torch.log_softmax(mine, dim=-1).gather(1, ids)
+            log_p = mine.gather(1, ids)
             kl += float((q * (torch.log(q.clamp_min(1e-30)) - log_p)).masked_fill(~mask, 0.0).sum())
             match += float((mine.argmax(-1) == ids[:, 0]).sum())
             agree += int(ok.sum())

@@ -519,6 +519,7 @@ class StoreReader:
         self._ranges = self._sorted and all(s.get("contiguous", False) for s in shards)
         self._order, self._firsts, self._lasts = np.asarray(order, dtype=np.int64), firsts, lasts
         self._index: dict[int, tuple[int, int]] | None = None
+        self._covered: np.ndarray | None = None
 
     @property
     def top_p(self) -> float:
@@ -594,6 +595,22 @@ class StoreReader:
             return np.concatenate([np.arange(f, last + 1) for f, last in zip(self._firsts, self._lasts, strict=True)])
         index = self._position_index()
         return np.sort(np.fromiter(index.keys(), dtype=np.int64, count=len(index)))
+
+    def covers(self, positions: np.ndarray) -> np.ndarray:
+        """Whether the store holds each of `positions` (a bool array of the same shape); cheap to
+        call again (a held-out evaluation asks at every interval)."""
+        flat = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if not self.manifest["shards"]:
+            return np.zeros(np.shape(positions), dtype=bool)
+        if self._ranges:
+            k = np.searchsorted(self._firsts, flat, side="right") - 1
+            ok = (k >= 0) & (flat <= self._lasts[np.clip(k, 0, None)])
+        else:
+            if self._covered is None:
+                self._covered = self.positions()
+            at = np.minimum(np.searchsorted(self._covered, flat), len(self._covered) - 1)
+            ok = self._covered[at] == flat
+        return ok.reshape(np.shape(positions))
 
     def _missing(self, missing: np.ndarray, total: int) -> None:
         raise SpecError(

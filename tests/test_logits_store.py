@@ -150,6 +150,21 @@ def test_a_later_recording_of_a_position_wins(tmp_path) -> None:
     assert e.ids[:, 0].tolist() == [5, 9, 9]
 
 
+def test_covers_tells_which_positions_a_store_holds(tmp_path) -> None:
+    make_store(tmp_path / "whole")  # contiguous shards: positions 0..599
+    sparse = L.StoreWriter(tmp_path / "sparse", INFO)  # windows a run visits, with gaps
+    rng = torch.Generator().manual_seed(0)
+    for start in (0, 300, 320):
+        sparse.add(np.arange(start, start + 10), L.top_p_k(torch.randn(10, 3000, generator=rng), 0.9, 20))
+    asked = np.array([[0, 9, 10, 299], [300, 325, 329, 330], [599, 600, -1, 5]])
+    for store in ("whole", "sparse"):
+        reader = L.StoreReader(tmp_path / store)
+        expect = np.isin(asked, reader.positions())
+        assert reader.covers(asked).tolist() == expect.tolist(), store
+        assert reader.covers(asked).tolist() == reader.covers(asked).tolist()  # cached the second time
+    assert L.StoreReader(tmp_path / "sparse").covers(asked).sum() == 6  # 0, 9, 300, 325, 329, 5
+
+
 def test_store_errors_name_the_problem(tmp_path) -> None:
     make_store(tmp_path / "s", shards=2)
     with pytest.raises(SpecError, match="no teacher logits for position 400"):
