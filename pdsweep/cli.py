@@ -693,7 +693,9 @@ def tune(
     else:
         import subprocess
 
-        cores = os.cpu_count() or 1
+        from pdsweep import settings
+
+        cores = settings.cores()
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cores // workers)))}
         args = [sys.executable, "-m", "pdsweep.cli", "tune", str(path), "--storage", url]
         args += [

@@ -217,7 +217,7 @@ def launcher_command(
     the caller's value (two workers of `pdsweep run` would share GPUs 0…n−1), so the visible GPUs
     become DeepSpeed's `--include`: `localhost:IDS` on one machine, `HOST:IDS@HOST:IDS…` for every
     machine of the hostfile (a worker's share of GPUs is the same on each machine)."""
-    threads = env.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    threads = env.get("OMP_NUM_THREADS", str(max(1, settings.cores() // nproc)))
     env = {**env, "OMP_NUM_THREADS": threads}
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]

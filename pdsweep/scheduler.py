@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import yaml
 
-from pdsweep import backends, expand, files, launch
+from pdsweep import backends, expand, files, launch, settings
 from pdsweep.specfile import SpecError
 
 POLL_S = 0.5
@@ -297,7 +297,7 @@ class Scheduler:
         threads (a teacher pass that started beside LM-only runs speeds up when they finish)."""
         running = [t for t in self.tasks if t.proc is not None and t.threads]
         for t in running:
-            n = max(1, (os.cpu_count() or 1) // len(running))
+            n = max(1, settings.cores() // len(running))
             if n != t.threads:
                 t.threads = n
                 files.write_text(t.dir / "threads", f"{n}\n")
@@ -334,7 +334,7 @@ class Scheduler:
         running = sum(1 for x in self.tasks if x.proc is not None)
         others = sum(1 for x in self.tasks if x is not t and x.proc is None and self._candidate(x) and self._ready(x))
         sharing = 1 + running + min(others, len(self.free))
-        return max(1, (os.cpu_count() or 1) // min(len(self.slots), sharing))
+        return max(1, settings.cores() // min(len(self.slots), sharing))
 
     def _start(self, t: Task) -> bool:
         """Start `t` if its lock is free; False when another pdsweep process holds it."""

@@ -28,6 +28,11 @@ def cache_dir() -> Path:
     return Path(base) / "pdsweep"
 
 
+def cores() -> int:
+    """CPU cores this process may use (its affinity: a cluster job's allocation, not the node's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def machine() -> str:
     """The machine in one line, for reports and benchmark results: CPU model, usable cores, OS, Python."""
     cpu = platform.processor() or platform.machine()
@@ -38,8 +43,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    return f"{cpu}, {cores()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}"
 
 
 class ThreadBudget:

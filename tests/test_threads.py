@@ -37,7 +37,7 @@ def test_the_budget_is_read_between_steps_and_divided_among_a_runs_processes(tmp
 def test_the_scheduler_gives_a_task_left_alone_every_core(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("PDSWEEP_WORKDIR", str(tmp_path))  # the task directories this test writes
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(scheduler.os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(scheduler.settings, "cores", lambda: 8)
     sweep = expand.load_sweep(ROOT / "sweeps" / "quickstart.yaml")
     tasks = scheduler.build(sweep.name, expand.expand(sweep, "sweeps/quickstart.yaml"))
     sched = scheduler.Scheduler(sweep.name, tasks, workers=2, devices="cpu", track=False)
