@@ -730,8 +730,8 @@ class EvalSpec(SpecModel):
     """At most this many items per benchmark (null = all)."""
 
     def tokens_during(self) -> int:
-        """Held-out tokens scored at an evaluation before the end."""
-        return self.interval_tokens or max(1, self.heldout_tokens // 4)
+        """Held-out tokens scored at an evaluation before the end (never more than at the end)."""
+        return min(self.heldout_tokens, self.interval_tokens or max(1, self.heldout_tokens // 4))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -212,7 +212,7 @@ def evaluation(
     store) and benchmarks, as `<suite>/<metric>` — on `eval.heldout_tokens` at the end (`final`),
     on the first `eval.tokens_during()` of them before."""
     ev, t = spec.eval, spec.data
-    heldout_tokens = ev.heldout_tokens if final else min(ev.heldout_tokens, ev.tokens_during())
+    heldout_tokens = ev.heldout_tokens if final else ev.tokens_during()
     out: dict[str, float] = {}
     agreement = "teacher_agreement" in ev.suites and store is not None
     if "heldout" in ev.suites or agreement:  # one forward pass for both

@@ -177,3 +177,5 @@ def test_evaluations_during_training_score_a_quarter_of_the_final_tokens(shakesp
         {**TINY_RUN, "eval": {"interval": 10, "heldout_tokens": 4096, "interval_tokens": 4096}}
     )
     assert explicit.eval.tokens_during() == 4096
+    more = RunSpec.model_validate({**TINY_RUN, "eval": {"heldout_tokens": 4096, "interval_tokens": 9999}})
+    assert more.eval.tokens_during() == 4096  # never more than the final evaluation scores
