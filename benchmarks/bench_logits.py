@@ -77,15 +77,18 @@ def main() -> None:
             for b in range(0, len(size_windows), BATCH):
                 z = t.logits(size_windows[b : b + BATCH]).float()
                 parts.append(logits_store.top_p_k(z.reshape(-1, z.shape[-1]), 0.95, 100))
-        ids_x, lp_x, count_x, lse_x = logits_store.concat(parts)
+        ids_x, lp_x, count_x, lse_x, cuts_x = logits_store.concat(parts)
         writer = logits_store.StoreWriter(Path(tmp) / "size", teacher.store_info(t, tokens, 0.95, 100))
-        writer.add(np.arange(SIZE_POSITIONS), (ids_x, lp_x, count_x, lse_x))
+        writer.add(np.arange(SIZE_POSITIONS), (ids_x, lp_x, count_x, lse_x, cuts_x))
         mask = np.arange(ids_x.shape[1])[None] < count_x[:, None]
         ids, lp = ids_x[mask], lp_x[mask]
         entries = int(mask.sum())
         ours = logits_store.store_bytes(Path(tmp) / "size") / entries
         e = logits_store.StoreReader(Path(tmp) / "size").entries(np.arange(SIZE_POSITIONS))
         assert np.array_equal(e.ids[:, 0], ids_x[:, 0]) and np.array_equal(e.count, count_x)
+        mask_x = np.arange(ids_x.shape[1])[None] < count_x[:, None]
+        assert np.array_equal(np.where(mask_x, e.ids, -1), np.where(mask_x, ids_x, -1))  # probability order, exactly
+        assert np.array_equal(e.cuts, cuts_x)  # the exact top-p counts at every grid point
 
         def by_id(ids_: np.ndarray, lp_: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             keep = np.arange(ids_.shape[1])[None] < n[:, None]

@@ -782,7 +782,7 @@ def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | No
         import datetime as dt
 
         when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        md += [f"- machine: {settings.machine()}", f"- date: {when}", f"- storage: {url}", ""]
+        md += [f"- machine: {settings.machine()}", f"- date: {when}", f"- storage: {settings.shown_uri(url)}", ""]
         md += [frame.to_markdown(index=False, floatfmt=".6g"), ""]
         if imp:
             md += ["Parameter importances (fANOVA): " + ", ".join(f"`{k}` {v:.2f}" for k, v in imp.items()), ""]

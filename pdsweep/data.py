@@ -269,6 +269,44 @@ class TokenData:
         return Tokenizer.from_file(str(self.tokenizer_path))
 
 
+@functools.cache
+def _byte_of_char() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the printable character that stands for each byte."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[chr(b)] = b
+        else:
+            chars[chr(256 + extra)] = b
+            extra += 1
+    return chars
+
+
+@functools.lru_cache(maxsize=4)
+def token_bytes(tokenizer_path: Path) -> np.ndarray:
+    """(V,) the number of UTF-8 bytes of text each token id stands for: special tokens (end of
+    text) 0, a byte-level token the bytes its characters encode, any other token the UTF-8 length
+    of its decoded text. Bits per byte divide by the sum of these over the tokens scored."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_path))
+    spec = json.loads(tok.to_str())
+    specials = {t["id"] for t in spec.get("added_tokens", []) if t.get("special")}
+    byte_level = (spec.get("decoder") or {}).get("type") == "ByteLevel"
+    alphabet = _byte_of_char()
+    out = np.zeros(tok.get_vocab_size(), dtype=np.int64)
+    for i in range(len(out)):
+        piece = tok.id_to_token(i)
+        if i in specials or piece is None:
+            continue
+        if byte_level and all(c in alphabet for c in piece):
+            out[i] = len(piece)
+        else:
+            out[i] = len(tok.decode([i], skip_special_tokens=True).encode("utf-8"))
+    return out
+
+
 def _dtype(vocab_size: int) -> np.dtype:
     return np.dtype(np.uint16) if vocab_size <= 65536 else np.dtype(np.uint32)
 

@@ -180,7 +180,7 @@ def _histories(data: SweepData, t: Table, out: Path) -> list[tuple[str, Path]]:
         tr = data.tracked[rec.run_id]
         spec = by_id[rec.run_id].spec
         tokens_per_step[rec.label] = spec.train.global_batch * spec.data.seq_len
-        for kind, key in (("eval", f"eval/{eval_key}"), ("train", "loss")):
+        for kind, key in (("eval", f"curve/{eval_key}"), ("train", "loss")):  # one evaluation set per curve
             hist = dict(tracking.metric_history(data.uri, tr.mlflow_run_id, key))
             if hist:
                 curves[kind].setdefault(rec.label, []).append(hist)

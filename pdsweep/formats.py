@@ -46,8 +46,8 @@ def footnotes(t: Table) -> list[str]:
     seeds = sorted({len(r.seeds) for r in t.rows})
     methods = {r.delta_method for r in t.rows if r.delta_method}
     how = {
-        "bootstrap": f"a {pct} bootstrap interval over seeds",
-        "t": f"a {pct} t-interval (too few seeds for a bootstrap interval to be trusted)",
+        "bootstrap": f"a {pct} BCa bootstrap interval over seeds",
+        "t": f"a {pct} t-interval",
     }
     interval = " or ".join(how[m] for m in sorted(methods)) or "no interval (one seed)"
     delta = (

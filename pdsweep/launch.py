@@ -99,7 +99,7 @@ class _Track(trainer.Callback):
 
     def on_eval(self, state: trainer.TrainState, metrics: dict[str, float]) -> None:
         if state.rank == 0:
-            self.tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, state.step)
+            self.tracker.log_metrics(metrics, state.step)  # eval/… and curve/… (trainer.logged)
 
 
 @dataclass

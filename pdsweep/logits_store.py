@@ -44,16 +44,29 @@ import numpy as np
 from pdsweep import files
 from pdsweep.specfile import SpecError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: entries in probability order (exact order for any k) with exact counts at P_GRID; 1: entries as
+a set with only the argmax's place (reads at a smaller k or p could pick the wrong entries)."""
 MAGIC = b"PDSL"
 GAMMA = 0.65
 """Values are stored as y = p^GAMMA on a grid of step `value_step(GAMMA)`; each shard records its γ.
 
 Smaller γ keeps more relative precision for small probabilities and costs bytes. Measured on
-SmolLM2-135M's top-0.95-100 outputs over the default corpus (16384-position shards): γ = 0.5 →
-1.73 B/entry, mean KL(exact ‖ decoded targets) 1.7e-5 nats; γ = 0.65 → 1.56 B/entry, 1.1e-4 nats
+SmolLM2-135M's top-0.95-100 outputs over the default corpus (16384-position shards, format 1): γ = 0.5
+→ 1.73 B/entry, mean KL(exact ‖ decoded targets) 1.7e-5 nats; γ = 0.65 → 1.56 B/entry, 1.1e-4 nats
 (total variation 0.36% at τ = 1, 0.43% at τ = 2 — a tenth of what top-0.95 truncation removes);
 γ = 0.7 → 1.51 B/entry, 2.0e-4 nats. Every γ keeps |p̂ − p| ≤ 1e-3."""
+
+P_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
+"""[D] The nucleus masses (0.05, 0.10, …, 0.95: every p the paper sweeps) at which every shard records
+the exact number of entries top-p keeps. A read at one of them is exact; a read at another p cuts on
+the decoded cumulative mass (each value within 1e-3, so the sum can cross p one or two entries early
+or late), clamped between the exact counts of the grid points around it."""
+
+
+def grid_below(top_p: float) -> tuple[float, ...]:
+    """The grid points a store truncated at `top_p` records counts for (those below it)."""
+    return tuple(g for g in P_GRID if g < top_p - 1e-9)
 
 
 def value_step(gamma: float) -> float:
@@ -76,19 +89,23 @@ class Sparse:
     """Truncated teacher distributions for N positions, padded to K entries.
 
     ids (N, K) int64, logprobs (N, K) float32 (log-probabilities under the full vocabulary, −inf
-    where padded), count (N,) int64, lse (N,) float32. Entries are sorted, most probable first."""
+    where padded), count (N,) int64, lse (N,) float32, cuts (N, G) int64: how many entries top-p
+    keeps at each grid point below the truncation's p (`grid_below`; G = 0 for sampled targets).
+    Entries are sorted, most probable first."""
 
     ids: Any
     logprobs: Any
     count: Any
     lse: Any
+    cuts: Any
 
 
 def top_p_k(logits: Any, top_p: float, top_k: int | None) -> Sparse:
     """Nucleus then top-k truncation of the τ = 1 distribution (the paper's top-p-k).
 
     Keeps the smallest prefix of the sorted distribution whose mass reaches `top_p`, then at most
-    `top_k` entries (None = no cap), and never fewer than one.
+    `top_k` entries (None = no cap), and never fewer than one. The cumulative mass is summed in
+    float64, so the cut is the one a float64 reference makes except at exact ties.
 
     Args:
         logits: (N, V) float teacher logits.
@@ -101,16 +118,24 @@ def top_p_k(logits: Any, top_p: float, top_k: int | None) -> Sparse:
     lse = torch.logsumexp(logits, dim=-1)
     values, ids = torch.topk(logits, k, dim=-1, sorted=True)
     logprobs = values - lse[:, None]
-    cum = torch.cumsum(logprobs.exp(), dim=-1)
-    # Entries strictly before the one that reaches p, plus that one; p = 1 keeps all k (in floating
-    # point the cumulative mass can reach 1 early when the tail underflows).
-    count = ((cum < top_p).sum(dim=-1) + 1).clamp(1, k) if top_p < 1 else torch.full_like(lse, k, dtype=torch.long)
+    cum = torch.cumsum(logprobs.double().exp(), dim=-1)
+
+    def kept(p: float) -> Any:
+        # Entries strictly before the one that reaches p, plus that one; p = 1 keeps all k (in
+        # floating point the cumulative mass can reach 1 early when the tail underflows).
+        if p >= 1:
+            return torch.full_like(lse, k, dtype=torch.long)
+        return ((cum < p).sum(dim=-1) + 1).clamp(1, k)
+
+    count = kept(top_p)
+    grid = grid_below(top_p)
+    cuts = torch.stack([torch.minimum(kept(g), count) for g in grid], dim=-1) if grid else count[:, None][:, :0]
     keep = torch.arange(k, device=logits.device)[None, :] < count[:, None]
-    return Sparse(ids.masked_fill(~keep, 0), logprobs.masked_fill(~keep, float("-inf")), count, lse)
+    return Sparse(ids.masked_fill(~keep, 0), logprobs.masked_fill(~keep, float("-inf")), count, lse, cuts)
 
 
-def concat(parts: list[Sparse]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Several Sparse batches as one, padded to the widest: numpy (ids, logprobs, count, lse)."""
+def concat(parts: list[Sparse]) -> tuple[np.ndarray, ...]:
+    """Several Sparse batches as one, padded to the widest: numpy (ids, logprobs, count, lse, cuts)."""
     K = max(p.ids.shape[1] for p in parts)
 
     def pad(t: Any, value: float) -> np.ndarray:
@@ -124,6 +149,7 @@ def concat(parts: list[Sparse]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
         np.concatenate([pad(p.logprobs, -np.inf) for p in parts]),
         np.concatenate([p.count.cpu().numpy() for p in parts]),
         np.concatenate([p.lse.cpu().numpy() for p in parts]),
+        np.concatenate([p.cuts.cpu().numpy() for p in parts]),
     )
 
 
@@ -155,42 +181,78 @@ def sampled_sparse(logits: Any, draws: int, generator: Any = None) -> Sparse:
 
     ids, counts, n = sample_targets(logits, draws, generator)
     logprobs = torch.log(counts.float() / draws)  # −inf where nothing was drawn (padding)
-    return Sparse(ids.masked_fill(counts == 0, 0), logprobs, n, torch.logsumexp(logits.float(), dim=-1))
+    lse = torch.logsumexp(logits.float(), dim=-1)
+    return Sparse(ids.masked_fill(counts == 0, 0), logprobs, n, lse, n[:, None][:, :0])
 
 
-def truncate_entries(ids: Any, logprobs: Any, count: Any, top_p: float, top_k: int | None) -> tuple[Any, Any, Any]:
+def truncate_entries(
+    ids: Any,
+    logprobs: Any,
+    count: Any,
+    top_p: float,
+    top_k: int | None,
+    *,
+    stored_p: float = 1.0,
+    cuts: Any = None,
+    p_grid: tuple[float, ...] = (),
+) -> tuple[Any, Any, Any]:
     """Stored top-p_max-k_max entries cut to a smaller p and k (torch tensors in, torch out).
+
+    The entries are in exact probability order, so a smaller k keeps exactly the k most probable.
+    At p ≥ `stored_p` (the store's own p) every stored entry is kept; at a grid point of `p_grid`
+    the exact count recorded in `cuts` is used; at any other p the cut falls where the decoded
+    cumulative mass reaches p, clamped between the exact counts of the grid points around it.
 
     Args:
         ids, logprobs: (N, K) entries, most probable first (logprobs under the full vocabulary, −inf
-            where padded); count (N,) kept entries per position.
+            where padded); count (N,) kept entries per position; cuts (N, G) exact counts at the
+            G points of `p_grid`.
     Returns:
         (ids (N, k), logprobs (N, k) with −inf beyond the cut, mask (N, k) bool).
     """
     import torch
 
     k = ids.shape[-1] if top_k is None else min(top_k, ids.shape[-1])
-    ids, logprobs = ids[:, :k], logprobs[:, :k]
     n = count.clamp(max=k)
-    if top_p < 1:
-        cum = torch.cumsum(logprobs.double().exp(), dim=-1)  # padded entries: exp(−inf) = 0
-        n = torch.minimum(((cum < top_p).sum(dim=-1) + 1).clamp(1, k), n)
+    if top_p < stored_p - 1e-9:
+        exact = [i for i, g in enumerate(p_grid) if abs(g - top_p) < 1e-9]
+        if exact and cuts is not None:
+            n_p = cuts[:, exact[0]]
+        else:
+            cum = torch.cumsum(logprobs.double().exp(), dim=-1)  # padded entries: exp(−inf) = 0
+            n_p = (cum < top_p).sum(dim=-1) + 1
+            if cuts is not None:
+                below = [i for i, g in enumerate(p_grid) if g < top_p]
+                above = [i for i, g in enumerate(p_grid) if g > top_p]
+                if below:
+                    n_p = torch.maximum(n_p, cuts[:, below[-1]])
+                n_p = torch.minimum(n_p, cuts[:, above[0]] if above else count)
+        n = torch.minimum(n_p.clamp(min=1), n)
+    ids, logprobs = ids[:, :k], logprobs[:, :k]
     mask = torch.arange(k, device=ids.device)[None, :] < n[:, None]
     return ids, logprobs.masked_fill(~mask, float("-inf")), mask
 
 
 def read_targets(
-    ids: Any, logprobs: Any, count: Any, top_p: float, top_k: int | None, temperature: float, renormalize: bool = True
+    ids: Any,
+    logprobs: Any,
+    count: Any,
+    top_p: float,
+    top_k: int | None,
+    temperature: float,
+    renormalize: bool = True,
+    **stored: Any,
 ) -> tuple[Any, Any, Any, Any]:
     """Targets for a smaller p, k and any τ from stored top-p_max-k_max entries (F(z) = softmax(
-    Truncate(z)/τ), the paper's Eq. 4), by the same function the training loss uses.
+    Truncate(z)/τ), the paper's Eq. 4), by the same function the training loss uses; `stored`
+    (stored_p, cuts, p_grid) as for `truncate_entries`.
 
     Returns (ids (N, K), probs (N, K), mask (N, K) bool, residual (N,)): with `renormalize` the
     kept probabilities sum to 1 and residual is 0; without it they keep the kept mass of the τ = 1
     distribution and `residual` = 1 − that mass (the untruncated tail as one bucket)."""
     from pdsweep.losses import KDConfig, teacher_targets
 
-    ids, logprobs, mask = truncate_entries(ids, logprobs, count, top_p, top_k)
+    ids, logprobs, mask = truncate_entries(ids, logprobs, count, top_p, top_k, **stored)
     probs, residual, _, _ = teacher_targets(logprobs, mask, KDConfig(temperature=temperature, renormalize=renormalize))
     return ids, probs, mask, residual
 
@@ -238,48 +300,70 @@ def _smallest_uint(max_value: int) -> np.dtype:
     return np.dtype(np.uint64)
 
 
+def estimated_cuts(q: np.ndarray, count: np.ndarray, gamma: float, grid: tuple[float, ...]) -> np.ndarray:
+    """(P, G) counts top-p would keep at each grid point judged from the decoded values q (P, K) in
+    probability order — the guess that a shard corrects to the exact counts (encoder and decoder
+    compute it identically, so only the few corrections are stored)."""
+    P, K = q.shape
+    mask = np.arange(K)[None, :] < count[:, None]
+    p = np.where(mask, np.exp(dequantize(np.maximum(q, 1), gamma).astype(np.float64)), 0.0)
+    cum = np.cumsum(p, axis=1)
+    return np.stack([np.minimum((cum < g).sum(axis=1) + 1, count) for g in grid], axis=1).reshape(P, len(grid))
+
+
+def _zigzag(a: np.ndarray) -> np.ndarray:
+    return np.where(a >= 0, 2 * a, -2 * a - 1)
+
+
+def _unzigzag(a: np.ndarray) -> np.ndarray:
+    return np.where(a % 2 == 0, a // 2, -(a + 1) // 2)
+
+
 def encode_shard(
     positions: np.ndarray,
     ids: np.ndarray,
     logprobs: np.ndarray,
     count: np.ndarray,
     lse: np.ndarray,
+    cuts: np.ndarray | None = None,
+    p_grid: tuple[float, ...] = (),
     level: int = ZSTD_LEVEL,
     gamma: float = GAMMA,
 ) -> bytes:
     """One shard's bytes. positions (P,) int64 ascending; ids/logprobs (P, K) with the kept entries
-    first (any order), count (P,); lse (P,).
+    first (any order), count (P,); lse (P,); cuts (P, G) the exact top-p counts at `p_grid`.
 
-    Each position's entries are stored as a *set*, ordered by the ids' frequency rank in this shard:
-    the ranks as gaps (small numbers, since kept ids are mostly frequent ones), the quantised values
-    in the same order, and which entry is the most probable (so the teacher's argmax survives ties
-    of quantised values). Coding the set rather than the probability order saves ~5 bits per entry
-    on ids and costs ~4 on values (measured on SmolLM2-135M: benchmarks/bench_logits.py)."""
+    Each position's entries are stored in probability order, so a read at any smaller k keeps
+    exactly the most probable ones: the ids as ranks in this shard's table of ids by frequency
+    (kept ids are mostly frequent ones), the quantised values as the first one and then the drops
+    from one entry to the next (mostly 0 or 1 in the tail), and the grid counts as corrections to
+    what the decoded values suggest (`estimated_cuts`; 95% are 0). Order costs bytes: on SmolLM2-135M
+    (benchmarks/bench_logits.py) a set-coded shard without it was 1.56 B/entry."""
     P, K = ids.shape
     mask = np.arange(K)[None, :] < count[:, None]
+    order = np.argsort(np.where(mask, -logprobs.astype(np.float64), np.inf), axis=1, kind="stable")
+    ids = np.take_along_axis(ids, order, axis=1)
+    logprobs = np.take_along_axis(logprobs, order, axis=1)
     q = np.where(mask, quantize(np.where(mask, logprobs, 0.0), gamma), 0)
-    argmax = np.argmax(np.where(mask, logprobs, -np.inf), axis=1)
     table, inverse, freq = np.unique(ids[mask], return_inverse=True, return_counts=True)
     by_freq = np.argsort(-freq, kind="stable")
     rank_of = np.empty_like(by_freq)
     rank_of[by_freq] = np.arange(len(by_freq))
-    big = np.iinfo(np.int64).max
-    R = np.full((P, K), big, dtype=np.int64)
-    R[mask] = rank_of[inverse]
-    order = np.argsort(R, axis=1, kind="stable")  # set order: by frequency rank
-    Rs = np.take_along_axis(R, order, axis=1)
-    gaps = np.diff(np.concatenate([np.full((P, 1), -1, dtype=np.int64), Rs], axis=1), axis=1) - 1
-    qs = np.take_along_axis(q, order, axis=1)
-    where_max = np.argmax(order == argmax[:, None], axis=1)  # the argmax entry's index in set order
+    ranks = rank_of[inverse.reshape(-1)]
+    drops = (q[:, :-1] - q[:, 1:])[mask[:, 1:]]
     contiguous = P > 0 and positions[-1] - positions[0] == P - 1
     columns: dict[str, np.ndarray] = {
         "counts": count.astype(_smallest_uint(int(count.max(initial=0)))),
-        "argmax": where_max.astype(_smallest_uint(int(K))),
-        "gaps": gaps[mask].astype(_smallest_uint(int(gaps[mask].max(initial=0)))),
-        "values": qs[mask].astype(_smallest_uint(int(qs[mask].max(initial=0)))),
+        "ranks": ranks.astype(_smallest_uint(int(ranks.max(initial=0)))),
+        "first": q[:, 0].astype(_smallest_uint(int(q[:, 0].max(initial=0)))),
+        "drops": drops.astype(_smallest_uint(int(drops.max(initial=0)))),
         "id_table": table[by_freq].astype(_smallest_uint(int(table.max(initial=0)))),
         "lse": lse.astype(np.float16).view(np.uint16),
     }
+    if p_grid:
+        assert cuts is not None and cuts.shape == (P, len(p_grid)), "a shard with a p grid needs its cut counts"
+        fixes = _zigzag(cuts.astype(np.int64) - estimated_cuts(q, count, gamma, p_grid)).reshape(-1)
+        columns["cut_fixes"] = fixes.astype(_smallest_uint(int(fixes.max(initial=0))))
     if not contiguous:
         deltas = np.diff(positions, prepend=positions[:1] if P else positions)
         columns["position_deltas"] = deltas.astype(_smallest_uint(int(deltas.max(initial=0))))
@@ -290,6 +374,7 @@ def encode_shard(
         "first": int(positions[0]) if P else 0,
         "contiguous": bool(contiguous),
         "gamma": gamma,
+        "p_grid": list(p_grid),
         "columns": [],
     }
     blobs = []
@@ -309,7 +394,7 @@ class Shard:
     """A decoded shard, compact: each position's entries in probability order, flattened.
 
     positions (P,), count (P,), offsets (P + 1,) into flat_ids / flat_q (the quantised values),
-    lse (P,) float32."""
+    lse (P,) float32, cuts (P, G) exact top-p counts at the grid points p_grid."""
 
     positions: np.ndarray
     count: np.ndarray
@@ -317,11 +402,14 @@ class Shard:
     flat_ids: np.ndarray
     flat_q: np.ndarray
     lse: np.ndarray
-    gamma: float = 0.5
+    cuts: np.ndarray
+    p_grid: tuple[float, ...]
+    gamma: float = GAMMA
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in (self.positions, self.count, self.offsets, self.flat_ids, self.flat_q, self.lse))
+        arrays = (self.positions, self.count, self.offsets, self.flat_ids, self.flat_q, self.lse, self.cuts)
+        return sum(a.nbytes for a in arrays)
 
     def rows(self, rows: np.ndarray, K: int) -> tuple[np.ndarray, np.ndarray]:
         """ids (N, K) int64 and logprobs (N, K) float32 (−inf padded) of the given rows."""
@@ -344,11 +432,30 @@ class Shard:
 @dataclass
 class Entries:
     """Stored entries of a batch of positions, padded: ids (N, K) int64, logprobs (N, K) float32 at
-    τ = 1 (−inf padded), count (N,)."""
+    τ = 1 (−inf padded), count (N,), cuts (N, G) exact top-p counts at p_grid, and the store's own
+    p (`stored_p`): what `truncate_entries` needs to cut them exactly."""
 
     ids: np.ndarray
     logprobs: np.ndarray
     count: np.ndarray
+    cuts: np.ndarray
+    p_grid: tuple[float, ...] = ()
+    stored_p: float = 1.0
+
+    def truncated(self, top_p: float, top_k: int | None) -> tuple[Any, Any, Any]:
+        """Torch (ids, logprobs, mask) cut to top-p-k (`truncate_entries`)."""
+        import torch
+
+        return truncate_entries(
+            torch.from_numpy(self.ids),
+            torch.from_numpy(self.logprobs),
+            torch.from_numpy(self.count),
+            top_p,
+            top_k,
+            stored_p=self.stored_p,
+            cuts=torch.from_numpy(self.cuts),
+            p_grid=self.p_grid,
+        )
 
 
 def decode_shard(data: bytes, name: str = "shard") -> Shard:
@@ -356,7 +463,10 @@ def decode_shard(data: bytes, name: str = "shard") -> Shard:
         raise SpecError(f"{name}: not a pdsweep logits shard")
     version, head_len = struct.unpack("<HI", data[4:10])
     if version != FORMAT_VERSION:
-        raise SpecError(f"{name}: shard format {version}, this pdsweep reads {FORMAT_VERSION}")
+        raise SpecError(
+            f"{name}: shard format {version} was written by another pdsweep (this one reads {FORMAT_VERSION});"
+            " delete the store and generate it again"
+        )
     header = json.loads(data[10 : 10 + head_len])
     offset = 10 + head_len
     dctx = _zstd().ZstdDecompressor()
@@ -366,38 +476,44 @@ def decode_shard(data: bytes, name: str = "shard") -> Shard:
         raw = dctx.decompress(data[offset : offset + c["bytes"]], max_output_size=c["n"] * dtype.itemsize)
         offset += c["bytes"]
         cols[c["name"]] = _unshuffle(raw, dtype, c["n"]) if c["shuffled"] else np.frombuffer(raw, dtype=dtype).copy()
-    P = header["P"]
+    P, gamma, grid = header["P"], float(header["gamma"]), tuple(header["p_grid"])
     count = cols["counts"].astype(np.int64)
-    K = int(count.max(initial=1))
-    mask = np.arange(K)[None, :] < count[:, None]
-    table = cols["id_table"].astype(np.int64)
-    gaps = np.zeros((P, K), dtype=np.int64)
-    gaps[mask] = cols["gaps"].astype(np.int64) + 1
-    ranks = np.cumsum(gaps, axis=1) - 1
-    ids = np.where(mask, table[np.clip(ranks, 0, max(len(table) - 1, 0))], 0)
-    q = np.zeros((P, K), dtype=np.int64)
-    q[mask] = cols["values"].astype(np.int64)
-    # Back to probability order: the stored argmax first, then by value (stable).
-    key = np.where(mask, -q, 1)
-    key[np.arange(P), cols["argmax"].astype(np.int64)] = -(1 << 40)
-    order = np.argsort(key, axis=1, kind="stable")
-    ids = np.take_along_axis(ids, order, axis=1)
-    q = np.take_along_axis(q, order, axis=1)
+    offsets = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
+    table = cols["id_table"]
+    flat_ids = table[cols["ranks"].astype(np.int64)]
+    # Values: each position's first value, then running sums of the drops.
+    steps = np.zeros(int(offsets[-1]), dtype=np.int64)
+    starts = offsets[:-1][count > 0]
+    steps[starts] = cols["first"].astype(np.int64)[count > 0]
+    rest = np.ones(len(steps), dtype=bool)
+    rest[starts] = False
+    steps[rest] = -cols["drops"].astype(np.int64)
+    running = np.cumsum(steps)
+    flat_q = running - np.repeat(np.concatenate([[0], running[offsets[1:-1] - 1]]) if P else running[:0], count)
+    if grid:
+        K = int(count.max(initial=1))
+        mask = np.arange(K)[None, :] < count[:, None]
+        q = np.zeros((P, K), dtype=np.int64)
+        q[mask] = flat_q
+        cuts = estimated_cuts(q, count, gamma, grid) + _unzigzag(cols["cut_fixes"].astype(np.int64)).reshape(P, -1)
+    else:
+        cuts = np.zeros((P, 0), dtype=np.int64)
     if header["contiguous"]:
         positions = header["first"] + np.arange(P, dtype=np.int64)
     else:
         positions = header["first"] + np.cumsum(cols["position_deltas"].astype(np.int64))
     lse = cols["lse"].view(np.float16).astype(np.float32)
-    offsets = np.concatenate([[0], np.cumsum(count)]).astype(np.int64)
     id_dtype = np.uint16 if int(table.max(initial=0)) < 65536 else np.uint32
     return Shard(
         positions,
         count,
         offsets,
-        ids[mask].astype(id_dtype),
-        np.maximum(q[mask], 1).astype(np.uint16),
+        flat_ids.astype(id_dtype),
+        np.maximum(flat_q, 1).astype(np.uint16),
         lse,
-        float(header.get("gamma", 0.5)),  # stores written before γ was recorded used 0.5
+        cuts.astype(np.int16 if cuts.size == 0 or cuts.max() < 32767 else np.int64),
+        grid,
+        gamma,
     )
 
 
@@ -421,6 +537,14 @@ class StoreInfo:
     """Set for a store of sampled targets (`sample_targets`): the draws per position."""
 
 
+def _check_format(path: Path, manifest: dict[str, Any]) -> None:
+    if manifest.get("format") != FORMAT_VERSION:
+        raise SpecError(
+            f"{path}: logits store format {manifest.get('format')} was written by another pdsweep (this one reads"
+            f" format {FORMAT_VERSION}, whose reads at a smaller p or k are exact); delete the store and generate it again"
+        )
+
+
 class StoreWriter:
     """Appends shards to a store directory; every shard and the manifest are written atomically, so
     a killed writer leaves a store that is valid up to its last complete shard."""
@@ -431,6 +555,7 @@ class StoreWriter:
         manifest_path = path / "manifest.json"
         if manifest_path.exists():
             self.manifest = files.read_json(manifest_path)
+            _check_format(path, self.manifest)
             mine = {k: v for k, v in dataclasses.asdict(info).items()}
             theirs = {k: self.manifest.get(k) for k in mine}
             if theirs != mine:
@@ -442,11 +567,17 @@ class StoreWriter:
                 **dataclasses.asdict(info),
                 "id_dtype": "uint16" if info.vocab_size <= 65536 else "uint32",
                 "value_codec": {"kind": "power-grid", "gamma": GAMMA, "step": value_step(GAMMA)},
+                "p_grid": list(self.p_grid(info)),
                 "lse_dtype": "float16",
                 "compressor": f"zstd-{ZSTD_LEVEL}",
                 "shards": [],
             }
             files.write_json(manifest_path, self.manifest)
+
+    @staticmethod
+    def p_grid(info: StoreInfo) -> tuple[float, ...]:
+        """The grid points whose exact top-p counts the shards record (none for sampled targets)."""
+        return () if info.sampling_draws else grid_below(info.top_p)
 
     @property
     def shards(self) -> list[dict[str, Any]]:
@@ -461,15 +592,20 @@ class StoreWriter:
     ) -> dict[str, Any]:
         """Write one shard for `positions` (ascending) and record it in the manifest."""
         if isinstance(sparse, Sparse):
-            ids, logprobs, count, lse = (
+            ids, logprobs, count, lse, cuts = (
                 np.asarray(x.cpu()) if hasattr(x, "cpu") else np.asarray(x)
-                for x in (sparse.ids, sparse.logprobs, sparse.count, sparse.lse)
+                for x in (sparse.ids, sparse.logprobs, sparse.count, sparse.lse, sparse.cuts)
             )
         else:
-            ids, logprobs, count, lse = sparse
+            ids, logprobs, count, lse, cuts = sparse
+        grid = tuple(self.manifest["p_grid"])
+        if cuts.shape[1] != len(grid):
+            raise ValueError(
+                f"{len(grid)} grid counts expected for top-p {self.manifest['top_p']}, got {cuts.shape[1]}"
+            )
         order = np.argsort(positions, kind="stable")
         positions = np.asarray(positions, dtype=np.int64)[order]
-        data = encode_shard(positions, ids[order], logprobs[order], count[order], lse[order])
+        data = encode_shard(positions, ids[order], logprobs[order], count[order], lse[order], cuts[order], grid)
         name = f"shard_{len(self.shards):06d}.pdl"
         files.write_bytes(self.path / name, data)
         entry = {
@@ -501,8 +637,7 @@ class StoreReader:
             self.manifest = files.read_json(path / "manifest.json")
         except (OSError, json.JSONDecodeError) as e:
             raise SpecError(f"{path}: not a logits store (manifest.json: {e})") from None
-        if self.manifest.get("format") != FORMAT_VERSION:
-            raise SpecError(f"{path}: logits store format {self.manifest.get('format')} is not {FORMAT_VERSION}")
+        _check_format(path, self.manifest)
         if expect is not None:
             for key in ("teacher_fingerprint", "tokenizer_fingerprint", "corpus_fingerprint", "vocab_size"):
                 if self.manifest.get(key) != getattr(expect, key):
@@ -627,22 +762,21 @@ class StoreReader:
             sel = shard_of == i
             count[sel] = self.shard(int(i)).count[row_of[sel]]
         K = int(count.max(initial=1))
+        grid = tuple(self.manifest["p_grid"])
         ids = np.zeros((N, K), dtype=np.int64)
         logprobs = np.full((N, K), -np.inf, dtype=np.float32)
+        cuts = np.zeros((N, len(grid)), dtype=np.int64)
         for i in np.unique(shard_of):
             sel = shard_of == i
-            ids[sel], logprobs[sel] = self.shard(int(i)).rows(row_of[sel], K)
-        return Entries(ids, logprobs, count)
+            shard = self.shard(int(i))
+            ids[sel], logprobs[sel] = shard.rows(row_of[sel], K)
+            cuts[sel] = shard.cuts[row_of[sel]]
+        return Entries(ids, logprobs, count, cuts, grid, self.top_p)
 
     def truncated(self, positions: np.ndarray, top_p: float, top_k: int | None) -> tuple[Any, Any, Any]:
         """Torch tensors (ids, logprobs at τ = 1, mask), (B·T, K), truncated to top-p-k at read time."""
-        import torch
-
         self._check_serves(top_p, top_k)
-        e = self.entries(positions)
-        return truncate_entries(
-            torch.from_numpy(e.ids), torch.from_numpy(e.logprobs), torch.from_numpy(e.count), top_p, top_k
-        )
+        return self.entries(positions).truncated(top_p, top_k)
 
     def _check_serves(self, top_p: float, top_k: int | None) -> None:
         if top_p > self.top_p + 1e-9 or (top_k or math.inf) > (self.top_k or math.inf):
@@ -652,19 +786,14 @@ class StoreReader:
         self, positions: np.ndarray, top_p: float, top_k: int | None, temperature: float, renormalize: bool = True
     ) -> tuple[Any, Any, Any, Any]:
         """Padded torch tensors (ids, probs, mask, residual) for a batch of positions (B, T) → (B·T, K)."""
-        import torch
+        from pdsweep.losses import KDConfig, teacher_targets
 
         self._check_serves(top_p, top_k)
-        e = self.entries(positions)
-        return read_targets(
-            torch.from_numpy(e.ids),
-            torch.from_numpy(e.logprobs),
-            torch.from_numpy(e.count),
-            top_p,
-            top_k,
-            temperature,
-            renormalize,
+        ids, logprobs, mask = self.entries(positions).truncated(top_p, top_k)
+        probs, residual, _, _ = teacher_targets(
+            logprobs, mask, KDConfig(temperature=temperature, renormalize=renormalize)
         )
+        return ids, probs, mask, residual
 
     def verify(self) -> dict[str, Any]:
         """Check every shard's checksum and decodability; return totals."""
@@ -698,13 +827,10 @@ def stats(
     totals = reader.verify()
     bytes_per_entry = totals["bytes"] / max(1, totals["entries"])
     positions = np.concatenate([reader.shard(i).positions for i in range(totals["shards"])])[:max_positions]
-    import torch
-
     e = reader.entries(positions)
-    ids, logprobs, count = torch.from_numpy(e.ids), torch.from_numpy(e.logprobs), torch.from_numpy(e.count)
     rows = []
     for p in ps:
         for k in ks:
-            mean = float(truncate_entries(ids, logprobs, count, p, k)[2].sum(dim=1).double().mean())
+            mean = float(e.truncated(p, k)[2].sum(dim=1).double().mean())
             rows.append({"top_p": p, "top_k": k, "entries_per_token": mean, "bytes_per_token": mean * bytes_per_entry})
     return rows

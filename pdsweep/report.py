@@ -6,7 +6,7 @@ baseline) joined with its MLflow runs (final metrics, metric histories) → a ti
 per run × metric (`load`) → `build_table`: rows = configurations labelled as the paper does,
 columns = eval metrics, their Average (benchmark scores only, as the paper's) and Δ% against each
 row's baseline. Seeds are aggregated as mean ± a t-interval; Δ% gets an interval over seeds
-(stats.py: a t-interval on per-seed ratios below `min_bootstrap_seeds`, a bootstrap from there),
+(stats.py: a t-interval on per-seed ratios, which holds its level at a few seeds; a BCa bootstrap on request),
 paired by seed when a row and its baseline ran the same seeds (same initialisation and batch
 order, so the pairing removes most seed noise). The noise floor is the spread among the baseline's
 seeds. `write` puts the table in every format (formats.py) and the figures (figures.py) on disk.
@@ -291,7 +291,6 @@ def build_table(
     n_boot: int = 10_000,
     title: str = "",
     delta_interval: str = "auto",
-    min_bootstrap_seeds: int = 8,
 ) -> Table:
     """The paper's table from a tidy frame (columns label, role, seed, baseline, metric, value; a row
     per run × metric). Rows keep the frame's order, baselines first. The Average is the mean of the
@@ -343,9 +342,7 @@ def build_table(
         if not a or not b:
             continue
         row.delta = float((np.mean(list(a.values())) / np.mean(list(b.values())) - 1.0) * 100.0)
-        boot = delta_interval == "bootstrap" or (
-            delta_interval == "auto" and min(len(a), len(b)) >= min_bootstrap_seeds
-        )
+        boot = delta_interval == "bootstrap"
         row.delta_method = "bootstrap" if boot else "t"
         row.delta_lo, row.delta_hi = (
             stats.bootstrap_delta(a, b, confidence, n_boot) if boot else stats.t_delta(a, b, confidence)
@@ -403,7 +400,7 @@ def header(data: SweepData, t: Table) -> dict[str, str]:
         "description": " ".join(data.description.split()),
         "runs": f"{len(done)} of {n} runs done"
         + (f"; not done: {', '.join(sorted({r.label for r in missing}))}" if missing else ""),
-        "tracking": data.uri,
+        "tracking": settings.shown_uri(data.uri),
         "machine": settings.machine(),
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "pdsweep": __version__,

@@ -279,6 +279,7 @@ def _run_trial(
     tasks = scheduler.build(sweep.name, runs)
     task = next(t for t in tasks if t.key == run.run_id)
     key = search.objective.removeprefix("eval/")
+    curve_key = f"curve/{key}"  # the evaluations during training, which pruning compares
     prune_model = pruner(search, run.spec.steps(), run.spec.eval.interval)
     study.pruner = prune_model
     reported: set[int] = set()
@@ -294,7 +295,7 @@ def _run_trial(
             last_beat = now
         if task.proc is None or pruned:
             return
-        for step, value in _evaluations(task.dir, key):
+        for step, value in _evaluations(task.dir, curve_key):
             if step in reported or step >= run.spec.steps():
                 continue
             reported.add(step)

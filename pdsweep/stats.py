@@ -37,24 +37,40 @@ def welch_half(a: Sequence[float], b: Sequence[float], confidence: float) -> flo
 def bootstrap_delta(
     row: dict[int, float], base: dict[int, float], confidence: float, n_boot: int, seed: int = 0
 ) -> tuple[float, float]:
-    """Percentile interval of Δ% = mean(row)/mean(base) − 1 over seeds resampled with replacement
-    (jointly when both ran the same seeds). (nan, nan) when either has one seed."""
-    if len(row) < 2 or len(base) < 2:
+    """BCa (bias-corrected and accelerated) bootstrap interval of Δ% = mean(row)/mean(base) − 1 over
+    seeds resampled with replacement (jointly when both ran the same seeds). (nan, nan) when either
+    has fewer than three seeds. Even BCa under-covers at a few seeds (simulated, paired normal
+    seeds at a nominal 95%: 0.90 at 8 seeds), which is why `t_delta` is the default."""
+    from scipy import stats
+
+    if len(row) < 3 or len(base) < 3:
         return math.nan, math.nan
     rng = np.random.default_rng(seed)
     if set(row) == set(base):
         seeds = sorted(row)
-        a = np.array([row[s] for s in seeds])
-        b = np.array([base[s] for s in seeds])
-        idx = rng.integers(0, len(seeds), (n_boot, len(seeds)))
-        ma, mb = a[idx].mean(1), b[idx].mean(1)
+        samples: tuple[np.ndarray, ...] = (np.array([row[s] for s in seeds]), np.array([base[s] for s in seeds]))
+        paired = True
     else:
-        a, b = np.array(list(row.values())), np.array(list(base.values()))
-        ma = a[rng.integers(0, len(a), (n_boot, len(a)))].mean(1)
-        mb = b[rng.integers(0, len(b), (n_boot, len(b)))].mean(1)
-    d = (ma / mb - 1.0) * 100.0
-    lo, hi = np.percentile(d, [50 * (1 - confidence), 100 - 50 * (1 - confidence)])
-    return float(lo), float(hi)
+        samples = (np.array(list(row.values())), np.array(list(base.values())))
+        paired = False
+
+    def delta(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray:
+        return (np.mean(a, axis=axis) / np.mean(b, axis=axis) - 1.0) * 100.0
+
+    if np.ptp(samples[0]) == 0 and np.ptp(samples[1]) == 0:  # no spread: nothing to resample
+        d = float(delta(*samples))
+        return d, d
+    res = stats.bootstrap(
+        samples,
+        delta,
+        paired=paired,
+        vectorized=True,
+        n_resamples=n_boot,
+        confidence_level=confidence,
+        method="BCa",
+        random_state=rng,
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def t_delta(row: dict[int, float], base: dict[int, float], confidence: float) -> tuple[float, float]:

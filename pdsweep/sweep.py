@@ -102,13 +102,13 @@ class ReportSpec(SpecModel):
     confidence: float = Field(default=0.95, gt=0, lt=1)
     """Confidence level of every interval [D]: the cells' t-intervals over seeds and Δ%'s interval."""
     delta_interval: Literal["auto", "bootstrap", "t"] = "auto"
-    """How the Δ% interval is made [D]: `bootstrap` (percentile, seeds resampled), `t` (t-interval on
-    per-seed ratios, or the delta method for unpaired seeds), `auto` = bootstrap when both sides
-    have ≥ 8 seeds, else t — a percentile bootstrap over 2–5 seeds has only a handful of distinct
-    resamples and gives intervals far too narrow to trust."""
+    """How the Δ% interval is made [D]: `t` (a t-interval on per-seed ratios, or the delta method for
+    unpaired seeds), `bootstrap` (BCa, seeds resampled), `auto` = t. At the seed counts sweeps run
+    (2–12) the t-interval holds its level (simulated coverage 0.94–0.95 at a nominal 0.95, tested)
+    while bootstraps do not (percentile 0.89–0.91 and BCa ~0.90 at 8 seeds)."""
     bootstrap: int = Field(default=10_000, ge=100)
-    """Bootstrap resamples for the Δ% interval [D] (seeds resampled jointly with the baseline's when
-    both ran the same seeds)."""
+    """Bootstrap resamples for a `bootstrap` Δ% interval [D] (seeds resampled jointly with the
+    baseline's when both ran the same seeds)."""
 
 
 class Sweep(SpecModel):

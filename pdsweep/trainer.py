@@ -63,7 +63,9 @@ class Callback:
         """Each micro-batch's logits (B, T, V), detached, with the global positions (B, T) of its inputs."""
 
     def on_step(self, state: TrainState, metrics: dict[str, float]) -> None: ...
-    def on_eval(self, state: TrainState, metrics: dict[str, float]) -> None: ...
+    def on_eval(self, state: TrainState, metrics: dict[str, float]) -> None:
+        """An evaluation's metrics, keyed `curve/<suite>/<metric>` and, at the end, `eval/…` (`logged`)."""
+
     def on_checkpoint(self, state: TrainState, path: Path) -> None: ...
     def on_end(self, state: TrainState, result: dict[str, Any]) -> None: ...
 
@@ -109,11 +111,11 @@ class RecordLogits(Callback):
         if not self.positions:
             return
         positions = np.concatenate(self.positions)
-        ids, logprobs, count, lse = logits_store.concat(self.parts)
+        columns = logits_store.concat(self.parts)  # ids, logprobs, count, lse, cuts
         # A window may see a position twice (more than one epoch): the later recording wins.
         _, last = np.unique(positions[::-1], return_index=True)
         keep = len(positions) - 1 - last
-        self.writer.add(positions[keep], (ids[keep], logprobs[keep], count[keep], lse[keep]))
+        self.writer.add(positions[keep], tuple(c[keep] for c in columns))
         self.positions, self.parts = [], []
 
     def on_checkpoint(self, state: TrainState, path: Path) -> None:
@@ -210,9 +212,11 @@ def evaluation(
 ) -> dict[str, float]:
     """The suites of `spec.eval`: held-out metrics, agreement with the teacher (runs that read a
     store) and benchmarks, as `<suite>/<metric>` — on `eval.heldout_tokens` at the end (`final`),
-    on the first `eval.tokens_during()` of them before."""
+    on the first `eval.tokens_during()` of them before. The final evaluation also returns the
+    held-out metrics of those first tokens, as `first/<suite>/<metric>` (`logged`)."""
     ev, t = spec.eval, spec.data
     heldout_tokens = ev.heldout_tokens if final else ev.tokens_during()
+    first = ev.tokens_during() if final and ev.tokens_during() < ev.heldout_tokens else None
     out: dict[str, float] = {}
     agreement = "teacher_agreement" in ev.suites and store is not None
     if "heldout" in ev.suites or agreement:  # one forward pass for both
@@ -226,6 +230,7 @@ def evaluation(
             loss="heldout" in ev.suites,
             store=store if agreement else None,
             autocast=backend.autocast,
+            first_tokens=first,
         )
     if any(s in evaluate.TASKS for s in ev.suites):
         was_training = net.training
@@ -234,6 +239,18 @@ def evaluation(
         out |= evaluate.benchmark_metrics(scorer, ev.suites, ev.limit)
         net.train(was_training)
     return out
+
+
+def logged(metrics: dict[str, float], final: bool) -> dict[str, float]:
+    """An evaluation's metrics as tracked: `curve/<metric>` on what the evaluations during training
+    score (at every interval, and at the end on the same first tokens), so a curve never mixes two
+    evaluation sets; `eval/<metric>` the final evaluation on all of `eval.heldout_tokens` (what
+    reports compare)."""
+    if not final:
+        return {f"curve/{k}": v for k, v in metrics.items()}
+    full = {k: v for k, v in metrics.items() if not k.startswith("first/")}
+    curve = full | {k.removeprefix("first/"): v for k, v in metrics.items() if k.startswith("first/")}
+    return {f"eval/{k}": v for k, v in full.items()} | {f"curve/{k}": v for k, v in curve.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,7 +405,7 @@ def train(
             ev = evaluation(engine, backend, tokens, spec, store, final=False)
             eval_seconds += time.perf_counter() - eval_started
             for cb in callbacks:
-                cb.on_eval(state, ev)
+                cb.on_eval(state, logged(ev, final=False))
         if state.step % tr.checkpoint_every == 0 and state.step < total:
             path = save_checkpoint(backend, state)
             for cb in callbacks:
@@ -399,7 +416,8 @@ def train(
     final_eval = evaluation(engine, backend, tokens, spec, store)
     eval_seconds += time.perf_counter() - eval_started
     for cb in callbacks:
-        cb.on_eval(state, final_eval)
+        cb.on_eval(state, logged(final_eval, final=True))
+    final_eval = {k: v for k, v in final_eval.items() if not k.startswith("first/")}
     if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != f"step_{state.step:08d}":  # type: ignore[union-attr]
         path = save_checkpoint(backend, state)
         for cb in callbacks:

@@ -204,3 +204,24 @@ def test_lm_evaluation_harness_agrees_with_pdsweeps_scorer_on_the_same_items(tmp
     )
     assert offline.returncode == 2 and "--harness-task piqa: lm-evaluation-harness failed" in offline.stderr
     assert "Traceback" not in offline.stderr
+
+
+def test_bits_per_byte_counts_the_bytes_of_the_tokens_scored(shakespeare) -> None:
+    """Held-out bits per byte: the bits of the scored tokens over the UTF-8 bytes of exactly those
+    tokens, counted here by hand (decoding the scored tokens back to text), not over the split's
+    average bytes per token."""
+    import math
+
+    torch.manual_seed(0)
+    net = model.build(RunSpec.model_validate(TINY_RUN).student, shakespeare.vocab_size, 64, seed=0)
+    out = evaluate.heldout_pass(net, torch.device("cpu"), shakespeare, 64, 4, 1000)  # 16 windows of 64
+    scored = np.asarray(shakespeare.heldout[1 : 16 * 64 + 1], dtype=np.int64)  # every window's targets, in order
+    tok, eos = shakespeare.tokenizer(), shakespeare.manifest["eos_id"]
+    docs = np.split(scored, np.flatnonzero(scored == eos) + 1)
+    text = "".join(tok.decode(d.tolist()) for d in docs)
+    assert "\ufffd" not in text  # no character split between two tokens at a cut
+    hand = len(text.encode("utf-8"))
+    bits = out["heldout/loss"] * len(scored) / math.log(2)
+    assert out["heldout/bits_per_byte"] == pytest.approx(bits / hand, rel=1e-9)
+    split = shakespeare.manifest["splits"]["heldout"]
+    assert abs(hand / len(scored) - split["bytes"] / split["tokens"]) > 1e-3  # the split's average would differ

@@ -35,6 +35,17 @@ def test_readme_has_the_two_commands() -> None:
     assert "python -m pytest" in (ROOT / ".ci" / "run").read_text(), ".ci/run runs the README's test command"
 
 
+def prerequisites(command: str) -> list[str]:
+    """What a documented command reads that another documented command makes (each idempotent: a
+    sweep run again does nothing), so that every command passes alone and in any order."""
+    words = command.split()
+    if words[1] in ("status", "report"):
+        return [f"pdsweep run {words[2]} --workers 2"]
+    if words[1:3] == ["tune", "status"]:
+        return [f"pdsweep tune {words[3]} --workers 2"]
+    return []
+
+
 @pytest.mark.parametrize(("doc", "command"), PARAMS)
 def test_documented_command_runs(doc: str, command: str, workdir) -> None:
     env = {
@@ -42,6 +53,9 @@ def test_documented_command_runs(doc: str, command: str, workdir) -> None:
         "PDSWEEP_WORKDIR": str(workdir),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
+    for before in prerequisites(command):
+        out = subprocess.run(["bash", "-c", before], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
+        assert out.returncode == 0, f"{before}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
     timeout = 1800 if command == MAIN else 300
     out = subprocess.run(["bash", "-c", command], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
     assert out.returncode == 0, f"{doc}: {command}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"

@@ -155,22 +155,27 @@ class HeldoutCheck(trainer.Callback):
     def on_eval(self, state, metrics) -> None:
         from pdsweep import evaluate
 
-        ev, final = self.spec.eval, state.step == self.spec.steps()
-        n = ev.heldout_tokens if final else ev.tokens_during()
+        ev = self.spec.eval
         args = (self.net, torch.device("cpu"), self.tokens, self.spec.data.seq_len, self.spec.train.micro_batch)
-        expect = evaluate.heldout(*args, n)["heldout/loss"]
-        self.seen.append((state.step, metrics["heldout/loss"], expect))
+        curve = evaluate.heldout(*args, ev.tokens_during())["heldout/loss"]
+        self.seen.append((state.step, "curve", metrics["curve/heldout/loss"], curve))
+        if "eval/heldout/loss" in metrics:
+            final = evaluate.heldout(*args, ev.heldout_tokens)["heldout/loss"]
+            self.seen.append((state.step, "eval", metrics["eval/heldout/loss"], final))
 
 
 def test_evaluations_during_training_score_a_quarter_of_the_final_tokens(shakespeare, tmp_path) -> None:
+    """Every point of the curve (`curve/…`), the last one included, is scored on the first quarter of
+    the held-out tokens; the final evaluation (`eval/…`, what reports compare) on all of them."""
     spec = RunSpec.model_validate({**TINY_RUN, "eval": {"interval": 10, "heldout_tokens": 4096}})
     assert spec.eval.tokens_during() == 1024 and spec.evaluations() == 3
     check = HeldoutCheck(shakespeare, spec)
     result = run(spec, tmp_path, shakespeare, [check])
-    assert [s for s, _, _ in check.seen] == [10, 20, 30]
-    for _, logged, expect in check.seen:
+    assert [(s, kind) for s, kind, _, _ in check.seen] == [(10, "curve"), (20, "curve"), (30, "curve"), (30, "eval")]
+    for _, _, logged, expect in check.seen:
         assert logged == pytest.approx(expect, rel=1e-6)
-    assert result["heldout/loss"] == check.seen[-1][1]
+    assert result["heldout/loss"] == check.seen[-1][2]
+    assert check.seen[-1][2] != pytest.approx(check.seen[-2][2], rel=1e-4)  # two evaluation sets, not mixed
     # The estimate `pdsweep plan` prints: 2 × 1,024 + 4,096 tokens evaluated on 30 steps of 16 × 64
     assert spec.eval_share() == pytest.approx((2 * 1024 + 4096) / (3 * 30 * 16 * 64))
     explicit = RunSpec.model_validate(

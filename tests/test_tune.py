@@ -139,6 +139,7 @@ def test_a_sqlite_study_two_workers_exact_count_tagged_runs_best_spec(tmp_path, 
     header = next(line for line in md.splitlines() if line.startswith("|"))
     assert [c.strip() for c in header.strip("|").split("|")][:3] == ["trial", "state", "value"]
     assert "- machine:" in md and "Best trial, as a RunSpec:" in md and "```yaml" in md
+    assert "- storage: sqlite:///…/" in md and str(tmp_path) not in md  # no path of this machine
     assert len((tmp_path / "report" / "trials.csv").read_text().splitlines()) == 5
 
 
@@ -247,6 +248,8 @@ def test_a_killed_study_resumes_its_stale_trial(tmp_path, workdir, shakespeare) 
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
     proc.wait()
+    killed_at = int((run_dir / "checkpoints" / "LATEST").read_text().strip().removeprefix("step_"))
+    assert killed_at > 0
     time.sleep(4)  # past the grace period: trial 0's heartbeat is stale
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -257,4 +260,4 @@ def test_a_killed_study_resumes_its_stale_trial(tmp_path, workdir, shakespeare) 
     assert retry.state.name in ("COMPLETE", "PRUNED")  # ... was run again, with its parameters,
     assert retry.params == trials[0].params and retry.user_attrs["run_id"] == run_dir.name  # in its run directory
     assert search.counted(_study("tune-kill", url)) == (2, 0)  # and the study still has exactly 2 trials
-    assert json.loads((run_dir / "result.json").read_text())["resumed_from"] is not None  # from its checkpoint
+    assert json.loads((run_dir / "result.json").read_text())["resumed_from"] == killed_at  # from its checkpoint
