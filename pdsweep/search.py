@@ -353,7 +353,10 @@ def best_spec_yaml(sweep: Sweep, source: str, study: Any) -> str:
     if str(teacher.get("source", "")).startswith("run:"):
         name = teacher["source"][4:]
         teacher_run = next(r for r in expand.expand(sweep, source) if r.role == "teacher" and r.name == name)
-        teacher["source"] = f"ckpt:{launch.sweep_dir(sweep.name) / teacher_run.run_id}"
+        path = launch.sweep_dir(sweep.name) / teacher_run.run_id
+        with contextlib.suppress(ValueError):  # relative to where pdsweep runs, when inside it
+            path = path.relative_to(Path.cwd())
+        teacher["source"] = f"ckpt:{path}"
     header = f"# {sweep.name}: trial {best.number}, {_search(sweep, source).objective} = {best.value:.6g}\n"
     return header + yaml.safe_dump(spec, sort_keys=False)
 
