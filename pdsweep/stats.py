@@ -58,7 +58,7 @@ def bootstrap_delta(
         return (np.mean(a, axis=axis) / np.mean(b, axis=axis) - 1.0) * 100.0
 
     if np.ptp(samples[0]) == 0 and np.ptp(samples[1]) == 0:  # no spread: nothing to resample
-        d = float(delta(*samples))
+        d = float(delta(samples[0], samples[1]))
         return d, d
     res = stats.bootstrap(
         samples,
