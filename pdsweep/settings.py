@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import time
@@ -70,7 +71,7 @@ class ThreadBudget:
         self.path = os.environ.get("PDSWEEP_THREADS_FILE")
         self.share, self.interval_s = max(1, share), interval_s
         self.current: int | None = None
-        self.checked = 0.0
+        self.checked = -math.inf  # the first poll reads the file, however long the machine has been up
 
     def poll(self) -> int | None:
         """The new thread count when the budget changed since the last call, else None."""
