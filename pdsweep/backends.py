@@ -118,7 +118,9 @@ class TorchBackend:
         )
 
     def load(self, path: Path) -> dict[str, Any]:
-        ckpt = torch.load(path / "engine.pt", map_location=self.device, weights_only=False)
+        from pdsweep import checkpoints
+
+        ckpt = checkpoints.load(path / "engine.pt", map_location=self.device)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         return ckpt["state"]
@@ -233,6 +235,9 @@ class DeepSpeedBackend:
         self.engine.save_checkpoint(str(path), tag="engine", client_state={"state": state})
 
     def load(self, path: Path) -> dict[str, Any]:
+        from pdsweep import checkpoints
+
+        checkpoints.check_deepspeed(path / "engine")  # DeepSpeed's loader itself runs any pickle
         _, client = self.engine.load_checkpoint(str(path), tag="engine")
         return client["state"]
 

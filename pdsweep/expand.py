@@ -384,6 +384,9 @@ def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
             problems.append(f"{where}{lab}: teacher: run:{t.ref} is not in teachers: ({known})")
     if problems:
         raise SpecError(list(dict.fromkeys(problems)))
+    # A student's identity includes its teacher run's: a changed teacher makes new students.
+    teacher_ids = {run.name: run.run_id for run in teachers if run.name}
+    students = [(resolve_teacher(sp, teacher_ids), lab, ov, bk) for sp, lab, ov, bk in students]
 
     runs: dict[str, PlannedRun] = {}
     for run in teachers:
@@ -400,6 +403,14 @@ def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
             run = _planned(with_seed(spec, seed), lab, "student", seed, axes, baseline_ids.get(skey) if skey else None)
             runs.setdefault(run.run_id, run)
     return _disambiguate(list(runs.values()))
+
+
+def resolve_teacher(spec: S.RunSpec, teacher_ids: dict[str, str]) -> S.RunSpec:
+    """`spec` with its `run:NAME` teacher pinned to that teacher run's id (`teacher.run_id`)."""
+    t = spec.teacher
+    if t is None or t.kind != "run" or not spec.uses_teacher:
+        return spec
+    return spec.model_copy(update={"teacher": t.model_copy(update={"run_id": teacher_ids[t.ref]})})
 
 
 def with_seed(spec: S.RunSpec, seed: int) -> S.RunSpec:
@@ -475,6 +486,7 @@ def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
         key_src = json.dumps(
             [
                 s.teacher.source,
+                *([s.teacher.run_id] if s.teacher.run_id else []),  # a retrained teacher is a new pass
                 s.data.corpus,
                 s.data.text_field,
                 s.data.heldout_fraction,

@@ -44,6 +44,20 @@ def lock(run_dir: Path) -> None:
     _held_locks.append(f)
 
 
+def check_run_dir(run_dir: Path, rid: str) -> None:
+    """`run_dir` is new, or holds this very run (to resume): never another run, never a file."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SpecError(f"{run_dir}: is a file, not a run directory")
+    spec_file = run_dir / "spec.yaml"
+    if spec_file.exists():
+        try:
+            held = yaml.safe_load(spec_file.read_text())
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            held = None
+        if not isinstance(held, dict) or held.get("run_id") != rid:
+            raise SpecError(f"{run_dir}: holds a different run (its spec.yaml has another run_id)")
+
+
 def ensure_builtin_teacher(spec: RunSpec, progress: Progress = lambda *a: None) -> None:
     """A builtin teacher's tokenizer is needed before tokenizing: fetch the teacher first."""
     if spec.teacher is not None and spec.teacher.kind == "builtin" and spec.data.tokenizer.kind == "teacher":
@@ -58,7 +72,7 @@ def store_for(
     if not spec.uses_teacher:
         return None
     if given is not None:
-        return logits_store.StoreReader(given)
+        return given_store(spec, tokens, given)
     assert spec.teacher is not None
     if spec.teacher.kind == "run":
         raise SpecError(f"teacher: {spec.teacher.source} is a teacher run of a sweep; give its store with --logits")
@@ -85,6 +99,28 @@ def store_for(
     return logits_store.StoreReader(
         store, expect=teacher.store_info(t, tokens, lg.top_p, lg.top_k, sampling_draws=draws)
     )
+
+
+def given_store(spec: RunSpec, tokens: data.TokenData, path: Path) -> logits_store.StoreReader:
+    """A store given to `spec` (`--logits`), refused unless it was made for this run's tokens — its
+    tokenizer, corpus and sampling — by its teacher: the very teacher run for `run:NAME` (whose id
+    the sweep pins in `teacher.run_id`), the same weights for a checkpoint or model directory."""
+    assert spec.teacher is not None
+    lg = spec.logits
+    reader = logits_store.StoreReader(
+        path,
+        expect={
+            "tokenizer_fingerprint": tokens.manifest["tokenizer_fingerprint"],
+            "corpus_fingerprint": tokens.manifest["corpus_fingerprint"],
+            "sampling_draws": lg.sampling.draws if lg.sampling else None,
+        },
+    )
+    if spec.teacher.kind != "run":
+        want = {"teacher_fingerprint": teacher.fingerprint(spec.teacher)}
+        logits_store.check_identity(path, reader.manifest, want)
+    elif spec.teacher.run_id is not None:
+        logits_store.check_identity(path, reader.manifest, {"teacher_run": spec.teacher.run_id})
+    return reader
 
 
 class _Track(trainer.Callback):
@@ -129,15 +165,17 @@ def run_one(
     backend = backends.make(spec)
     rank0 = backend.rank == 0
     rid = expand.run_id(spec)
+    spec_file = run_dir / "spec.yaml"
     if rank0:
-        lock(run_dir)
-        spec_file = run_dir / "spec.yaml"
-        if spec_file.exists() and yaml.safe_load(spec_file.read_text()).get("run_id") != rid:
-            raise SpecError(f"{run_dir}: holds a different run (its spec.yaml has another run_id)")
-        files.write_text(spec_file, yaml.safe_dump({"run_id": rid, **spec.model_dump(mode="json")}, sort_keys=False))
+        check_run_dir(run_dir, rid)
+    # Every input is checked (data, teacher, store) before the run directory is made.
     ensure_builtin_teacher(spec, progress)
     tokens = data.prepare(spec, progress=progress)
     store = store_for(spec, tokens, logits, progress if rank0 else lambda *a: None)
+    if rank0:
+        lock(run_dir)
+        check_run_dir(run_dir, rid)  # again, under the lock
+        files.write_text(spec_file, yaml.safe_dump({"run_id": rid, **spec.model_dump(mode="json")}, sort_keys=False))
     hooks: list[trainer.Callback] = [trainer.MetricsFile(run_dir)]
     if spec.train.record_logits:
         if backend.world_size > 1:
@@ -151,6 +189,7 @@ def run_one(
                 rec.top_p,
                 rec.top_k,
                 "online",
+                teacher_run=rid,
             )
             hooks.append(trainer.RecordLogits(rec, run_dir / "logits" / rec.name, info))
     tracker: tracking.Tracker = tracking.MlflowTracker(tracking_uri) if (track and rank0) else tracking.NullTracker()

@@ -44,9 +44,10 @@ import numpy as np
 from pdsweep import files
 from pdsweep.specfile import SpecError
 
-FORMAT_VERSION = 2
-"""2: entries in probability order (exact order for any k) with exact counts at P_GRID; 1: entries as
-a set with only the argmax's place (reads at a smaller k or p could pick the wrong entries)."""
+FORMAT_VERSION = 3
+"""3: the manifest is sealed by a checksum and names the teacher run; 2: entries in probability order
+(exact order for any k) with exact counts at P_GRID; 1: entries as a set with only the argmax's place
+(reads at a smaller k or p could pick the wrong entries)."""
 MAGIC = b"PDSL"
 GAMMA = 0.65
 """Values are stored as y = p^GAMMA on a grid of step `value_step(GAMMA)`; each shard records its γ.
@@ -535,13 +536,67 @@ class StoreInfo:
     mode: str = "offline"
     sampling_draws: int | None = None
     """Set for a store of sampled targets (`sample_targets`): the draws per position."""
+    teacher_run: str | None = None
+    """The pdsweep run id of the teacher when it is a pdsweep run (`ckpt:`, a sweep's `run:NAME`, or
+    a run recording its own logits): what a student of `run:NAME` checks the store against."""
+
+
+IDENTITY = ("teacher_fingerprint", "tokenizer_fingerprint", "corpus_fingerprint", "vocab_size", "sampling_draws")
+"""The StoreInfo fields a store must match to serve a run (p and k are checked per read)."""
+
+
+def _manifest_checksum(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "checksum"}
+    return files.sha256_bytes(json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
+
+
+def _write_manifest(path: Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest sealed with a checksum over every other field (an edit is refused on read)."""
+    manifest["checksum"] = _manifest_checksum(manifest)
+    files.write_json(path / "manifest.json", manifest)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A store's manifest, checked: readable, this format, and not edited since pdsweep wrote it."""
+    file = path / "manifest.json"
+    if not path.is_dir():
+        raise SpecError(f"{path}: not a logits store (no such directory)")
+    try:
+        manifest = files.read_json(file)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(f"{file}: not a logits store manifest ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(manifest, dict):
+        raise SpecError(f"{file}: not a logits store manifest (a JSON object expected)")
+    _check_format(path, manifest)
+    if manifest.get("checksum") != _manifest_checksum(manifest):
+        raise SpecError(f"{file}: checksum mismatch (the manifest was edited or damaged); generate the store again")
+    return manifest
+
+
+def check_identity(path: Path, manifest: dict[str, Any], expect: dict[str, Any]) -> None:
+    """Refuse a store made from another teacher, tokenizer, corpus or sampling than `expect` says."""
+    names = {
+        "teacher_fingerprint": "teacher",
+        "teacher_run": "teacher run",
+        "tokenizer_fingerprint": "tokenizer",
+        "corpus_fingerprint": "corpus",
+        "vocab_size": "vocabulary size",
+        "sampling_draws": "number of sampled draws",
+    }
+    for key, want in expect.items():
+        have = manifest.get(key)
+        if have != want:
+            raise SpecError(
+                f"{path}: this logits store was made for another {names.get(key, key)} ({key} {str(have)[:12]};"
+                f" this run's: {str(want)[:12]}); give the store of this run's own teacher and data"
+            )
 
 
 def _check_format(path: Path, manifest: dict[str, Any]) -> None:
     if manifest.get("format") != FORMAT_VERSION:
         raise SpecError(
             f"{path}: logits store format {manifest.get('format')} was written by another pdsweep (this one reads"
-            f" format {FORMAT_VERSION}, whose reads at a smaller p or k are exact); delete the store and generate it again"
+            f" format {FORMAT_VERSION}); delete the store and generate it again"
         )
 
 
@@ -554,8 +609,7 @@ class StoreWriter:
         path.mkdir(parents=True, exist_ok=True)
         manifest_path = path / "manifest.json"
         if manifest_path.exists():
-            self.manifest = files.read_json(manifest_path)
-            _check_format(path, self.manifest)
+            self.manifest = read_manifest(path)
             mine = {k: v for k, v in dataclasses.asdict(info).items()}
             theirs = {k: self.manifest.get(k) for k in mine}
             if theirs != mine:
@@ -572,7 +626,7 @@ class StoreWriter:
                 "compressor": f"zstd-{ZSTD_LEVEL}",
                 "shards": [],
             }
-            files.write_json(manifest_path, self.manifest)
+            _write_manifest(path, self.manifest)
 
     @staticmethod
     def p_grid(info: StoreInfo) -> tuple[float, ...]:
@@ -620,7 +674,7 @@ class StoreWriter:
             **(meta or {}),
         }
         self.manifest["shards"].append(entry)
-        files.write_json(self.path / "manifest.json", self.manifest)
+        _write_manifest(self.path, self.manifest)
         return entry
 
 
@@ -631,19 +685,17 @@ class StoreReader:
     4 bytes per entry). Offline stores (contiguous shards) are searched by position range; online
     stores get an index in which the last shard that recorded a position wins."""
 
-    def __init__(self, path: Path, expect: StoreInfo | None = None, cache_bytes: int = 4 << 30):
+    def __init__(
+        self, path: Path, expect: StoreInfo | dict[str, Any] | None = None, cache_bytes: int = 4 << 30
+    ) -> None:
+        """`expect`: what the store must have been made from — a StoreInfo (its IDENTITY fields), or
+        a dict of the manifest fields a run can check without its teacher at hand."""
         self.path = path
-        try:
-            self.manifest = files.read_json(path / "manifest.json")
-        except (OSError, json.JSONDecodeError) as e:
-            raise SpecError(f"{path}: not a logits store (manifest.json: {e})") from None
-        _check_format(path, self.manifest)
-        if expect is not None:
-            for key in ("teacher_fingerprint", "tokenizer_fingerprint", "corpus_fingerprint", "vocab_size"):
-                if self.manifest.get(key) != getattr(expect, key):
-                    raise SpecError(
-                        f"{path}: {key} {self.manifest.get(key)} does not match the run's {getattr(expect, key)}"
-                    )
+        self.manifest = read_manifest(path)
+        if isinstance(expect, StoreInfo):
+            expect = {k: getattr(expect, k) for k in IDENTITY}
+        if expect:
+            check_identity(path, self.manifest, expect)
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[int, Shard] = OrderedDict()
         shards = self.manifest["shards"]

@@ -314,7 +314,7 @@ class Scheduler:
             teacher_run = next(x for x in self.tasks if x.role == "teacher" and x.run and x.run.name == source[4:])
             source = f"ckpt:{teacher_run.dir}"
         spec = example.spec.model_dump(mode="json")
-        spec["teacher"] = {**(spec["teacher"] or {}), "source": source}
+        spec["teacher"] = {**(spec["teacher"] or {}), "source": source, "run_id": None}  # ckpt: names the run
         spec["logits"] = {
             **spec["logits"],
             "mode": "offline",

@@ -351,9 +351,7 @@ def best_spec_yaml(sweep: Sweep, source: str, study: Any) -> str:
     spec = run.spec.model_dump(mode="json")
     teacher = spec.get("teacher") or {}
     if str(teacher.get("source", "")).startswith("run:"):
-        name = teacher["source"][4:]
-        teacher_run = next(r for r in expand.expand(sweep, source) if r.role == "teacher" and r.name == name)
-        path = launch.sweep_dir(sweep.name) / teacher_run.run_id
+        path = launch.sweep_dir(sweep.name) / teacher.pop("run_id")  # that teacher run's directory
         with contextlib.suppress(ValueError):  # relative to where pdsweep runs, when inside it
             path = path.relative_to(Path.cwd())
         teacher["source"] = f"ckpt:{path}"

@@ -237,11 +237,22 @@ class TeacherSpec(SpecModel):
     pretrained SmolLM2-135M that pdsweep fetches from PyPI. A bare string is shorthand for this field."""
     batch_size: int = Field(default=8, ge=1)
     """Sequences per teacher forward pass when generating offline logits."""
+    run_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$")
+    """Set by `pdsweep run`, not by hand: for `run:NAME`, the run id of the teacher run this student
+    distils from. It is part of the student's own run id and of its logits pass, so changing the
+    teacher (its lr, its data, …) re-runs the pass and every student that reads it; a store given to
+    the student must have been written by exactly that teacher run."""
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         return SHORTHANDS["teacher"](data)
+
+    @model_validator(mode="after")
+    def _run_id_only_for_runs(self) -> TeacherSpec:
+        if self.run_id is not None and self.kind != "run":
+            raise ValueError(f"run_id names a teacher run of a sweep; {self.source} is not one (remove run_id)")
+        return self
 
     @field_validator("source")
     @classmethod

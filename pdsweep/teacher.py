@@ -45,6 +45,8 @@ class Teacher:
     fingerprint: str
     tokenizer_json: Path | None
     """The teacher's own tokenizer, when it has one (hf: and builtin: teachers)."""
+    run_id: str | None = None
+    """The pdsweep run id of a `ckpt:` teacher (a sweep's teacher run included)."""
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         out = self.module(tokens)
@@ -106,39 +108,83 @@ def builtin_dir(name: str, progress: Callable[[str, int, int], None] = lambda *a
     return out
 
 
-def _from_pdsweep_checkpoint(path: Path) -> Teacher:
-    """A pdsweep run directory (latest checkpoint) or a checkpoint directory inside one."""
-    from pdsweep import expand, model
+def _checkpoint(path: Path) -> tuple[RunSpec, Path, list[Path]]:
+    """A pdsweep run directory (its latest checkpoint) or a checkpoint directory inside one: the
+    run's spec, the checkpoint directory and its weight files."""
+    import yaml
 
     run_dir = path if (path / "spec.yaml").exists() else path.parent.parent
     spec_file = run_dir / "spec.yaml"
     if not spec_file.exists():
         raise SpecError(f"teacher ckpt:{path}: no spec.yaml (expected a pdsweep run directory)")
-    import yaml
-
-    raw = yaml.safe_load(spec_file.read_text())
-    raw.pop("run_id", None)
-    spec = RunSpec.model_validate(raw)
+    try:
+        raw = yaml.safe_load(spec_file.read_text())
+        raw.pop("run_id", None)
+        spec = RunSpec.model_validate(raw)
+    except Exception as e:  # noqa: BLE001 - any unreadable spec is the same error for the user
+        raise SpecError(f"teacher ckpt:{path}: {spec_file} is not a pdsweep run spec ({type(e).__name__})") from None
     ckpt = path if (path / "trainer.json").exists() else None
     if ckpt is None:
         pointer = run_dir / "checkpoints" / "LATEST"
         if not pointer.exists():
             raise SpecError(f"teacher ckpt:{path}: the run has no checkpoint yet")
         ckpt = run_dir / "checkpoints" / pointer.read_text().strip()
-    tok = data.prepare(spec)
     if (ckpt / "engine.pt").exists():
-        state = torch.load(ckpt / "engine.pt", map_location="cpu", weights_only=False)["model"]
-        weights = [ckpt / "engine.pt"]
+        return spec, ckpt, [ckpt / "engine.pt"]
+    weights = sorted((ckpt / "engine").glob("*model_states.pt"))
+    if not weights:
+        raise SpecError(f"teacher ckpt:{path}: {ckpt} holds no weights (engine.pt or a DeepSpeed engine/)")
+    return spec, ckpt, weights
+
+
+def _checkpoint_fingerprint(spec: RunSpec, ckpt: Path, weights: list[Path]) -> str:
+    from pdsweep import expand
+
+    return files.sha256_bytes(f"{expand.run_id(spec)}:{ckpt.name}:{_weights_fingerprint(weights)}".encode())
+
+
+def _from_pdsweep_checkpoint(path: Path) -> Teacher:
+    from pdsweep import checkpoints, expand, model
+
+    spec, ckpt, weights = _checkpoint(path)
+    if (ckpt / "engine.pt").exists():
+        state = checkpoints.load(ckpt / "engine.pt")["model"]
     else:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+        checkpoints.check_deepspeed(ckpt / "engine")
         state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="engine")
         state.setdefault("lm_head.weight", state["embed_tokens.weight"])
-        weights = sorted((ckpt / "engine").glob("*model_states.pt"))
+    tok = data.prepare(spec)
     net = model.build(spec.student, tok.vocab_size, spec.data.seq_len, seed=0)
     net.load_state_dict(state)
-    fp = files.sha256_bytes(f"{expand.run_id(spec)}:{ckpt.name}:{_weights_fingerprint(weights)}".encode())
-    return Teacher(net.eval(), tok.vocab_size, fp, tok.tokenizer_path)
+    fp = _checkpoint_fingerprint(spec, ckpt, weights)
+    return Teacher(net.eval(), tok.vocab_size, fp, tok.tokenizer_path, expand.run_id(spec))
+
+
+def _model_dir(teacher: TeacherSpec) -> Path:
+    path = builtin_dir(teacher.ref) if teacher.kind == "builtin" else Path(teacher.ref)
+    if not path.is_dir():
+        raise SpecError(f"teacher {teacher.source}: {path} is not a directory")
+    if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        raise SpecError(f"teacher {teacher.source}: {path} has no config.json (not a Hugging Face model directory)")
+    if not _model_weights(path):
+        raise SpecError(f"teacher {teacher.source}: {path} holds no weights (*.safetensors, *.gguf or *.bin)")
+    return path
+
+
+def _model_weights(path: Path) -> list[Path]:
+    return sorted(path.glob("*.safetensors")) or sorted(path.glob("*.gguf")) or sorted(path.glob("*.bin"))
+
+
+def fingerprint(teacher: TeacherSpec) -> str:
+    """The fingerprint `load(teacher)` would give, from its files alone (no model is built): what a
+    store given to a run is checked against."""
+    if teacher.kind == "run":
+        raise SpecError(f"teacher {teacher.source}: a teacher run is resolved by `pdsweep run`")
+    if teacher.kind == "ckpt":
+        return _checkpoint_fingerprint(*_checkpoint(Path(teacher.ref)))
+    return _weights_fingerprint(_model_weights(_model_dir(teacher)))
 
 
 def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
@@ -147,11 +193,14 @@ def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
         raise SpecError(f"teacher {teacher.source}: a teacher run is resolved by `pdsweep run` (use ckpt:RUN_DIR here)")
     if teacher.kind == "ckpt":
         return _from_pdsweep_checkpoint(Path(teacher.ref))
-    path = builtin_dir(teacher.ref) if teacher.kind == "builtin" else Path(teacher.ref)
-    if not path.is_dir():
-        raise SpecError(f"teacher {teacher.source}: {path} is not a directory")
+    path = _model_dir(teacher)
     tokenizer_json = path / "tokenizer.json" if (path / "tokenizer.json").exists() else None
-    config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    try:
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SpecError(f"teacher {teacher.source}: {path / 'config.json'} is not readable JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise SpecError(f"teacher {teacher.source}: {path / 'config.json'} is not a JSON object")
     safetensors = sorted(path.glob("*.safetensors"))
     if config.get("model_type") == "llama" and safetensors:
         net, cfg = hf.load(path)
@@ -164,9 +213,13 @@ def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
     kwargs: dict[str, Any] = {"dtype": torch.float32}
     if ggufs and not safetensors:
         kwargs["gguf_file"] = ggufs[0].name
-    net = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval().to(device)
-    weights = safetensors or ggufs or sorted(path.glob("*.bin"))
-    return Teacher(net, int(net.config.vocab_size), _weights_fingerprint(weights), tokenizer_json)
+    try:
+        net = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval().to(device)
+    except (OSError, ValueError, KeyError) as e:
+        raise SpecError(
+            f"teacher {teacher.source}: transformers cannot load {path}: {str(e).splitlines()[0]}"
+        ) from None
+    return Teacher(net, int(net.config.vocab_size), _weights_fingerprint(_model_weights(path)), tokenizer_json)
 
 
 def check_tokenizer(teacher: Teacher, tokens: data.TokenData, source: str) -> None:
@@ -202,6 +255,7 @@ def store_info(
         top_k,
         mode,
         sampling_draws,
+        teacher.run_id,
     )
 
 

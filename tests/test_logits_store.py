@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from hypothesis import strategies as st
 
 from pdsweep import logits_store as L
 from pdsweep.specfile import SpecError
+from tests.conftest import pdsweep
 
 
 @st.composite
@@ -170,7 +173,9 @@ def test_store_errors_name_the_problem(tmp_path) -> None:
     with pytest.raises(SpecError, match="no teacher logits for position 400"):
         L.StoreReader(tmp_path / "s").targets(np.array([3, 400]), 0.95, 64, 1.0)
     other = L.StoreInfo("another-teacher", "tok-fp", "corpus-fp", 3000, 0.95, 64)
-    with pytest.raises(SpecError, match="teacher_fingerprint teacher-fp does not match the run's another-teacher"):
+    with pytest.raises(
+        SpecError, match=r"made for another teacher \(teacher_fingerprint teacher-fp; this run's: another-teac"
+    ):
         L.StoreReader(tmp_path / "s", expect=other)
     with pytest.raises(SpecError, match="cannot serve top-0.99-64"):
         L.StoreReader(tmp_path / "s").targets(np.array([3]), 0.99, 64, 1.0)
@@ -182,6 +187,27 @@ def test_store_errors_name_the_problem(tmp_path) -> None:
         L.StoreReader(tmp_path / "s").verify()
     with pytest.raises(SpecError, match="an existing store was made differently"):
         L.StoreWriter(tmp_path / "s", other)
+
+
+def test_an_edited_manifest_is_refused(tmp_path) -> None:
+    """The manifest's own fields (what the store was made from, its p and k) are sealed by a checksum:
+    an edit is refused by every reader, `pdsweep logits verify` included."""
+    make_store(tmp_path / "s", shards=2)
+    L.StoreReader(tmp_path / "s").verify()
+    manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    manifest["top_k"] = 128  # claims more than it holds
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SpecError, match=r"manifest.json: checksum mismatch \(the manifest was edited or damaged\)"):
+        L.StoreReader(tmp_path / "s")
+    with pytest.raises(SpecError, match="checksum mismatch"):
+        L.StoreWriter(tmp_path / "s", INFO)
+    out = pdsweep("logits", "verify", tmp_path / "s")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "checksum mismatch" in out.stderr
+    (tmp_path / "s" / "manifest.json").write_text("{not json")
+    with pytest.raises(SpecError, match="manifest.json: not a logits store manifest"):
+        L.StoreReader(tmp_path / "s")
+    with pytest.raises(SpecError, match="not a logits store"):
+        L.StoreReader(tmp_path / "nothing")
 
 
 def test_stats_grid(tmp_path) -> None:

@@ -95,6 +95,31 @@ def test_a_tiny_sweep_runs_end_to_end_and_again_does_nothing(tmp_path, workdir, 
     events = {r: [json.loads(line)["event"] for line in (root / r / "events.jsonl").open()] for r in results}
     assert all([e for e in ev if e != "threads"] == ["start", "end"] for ev in events.values())  # ran once
 
+    # Change the teacher: it, its logits pass and every PD student run again (their identities
+    # include the teacher run's); the LM-only baselines are the same runs and do not.
+    old_ids = set(_plan_ids(path))
+    sweep["teachers"]["teacher"]["optim.lr"] = 0.004
+    path.write_text(yaml.safe_dump(sweep))
+    new_ids = set(_plan_ids(path))
+    kept, changed = new_ids & old_ids, new_ids - old_ids
+    assert len(kept) == 2 and len(changed) == 3  # 2 LM-only; a teacher and 2 PD students
+    out = pdsweep("run", path, "--tracking-uri", uri, "--workers", "2", timeout=600)
+    assert out.returncode == 0 and "5 of 5 runs done" in out.stdout, out.stdout[-3000:]
+    assert all((root / rid / "result.json").exists() for rid in changed)
+    assert all(
+        [json.loads(line)["event"] for line in (root / rid / "events.jsonl").open()].count("start") == 1 for rid in kept
+    )
+    new_teacher = next(r for r in changed if yaml.safe_load((root / r / "spec.yaml").read_text())["teacher"] is None)
+    stores = [d for d in (root / "logits").iterdir() if d != stores[0]]
+    assert len(stores) == 1  # a new pass, of the new teacher run
+    assert json.loads((stores[0] / "manifest.json").read_text())["teacher_run"] == new_teacher
+    for rid in changed - {new_teacher}:
+        assert yaml.safe_load((root / rid / "spec.yaml").read_text())["teacher"]["run_id"] == new_teacher
+    report = pdsweep("report", path, "--tracking-uri", uri, "--out", tmp_path / "report", "--no-plots")
+    assert report.returncode == 0, report.stderr
+    reported = {line.split(",")[0] for line in (tmp_path / "report" / "runs.csv").read_text().splitlines()[1:]}
+    assert reported == new_ids - {new_teacher}  # the new students and the baselines, none of the old students
+
 
 def _plan_ids(path) -> list[str]:
     out = pdsweep("plan", path, "--json")

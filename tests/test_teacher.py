@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from pdsweep import backends, data, logits_store, teacher, trainer
+from pdsweep import backends, data, logits_store, model, teacher, trainer
 from pdsweep.spec import RunSpec, TeacherSpec
 from pdsweep.specfile import SpecError
 from tests.conftest import TINY_RUN, pdsweep
@@ -81,6 +81,59 @@ def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, shakespeare) -> N
     t = teacher.load(TeacherSpec(source=f"hf:{tmp_path / 'hf'}"))
     with pytest.raises(SpecError, match=r"its tokenizer \(\w{12}, vocabulary 2048\) is not the corpus tokenizer"):
         teacher.check_tokenizer(t, shakespeare, "hf:x")
+
+
+class Payload:
+    """What a crafted checkpoint holds: unpickling it makes a directory (any code could run there)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tiny_teacher, tmp_path) -> None:
+    import shutil
+
+    crafted = tmp_path / "run"
+    shutil.copytree(tiny_teacher, crafted)
+    ckpt = crafted / "checkpoints" / (crafted / "checkpoints" / "LATEST").read_text().strip()
+    marker = tmp_path / "payload-ran"
+    torch.save({"model": Payload(marker), "optimizer": {}, "state": {}}, ckpt / "engine.pt")
+    run_file = tmp_path / "run.yaml"
+    run_file.write_text(yaml.safe_dump(TINY_RUN | {"teacher": f"ckpt:{crafted}", "loss": {"alpha": 0.5}}))
+    out = pdsweep("logits", "generate", run_file, "--out", tmp_path / "store")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "engine.pt: refused to load — not a checkpoint of plain tensors written by pdsweep" in out.stderr
+    assert "(it asks to run posix.mkdir)" in out.stderr
+    assert not marker.exists() and not (tmp_path / "store").exists()
+    # Resuming a run from such a checkpoint is refused the same way.
+    spec = RunSpec.model_validate(TINY_RUN)
+    with pytest.raises(SpecError, match="refused to load"):
+        backends.TorchBackend(spec).load(ckpt)
+    assert not marker.exists()
+    # pdsweep's own checkpoints still load (tensors, plain containers, numbers).
+    state = backends.TorchBackend(spec)
+    state.setup(model.build(spec.student, 2048, 64, seed=0), spec.optim, 1)
+    own = tiny_teacher / "checkpoints" / (tiny_teacher / "checkpoints" / "LATEST").read_text().strip()
+    assert state.load(own)["step"] > 0
+
+
+def test_a_store_for_other_tokens_is_refused(hamlet, tmp_path, shakespeare) -> None:
+    """`--logits` with a store of another tokenizer and corpus: one line, exit 2, nothing trained."""
+    _, _, store = hamlet
+    run_file = tmp_path / "run.yaml"
+    teacher_dir = store.path.parent / "teacher"
+    run_file.write_text(
+        yaml.safe_dump(TINY_RUN | {"teacher": f"ckpt:{teacher_dir}", "loss": {"alpha": 0.5}, "logits": {"top_k": 20}})
+    )
+    out = pdsweep("train", run_file, "--out", tmp_path / "student", "--logits", store.path, "--no-track")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "this logits store was made for another tokenizer" in out.stderr
+    assert not (tmp_path / "student").exists()  # inputs are checked before the run directory is made
 
 
 def truncation_settings() -> list[tuple[float, int]]:
