@@ -713,7 +713,10 @@ def tune(
         if any(codes):
             raise typer.Exit(max(codes))
     with _user_errors():
-        _tune_status(path, url, trials)
+        completed, failed = _tune_status(path, url, trials)
+    if completed == 0 and failed:
+        typer.echo(f"error: every trial of the study failed ({failed}); their reasons are above", err=True)
+        raise typer.Exit(1)
 
 
 def _tune_worker(path: Path, url: str, index: int, tracking_uri: str | None, track: bool, trials: int | None) -> None:
@@ -726,7 +729,8 @@ def _tune_worker(path: Path, url: str, index: int, tracking_uri: str | None, tra
     search.work(path, url, index, tracking_uri, track, on_trial=show, trials=trials)
 
 
-def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | None = None) -> None:
+def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | None = None) -> tuple[int, int]:
+    """Print (and with `out`, write) the study; return its (completed, failed) trial counts."""
     from rich.console import Console
     from rich.table import Table
 
@@ -738,11 +742,15 @@ def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | No
         raise _spec_error(f"{path}: search: the sweep has no search space")
     import optuna
 
+    no_study = f"tune status: no study {sweep.name!r} yet in {url} (run pdsweep tune {path} first)"
+    file = search.sqlite_file(url)
+    if file is not None and not file.exists():
+        raise _spec_error(no_study)  # nothing is created by looking
     try:
         with search._quiet():
             study = optuna.load_study(study_name=sweep.name, storage=search._storage(url))
     except KeyError:
-        raise _spec_error(f"tune status: no study {sweep.name!r} in {url} (run pdsweep tune {path} first)") from None
+        raise _spec_error(no_study) from None
     frame = search.trials_frame(study)
     n, failed = search.counted(study)
     table = Table(
@@ -790,6 +798,8 @@ def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | No
         files.write_text(out / "report.md", "\n".join(md))
         files.write_text(out / "trials.csv", frame.to_csv(index=False, float_format="%.6g"))
         typer.echo(f"report: {out / 'report.md'}")
+    completed = sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    return completed, failed
 
 
 @app.command()

@@ -93,15 +93,18 @@ def check_path(path: str, where: str) -> None:
     raise SpecError(f"{where}{path}: unknown RunSpec path{hint}")
 
 
-def flatten_overrides(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested sections → dotted paths; a tagged-union value (a dict with `kind`) stays one value."""
+def flatten_overrides(overrides: dict[str, Any], prefix: str = "", where: str = "") -> dict[str, Any]:
+    """Nested sections → dotted paths; a tagged-union value (a dict with `kind`) stays one value. A
+    path given twice (`loss.alpha: 0.5` beside `loss: {alpha: 0.9}`) is an error, not a silent pick."""
     out: dict[str, Any] = {}
     for key, value in overrides.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and "kind" not in value and value:
-            out.update(flatten_overrides(value, f"{path}."))
-        else:
-            out[path] = value
+        nested = isinstance(value, dict) and "kind" not in value and value
+        inner = flatten_overrides(value, f"{path}.", where) if nested else {path: value}
+        for p, v in inner.items():
+            if p in out:
+                raise SpecError(f"{where}{p}: given twice (as a dotted key and inside its section); keep one")
+            out[p] = v
     return out
 
 
@@ -134,7 +137,7 @@ def _set(raw: dict[str, Any], path: str, value: Any, where: str) -> None:
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str = "") -> dict[str, Any]:
     """A copy of `raw` with `overrides` (dotted paths or nested sections) applied; paths are checked."""
     out = copy.deepcopy(raw)
-    for path, value in flatten_overrides(overrides).items():
+    for path, value in flatten_overrides(overrides, where=where).items():
         check_path(path, where)
         _set(out, path, value, where)
     return out
@@ -316,6 +319,9 @@ def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
             raise SpecError(f"{where}base: train.seed: the sweep's seeds: sets it; remove one of the two")
         seeds = [base_train["seed"]]
 
+    both = sorted(set(flatten_overrides(sweep.grid)) & set(flatten_overrides(sweep.zip)))
+    if both:
+        raise SpecError(f"{where}{both[0]}: is an axis of both grid: and zip:; put it in one of them")
     configs = _configurations(sweep)
     varied = {p for overrides, _ in configs for p in flatten_overrides(overrides)}
     axis_paths = set(flatten_overrides(sweep.grid)) | set(flatten_overrides(sweep.zip))
@@ -376,6 +382,8 @@ def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
                 )
             )
 
+    if sweep.search is not None:
+        _check_search(sweep, build, problems, where)
     teacher_names = set(sweep.teachers)
     for spec, lab, _, _ in students:
         t = spec.teacher
@@ -403,6 +411,32 @@ def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
             run = _planned(with_seed(spec, seed), lab, "student", seed, axes, baseline_ids.get(skey) if skey else None)
             runs.setdefault(run.run_id, run)
     return _disambiguate(list(runs.values()))
+
+
+def _check_search(sweep: Sweep, build: Any, problems: list[str], where: str) -> None:
+    """Every searched path is a RunSpec path, every `when` names a parameter drawn before it, and
+    the ends of every range (each choice) make a valid run — so `validate` catches what would
+    otherwise fail as a trial."""
+    assert sweep.search is not None
+    earlier: list[str] = []
+    for path, param in sweep.search.params.items():
+        ctx = f"search.params.{path}: "
+        try:
+            check_path(path, f"{where}search.params: ")
+        except SpecError as e:
+            problems.extend(e.problems)
+            earlier.append(path)
+            continue
+        unknown = [k for k in param.when if k not in earlier]
+        if unknown:
+            problems.append(f"{where}{ctx}when: {unknown[0]} is not a parameter listed before {path}")
+        conditions = {k: v for k, v in param.when.items() if k not in unknown}
+        values = param.choices if param.type == "categorical" else [param.low, param.high]
+        for value in values or []:
+            if param.type == "int" and value is not None:
+                value = int(value)
+            build({**conditions, path: value}, f"{ctx}{value!r}: ")
+        earlier.append(path)
 
 
 def resolve_teacher(spec: S.RunSpec, teacher_ids: dict[str, str]) -> S.RunSpec:

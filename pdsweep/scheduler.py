@@ -97,6 +97,18 @@ def last_metrics(run_dir: Path) -> dict[str, Any]:
     return {}
 
 
+def logged_error(log: Path) -> str | None:
+    """The one-line error a task's command printed last (`error: …`: input it refused), if any."""
+    if not log.exists():
+        return None
+    with open(log, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 16384))
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    found = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    return found[-1] if found else None
+
+
 def build(sweep: str, runs: list[expand.PlannedRun]) -> list[Task]:
     """The sweep's tasks in a dependency-respecting order."""
     root = launch.sweep_dir(sweep)
@@ -368,18 +380,18 @@ class Scheduler:
 
     def _finish(self, t: Task, rc: int) -> None:
         assert t.lock is not None and t.log is not None
+        log = t.dir / ("train.log" if t.kind == "train" else "generate.log")
         if t.kind == "logits":
             if rc == 0:
                 files.write_json(t.dir / "status.json", {"status": "done"})
             else:
-                log = t.dir / "generate.log"
-                files.write_json(t.dir / "status.json", {"status": "failed", "reason": f"exit code {rc} (see {log})"})
+                reason = logged_error(log) or f"exit code {rc} (see {log})"
+                files.write_json(t.dir / "status.json", {"status": "failed", "reason": reason})
         state = read_status(t.dir)
         t.status, t.reason = state["status"], state.get("reason", "")
-        if t.status in ("running", "pending"):  # the process died without saying why
+        if t.status in ("running", "pending"):  # the process ended without writing why
             t.status = "failed"
-            log_name = "train.log" if t.kind == "train" else "generate.log"
-            t.reason = f"the process ended unexpectedly with exit code {rc} (see {t.dir / log_name})"
+            t.reason = logged_error(log) or f"the process ended unexpectedly with exit code {rc} (see {log})"
             files.write_json(t.dir / "status.json", {"status": "failed", "reason": t.reason})
         if t.kind == "train":
             self._refresh_progress(t)

@@ -49,8 +49,21 @@ def _search(sweep: Sweep, source: str) -> SearchSpec:
     return sweep.search
 
 
-def _storage(url: str) -> Any:
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a sqlite URL (None for other databases)."""
+    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
+
+
+def _storage(url: str, create: bool = False) -> Any:
+    """The study storage; `create` makes a sqlite file's directory (the work directory by default)."""
     import optuna
+
+    file = sqlite_file(url)
+    if file is not None and create:
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SpecError(f"--storage: cannot create {file.parent} ({e.strerror})") from None
 
     retry = (
         getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
@@ -143,7 +156,7 @@ def create(sweep: Sweep, source: str, url: str) -> Any:
     with _quiet():
         return optuna.create_study(
             study_name=sweep.name,
-            storage=_storage(url),
+            storage=_storage(url, create=True),
             sampler=optuna.samplers.RandomSampler(),  # each worker sets its own (seeded per worker)
             direction=search.direction,
             load_if_exists=True,

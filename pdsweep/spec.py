@@ -31,7 +31,9 @@ class SpecModel(BaseModel):
     """Base of every spec model: unknown keys are errors, instances are frozen, and field
     docstrings are the documentation."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True, allow_inf_nan=False
+    )
 
 
 def _shorthand_kind(value: Any) -> Any:
@@ -782,6 +784,12 @@ class RunSpec(SpecModel):
             raise ValueError("data.tokenizer 'teacher' needs an hf: or builtin: teacher")
         if "teacher_agreement" in self.eval.suites and self.teacher is None:
             raise ValueError("eval.suites teacher_agreement needs a teacher")
+        per_step = self.train.global_batch * self.data.seq_len
+        if self.data.tokens < per_step:
+            raise ValueError(
+                f"data.tokens ({self.data.tokens:,}) is less than one optimiser step: train.global_batch "
+                f"{self.train.global_batch} × data.seq_len {self.data.seq_len:,} = {per_step:,} tokens"
+            )
         return self
 
     @property

@@ -8,6 +8,7 @@ being explained is passed in.
 from __future__ import annotations
 
 import difflib
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -33,6 +34,16 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=deep)
+        if not isinstance(key, (str, int, float, bool)) and key is not None:
+            mark = key_node.start_mark
+            what = (
+                "a mapping"
+                if isinstance(key_node, yaml.MappingNode)
+                else "a list"
+                if isinstance(key_node, yaml.SequenceNode)
+                else type(key).__name__
+            )
+            raise yaml.constructor.ConstructorError(None, None, f"{what} cannot be a key (line {mark.line + 1})", mark)
         if key in seen:
             mark = key_node.start_mark
             raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r} (line {mark.line + 1})", mark)
@@ -125,8 +136,15 @@ def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[type[B
     return ".".join(parts), current
 
 
+_REPR = reprlib.Repr()
+"""Bounded repr: a value quoted in an error is cut while it is rendered, so a huge input (a YAML
+alias bomb: a list of lists of lists …) costs nothing."""
+_REPR.maxlevel, _REPR.maxtuple, _REPR.maxlist, _REPR.maxdict, _REPR.maxset = 2, 4, 4, 4, 4
+_REPR.maxstring = _REPR.maxother = 50
+
+
 def _short(value: Any, limit: int = 60) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -146,6 +164,8 @@ def _message(err: Any, here: list[type[BaseModel]]) -> str:
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f" (did you mean {', '.join(close)}?)" if close else f" (known: {', '.join(known)})" if known else ""
         return f"unknown key{hint}"
+    if kind == "too_short":
+        return f"must have at least {ctx.get('min_length')} item(s), got {_short(got)}"
     if kind == "missing":
         return "required, but missing"
     if kind == "literal_error":

@@ -61,6 +61,8 @@ class SearchParam(SpecModel):
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical needs a non-empty choices list")
+            if self.low is not None or self.high is not None or self.step is not None or self.log:
+                raise ValueError("categorical takes choices only (no low, high, step or log)")
         else:
             if self.low is None or self.high is None:
                 raise ValueError(f"{self.type} needs low and high")
@@ -68,14 +70,23 @@ class SearchParam(SpecModel):
                 raise ValueError(f"low ({self.low}) must be < high ({self.high})")
             if self.log and self.low <= 0:
                 raise ValueError("log scale needs low > 0")
+            if self.step is not None:
+                if self.step <= 0:
+                    raise ValueError(f"step must be > 0, got {self.step:g}")
+                if self.log:
+                    raise ValueError("step and log cannot both be set (Optuna samples on a grid or on a log scale)")
+                if self.step > self.high - self.low:
+                    raise ValueError(f"step {self.step:g} is larger than high − low ({self.high - self.low:g})")
+            if self.type == "int" and not all(float(x).is_integer() for x in (self.low, self.high, self.step or 1)):
+                raise ValueError("int needs integer low, high and step")
         return self
 
 
 class SearchSpec(SpecModel):
     """The Optuna study of `pdsweep tune` over dotted RunSpec paths."""
 
-    params: dict[str, SearchParam]
-    """Dotted RunSpec path → distribution."""
+    params: dict[str, SearchParam] = Field(min_length=1)
+    """Dotted RunSpec path → distribution (at least one)."""
     objective: str = "eval/heldout/loss"
     """Metric to optimise (an MLflow metric name of the run)."""
     direction: Literal["minimize", "maximize"] = "minimize"
@@ -114,8 +125,8 @@ class ReportSpec(SpecModel):
 class Sweep(SpecModel):
     """A sweep file: base run, automatic LM-only baseline, axes, seeds, teacher runs, search space."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    """Sweep name (MLflow experiment, run directory); letters, digits, `_ . -`."""
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100)
+    """Sweep name (MLflow experiment, run directory); letters, digits, `_ . -`; at most 100 characters."""
     description: str = ""
     """What the sweep reproduces or asks."""
     base: dict[str, Any] = Field(default_factory=dict)

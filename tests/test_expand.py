@@ -203,6 +203,43 @@ def test_teacher_runs_are_lm_only_and_referenced() -> None:
         ({"seeds": [1, 1]}, "seeds: seeds must be distinct"),
         ({"seeds": 0}, "seeds: must be ≥ 1, got 0"),
         ({"grid": {"loss.alpha.value.x": [1]}}, "unknown RunSpec path"),
+        ({"name": "x" * 101}, "name: string should have at most 100 characters"),
+        (
+            {"grid": {"loss.alpha": [0.1]}, "zip": {"loss.alpha": [0.2]}},
+            "loss.alpha: is an axis of both grid: and zip:",
+        ),
+        ({"base": BASE | {"loss.alpha": 0.5}}, "base: loss.alpha: given twice"),
+        ({"base": BASE | {"optim.weight_decay": float("inf")}}, "optim.weight_decay: input should be a finite number"),
+        ({"grid": {"logits.temperature": [float("inf")]}}, "logits.temperature: input should be a finite number"),
+        ({"search": {"params": {}}}, "search.params: must have at least 1 item(s), got {}"),
+        (
+            {"search": {"params": {"optim.lrr": {"type": "float", "low": 0.001, "high": 0.01}}}},
+            "search.params: optim.lrr: unknown RunSpec path (did you mean optim.lr",
+        ),
+        (
+            {"search": {"params": {"loss.alpha": {"type": "float", "low": 0.1, "high": 1.5}}}},
+            "search.params.loss.alpha: 1.5: loss.alpha.value: must be ≤ 1, got 1.5",
+        ),
+        (
+            {"search": {"params": {"optim.lr": {"type": "float", "low": 0.001, "high": 0.01, "step": 0}}}},
+            "search.params.optim.lr: step must be > 0, got 0",
+        ),
+        (
+            {"search": {"params": {"optim.lr": {"type": "float", "low": 0.001, "high": 0.01, "step": -1}}}},
+            "step must be > 0, got -1",
+        ),
+        (
+            {
+                "search": {
+                    "params": {"optim.lr": {"type": "float", "low": 0.001, "high": 0.01, "step": 0.001, "log": True}}
+                }
+            },
+            "step and log cannot both be set",
+        ),
+        (
+            {"search": {"params": {"loss.alpha.max": {"type": "float", "low": 0.1, "high": 0.9, "when": {"x": 1}}}}},
+            "search.params.loss.alpha.max: when: x is not a parameter listed before loss.alpha.max",
+        ),
     ],
 )
 def test_bad_sweeps_name_file_and_field(kw: dict, expected: str, write_yaml) -> None:
@@ -213,6 +250,23 @@ def test_bad_sweeps_name_file_and_field(kw: dict, expected: str, write_yaml) -> 
         E.expand(E.load_sweep(path), str(path))
     assert any(expected in p for p in err.value.problems), err.value.problems
     assert all(p.startswith(f"{path}: ") for p in err.value.problems)
+
+
+def test_yaml_that_cannot_be_a_spec_is_one_quick_line(write_yaml) -> None:
+    """An alias bomb (9⁹ leaves if expanded) is refused at once, each message cut while rendered; a
+    mapping used as a key is a YAML error with its line."""
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(7)
+    ]
+    bomb = write_yaml("name: bomb\n" + "\n".join(levels) + "\nseeds: [" + ", ".join(["*h"] * 9) + "]\n")
+    with pytest.raises(SpecError) as err:  # rendering the first item in full never ended
+        E.load_sweep(bomb)
+    seeds = [p for p in err.value.problems if ": seeds[" in p]
+    assert seeds and all("input should be a valid integer, got [[[" in p for p in seeds)
+    assert all(len(p.split(", got ", 1)[1]) <= 60 for p in seeds)  # the value, cut
+    key = write_yaml("name: k\nbase:\n  {a: 1}: 2\n", "key.yaml")
+    with pytest.raises(SpecError, match=r"key.yaml:3:3: invalid YAML: a mapping cannot be a key"):
+        E.load_sweep(key)
 
 
 def test_a_seed_in_base_is_the_sweeps_only_seed() -> None:

@@ -154,7 +154,35 @@ def test_tune_bad_input_is_one_line(tmp_path) -> None:
     assert bad_url.returncode == 2 and "cannot open the Optuna storage" in bad_url.stderr
     assert len(bad_url.stderr.strip().splitlines()) == 1
     none = pdsweep("tune", "status", good, "--storage", f"sqlite:///{tmp_path / 'empty.db'}")
-    assert none.returncode == 2 and "no study 'tune-bad2'" in none.stderr
+    assert none.returncode == 2 and "no study 'tune-bad2' yet" in none.stderr
+    assert not (tmp_path / "empty.db").exists()  # looking creates nothing
+
+
+@pytest.mark.slow
+def test_tune_in_an_empty_directory_and_a_study_whose_trials_all_fail(tmp_path, shakespeare) -> None:
+    """The README's example from a fresh directory (no work directory, no study yet) runs; a study
+    whose every trial fails says so and exits non-zero."""
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PDSWEEP_WORKDIR", "PDSWEEP_OPTUNA_STORAGE")}
+    env["COLUMNS"] = "200"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "pdsweep.cli", *args]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+
+    status = run("tune", "status", str(ROOT / "docs/examples/tiny-tune.yaml"))
+    assert status.returncode == 2 and "no study 'tiny-tune' yet" in status.stderr
+    assert list(tmp_path.iterdir()) == []
+    out = run("tune", str(ROOT / "docs/examples/tiny-tune.yaml"), "--trials", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "pdsweep-work" / "optuna.db").exists() and "2 of 2 trials, 0 failed" in out.stdout
+    failing = _tune_sweep("tune-all-fail", trials=2)
+    failing["search"]["params"] = {"data.corpus": {"type": "categorical", "choices": [str(tmp_path / "gone.txt")]}}
+    failing["search"]["max_failures"] = 1
+    bad = run("tune", str(_write(tmp_path, failing)))
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "every trial of the study failed (2)" in bad.stderr and "gone.txt does not exist" in bad.stdout
 
 
 @pytest.fixture(scope="module")
