@@ -566,6 +566,17 @@ def run(
         views.print_tasks(sched.tasks, title=f"{sweep.name}: interrupted")
         typer.echo("interrupted: run the same command again to resume", err=True)
         raise typer.Exit(130) from None
+    except Exception as e:  # noqa: BLE001 - the scheduler's own failure: its tasks were stopped, resumable
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        if track:
+            with contextlib.suppress(Exception):
+                tracker.finish("failed", f"{type(e).__name__}: {first}")
+        typer.echo(
+            f"error: pdsweep run stopped ({type(e).__name__}: {first}); the running tasks were interrupted"
+            " and keep their checkpoints: run the same command again to resume",
+            err=True,
+        )
+        raise typer.Exit(1) from None
     trained = [t for t in sched.tasks if t.kind == "train"]
     done = sum(t.status == "done" for t in trained)
     if track:

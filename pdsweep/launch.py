@@ -8,6 +8,7 @@ runs that record online logits, `logits/`. Running a run again resumes it from i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -28,20 +29,28 @@ Progress = Callable[[str, int, int], None]
 _held_locks: list[Any] = []
 
 
-def lock(run_dir: Path) -> None:
-    """Hold an exclusive lock on the run directory for the life of this process (two processes
-    never train one run)."""
+def lock(run_dir: Path) -> Any:
+    """Take an exclusive lock on the run directory (two processes never train one run); it is held
+    until `unlock` or the process's exit. None when `pdsweep run` took it and handed it over."""
     import fcntl
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if os.environ.get("PDSWEEP_LOCK_HELD") == str(run_dir.resolve()):
-        return  # `pdsweep run` took the lock and handed it to this process
-    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until the process exits
+        return None  # `pdsweep run` took the lock and handed it to this process
+    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until unlock or the process exits
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        f.close()
         raise SpecError(f"{run_dir}: another pdsweep process is training this run") from None
     _held_locks.append(f)
+    return f
+
+
+def unlock(held: Any) -> None:
+    if held is not None and held in _held_locks:
+        _held_locks.remove(held)
+        held.close()
 
 
 def check_run_dir(run_dir: Path, rid: str) -> None:
@@ -172,14 +181,38 @@ def run_one(
     ensure_builtin_teacher(spec, progress)
     tokens = data.prepare(spec, progress=progress)
     store = store_for(spec, tokens, logits, progress if rank0 else lambda *a: None)
+    if spec.train.record_logits and backend.world_size > 1:
+        raise SpecError("train.record_logits: online recording runs on one process for now")
+    tracker: tracking.Tracker = tracking.MlflowTracker(tracking_uri) if (track and rank0) else tracking.NullTracker()
+    held = None
     if rank0:
-        lock(run_dir)
-        check_run_dir(run_dir, rid)  # again, under the lock
-        files.write_text(spec_file, yaml.safe_dump({"run_id": rid, **spec.model_dump(mode="json")}, sort_keys=False))
+        held = lock(run_dir)
+    try:
+        if rank0:
+            check_run_dir(run_dir, rid)  # again, under the lock
+            files.write_text(
+                spec_file, yaml.safe_dump({"run_id": rid, **spec.model_dump(mode="json")}, sort_keys=False)
+            )
+        return _start_and_train(spec, run_dir, rid, tokens, backend, store, tracker, callbacks, label, sweep)
+    finally:
+        unlock(held)
+
+
+def _start_and_train(
+    spec: RunSpec,
+    run_dir: Path,
+    rid: str,
+    tokens: data.TokenData,
+    backend: backends.Backend,
+    store: logits_store.StoreReader | None,
+    tracker: tracking.Tracker,
+    callbacks: tuple[trainer.Callback, ...],
+    label: str | None,
+    sweep: str,
+) -> Outcome:
+    rank0 = backend.rank == 0
     hooks: list[trainer.Callback] = [trainer.MetricsFile(run_dir)]
     if spec.train.record_logits:
-        if backend.world_size > 1:
-            raise SpecError("train.record_logits: online recording runs on one process for now")
         for rec in spec.train.record_logits:
             info = logits_store.StoreInfo(
                 f"pdsweep-run:{rid}",
@@ -192,7 +225,6 @@ def run_one(
                 teacher_run=rid,
             )
             hooks.append(trainer.RecordLogits(rec, run_dir / "logits" / rec.name, info))
-    tracker: tracking.Tracker = tracking.MlflowTracker(tracking_uri) if (track and rank0) else tracking.NullTracker()
     tracker.start(spec, run_dir, rid, label or rid, sweep)
     hooks.append(_Track(tracker))
     hooks.append(trainer.FollowThreads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
@@ -231,11 +263,32 @@ def _train_and_record(
             files.write_json(run_dir / "status.json", {"status": "failed", "reason": "; ".join(e.problems)})
         tracker.finish("failed", "; ".join(e.problems))
         return Outcome("invalid", backend.rank, reason="\n".join(e.problems))
+    except Exception as e:  # noqa: BLE001 - whatever ends a run (a full disk, a bug) ends it as failed
+        return _failed_by(e, run_dir, backend.rank, tracker)
     if rank0:
         files.write_json(run_dir / "status.json", {"status": "done"})
         tracker.log_artifact(run_dir / "result.json")  # the final evaluation, every suite, as JSON
     tracker.finish("done")
     return Outcome("done", backend.rank, result=result)
+
+
+def _failed_by(e: Exception, run_dir: Path, rank: int, tracker: tracking.Tracker) -> Outcome:
+    """Record an unexpected exception as the run's failure: the traceback in `error.log`, the reason
+    in `status.json` and on the MLflow run (FAILED) — each as far as it can still be written (a full
+    disk may refuse them), so the run is never left `running`."""
+    import traceback
+
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    if rank == 0:
+        with contextlib.suppress(OSError):
+            (run_dir / "error.log").write_text("".join(traceback.format_exception(e)))
+        reason += f" (traceback in {run_dir / 'error.log'})"
+        with contextlib.suppress(OSError):
+            files.write_json(run_dir / "status.json", {"status": "failed", "reason": reason})
+    with contextlib.suppress(Exception):
+        tracker.finish("failed", reason)
+    return Outcome("failed", rank, reason=reason)
 
 
 def _free_port() -> int:

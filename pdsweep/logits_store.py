@@ -607,6 +607,8 @@ class StoreWriter:
     def __init__(self, path: Path, info: StoreInfo):
         self.path = path
         path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob(".*.tmp"):  # a shard a killed writer left half-written (one writer at a time)
+            stale.unlink(missing_ok=True)
         manifest_path = path / "manifest.json"
         if manifest_path.exists():
             self.manifest = read_manifest(path)

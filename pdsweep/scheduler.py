@@ -98,14 +98,15 @@ def last_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def logged_error(log: Path) -> str | None:
-    """The one-line error a task's command printed last (`error: …`: input it refused), if any."""
+    """The one-line reason a task's command printed last (`error: …` for input it refused, `failed: …`
+    for a run that failed), if any."""
     if not log.exists():
         return None
     with open(log, "rb") as f:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - 16384))
         lines = f.read().decode("utf-8", "replace").splitlines()
-    found = [line.removeprefix("error: ") for line in lines if line.startswith("error: ")]
+    found = [line.split(": ", 1)[1] for line in lines if line.startswith(("error: ", "failed: "))]
     return found[-1] if found else None
 
 
@@ -412,9 +413,12 @@ class Scheduler:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> list[Task]:
+        """Run the sweep; on Ctrl-C or an error of the scheduler itself (a full disk, a bug), stop every
+        running task the way Ctrl-C does — each keeps its last checkpoint and resumes on the next run —
+        and raise."""
         try:
             self._loop()
-        except KeyboardInterrupt:
+        except BaseException:
             self.stop()
             raise
         return self.tasks
@@ -468,10 +472,11 @@ class Scheduler:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(t.proc.pid, signal.SIGKILL)
                 rc = t.proc.wait()
-            self._finish(t, rc)
-            if t.status == "failed" and t.reason.startswith("the process ended unexpectedly"):
-                t.status, t.reason = "interrupted", "stopped by Ctrl-C"
-                files.write_json(t.dir / "status.json", {"status": "interrupted", "reason": t.reason})
+            with contextlib.suppress(OSError):  # stopping goes on when a file cannot be written (full disk)
+                self._finish(t, rc)
+                if t.status == "failed" and t.reason.startswith("the process ended unexpectedly"):
+                    t.status, t.reason = "interrupted", "stopped by Ctrl-C"
+                    files.write_json(t.dir / "status.json", {"status": "interrupted", "reason": t.reason})
         self.on_change(self.tasks)
 
 

@@ -95,6 +95,7 @@ class MlflowTracker:
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise SpecError(f"tracking: cannot reach the MLflow store {self.uri} ({first[:200]})") from None
         self.run: str | None = None
+        self.logged: dict[str, int] = {}  # a continued run: the last step each metric has a point at
 
     def start(self, spec: RunSpec, run_dir: Path, run_id: str, label: str, sweep: str) -> None:
         state_file = run_dir / "tracking.json"
@@ -102,6 +103,10 @@ class MlflowTracker:
         if known.get("uri") == self.uri and known.get("mlflow_run_id"):
             self.run = known["mlflow_run_id"]  # a resumed run continues its own MLflow run
             self.client.set_tag(self.run, "pdsweep.status", "running")
+            # Steps the killed attempt logged after its checkpoint (or before any) come again, with the
+            # same values (resume is exact): each metric's points are logged once.
+            for key in self.client.get_run(self.run).data.metrics:
+                self.logged[key] = max((m.step for m in self.client.get_metric_history(self.run, key)), default=-1)
             return
         exp_id = self.experiment(sweep)
         tags = {"pdsweep.run_id": run_id, "pdsweep.sweep": sweep, "pdsweep.label": label, "pdsweep.status": "running"}
@@ -179,7 +184,11 @@ class MlflowTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, step) for k, v in metrics.items() if isinstance(v, (int, float))]
+        batch = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and step > self.logged.get(k, -1)
+        ]
         if self.run is not None and batch:
             self.client.log_batch(self.run, metrics=batch)
 

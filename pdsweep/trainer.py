@@ -176,7 +176,13 @@ def save_checkpoint(backend: Backend, state: TrainState) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     backend.barrier()
-    backend.save(tmp, {"step": state.step, "tokens_seen": state.tokens_seen, "metrics": state.metrics})
+    try:
+        backend.save(tmp, {"step": state.step, "tokens_seen": state.tokens_seen, "metrics": state.metrics})
+    except (OSError, RuntimeError) as e:  # a full disk: torch's writer raises RuntimeError
+        if backend.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise OSError(f"cannot write the checkpoint {final} ({first})") from e
     backend.barrier()
     if backend.rank == 0:
         files.write_json(
@@ -336,8 +342,8 @@ def train(
             resumed.get("metrics", {}),
         )
         state.resumed_from = state.step
-        if backend.rank == 0:
-            truncate_metrics(run_dir, state.step)
+    if backend.rank == 0:  # rows of a killed attempt after the checkpoint (or all of them) come again
+        truncate_metrics(run_dir, state.step)
     for cb in callbacks:
         cb.on_start(state, engine)
 

@@ -198,7 +198,9 @@ def test_sigkill_mid_sweep_then_run_again_resumes(tmp_path, workdir, shakespeare
             next(r.info.run_id for r in children if r.data.tags["pdsweep.run_id"] == victim), "loss"
         )
     ]
-    assert max(steps) == 400 and set(range(1, 401)) <= set(steps)
+    assert sorted(steps) == list(range(1, 401))  # every step once: none again after the resume
+    rows = [json.loads(x) for x in (root / victim / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 401))
 
 
 @pytest.mark.slow
@@ -260,3 +262,86 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_leaves_it_resumable(tmp_path, workdi
     again = pdsweep("run", path, "--tracking-uri", uri, timeout=600)
     assert again.returncode == 0 and "1 of 1 runs done" in again.stdout
     assert json.loads((run_dir / "result.json").read_text())["resumed_from"] >= 20
+
+
+@pytest.mark.slow
+def test_a_run_that_fails_mid_training_fails_alone_with_its_reason(tmp_path, workdir, shakespeare) -> None:
+    """Files larger than 2.5 MB cannot be written (RLIMIT_FSIZE: writes fail with EFBIG, as on a full
+    disk): the 2,048-token model's checkpoint fails mid-training, the 512-token model's fits. The
+    first ends failed — the reason in status.json and on its MLflow run (FAILED), the traceback in
+    error.log — and the sweep goes on: the second is done, and `pdsweep run` says so and exits 1."""
+    import resource
+
+    base = {
+        "student": "tiny-xs",
+        "loss": {"alpha": 0},
+        "data": {"tokenizer": {"kind": "bpe", "vocab_size": 512}, "seq_len": 64, "tokens": 64 * 16 * 6},
+        "train": {"global_batch": 16, "micro_batch": 16, "checkpoint_every": 3, "backend": "torch"},
+        "eval": {"interval": 1000, "heldout_tokens": 2048},
+    }
+    data.prepare(RunSpec.model_validate(base), workdir)  # tokenized before the limit applies
+    sweep = {"name": "file-limit", "base": base, "baseline": None, "grid": {"data.tokenizer.vocab_size": [512, 2048]}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    limit = int(2.5 * 2**20)
+    out = subprocess.run(
+        [sys.executable, "-m", "pdsweep.cli", "run", str(path), "--tracking-uri", uri],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),  # noqa: PLW1509
+    )
+    assert out.returncode == 1 and "file-limit: 1 of 2 runs done" in out.stdout, out.stdout[-3000:] + out.stderr
+    root = workdir / "runs" / "file-limit"
+    states = {
+        d.name: json.loads((d / "status.json").read_text()) for d in root.iterdir() if (d / "status.json").exists()
+    }
+    failed = [rid for rid, st in states.items() if st["status"] == "failed"]
+    assert sorted(st["status"] for st in states.values()) == ["done", "failed"]
+    reason = states[failed[0]]["reason"]
+    assert reason.startswith(f"OSError: cannot write the checkpoint {root / failed[0] / 'checkpoints'}/step_")
+    assert "error.log" in reason and not list((root / failed[0] / "checkpoints").glob(".*.tmp"))
+    assert "Traceback" in (root / failed[0] / "error.log").read_text()
+    runs = MlflowClient(tracking_uri=uri).search_runs(
+        [MlflowClient(tracking_uri=uri).get_experiment_by_name("file-limit").experiment_id]
+    )
+    by_id = {r.data.tags.get("pdsweep.run_id"): r for r in runs}
+    assert by_id[failed[0]].info.status == "FAILED" and by_id[failed[0]].data.tags["pdsweep.status"] == "failed"
+
+
+@pytest.mark.slow
+def test_an_error_of_the_scheduler_itself_stops_cleanly_and_resumes(
+    tmp_path, workdir, shakespeare, monkeypatch
+) -> None:
+    """A bug (or a full disk) in the scheduler's own loop while a run trains: one clear line, exit 1,
+    the run interrupted with its checkpoint (never left `running`), and the same command resumes it."""
+    from typer.testing import CliRunner
+
+    from pdsweep import cli, scheduler
+
+    sweep = lm_sweep("scheduler-error", steps=40, lrs=(0.003,), seeds=1, checkpoint_every=3) | {"baseline": None}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    original = scheduler.Scheduler._rebalance
+
+    def broken(self: scheduler.Scheduler) -> None:
+        original(self)
+        if any(t.proc is not None and t.step >= 4 for t in self.tasks):  # a checkpoint is written at step 3
+            raise RuntimeError("a bug in the scheduler")
+
+    monkeypatch.setattr(scheduler.Scheduler, "_rebalance", broken)
+    out = CliRunner().invoke(cli.app, ["run", str(path), "--no-track"])
+    assert out.exit_code == 1, out.output
+    assert (
+        "error: pdsweep run stopped (RuntimeError: a bug in the scheduler); the running tasks were interrupted"
+        in out.output
+    )
+    (run_dir,) = [d for d in (workdir / "runs" / "scheduler-error").iterdir() if d.is_dir()]
+    assert json.loads((run_dir / "status.json").read_text())["status"] == "interrupted"
+    assert (run_dir / "checkpoints" / "LATEST").exists()
+    monkeypatch.setattr(scheduler.Scheduler, "_rebalance", original)
+    again = pdsweep("run", path, "--no-track", timeout=600)
+    assert again.returncode == 0 and "1 of 1 runs done" in again.stdout, again.stdout[-2000:]
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["resumed_from"] >= 3

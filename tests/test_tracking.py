@@ -3,6 +3,7 @@ no duplicate on resume, failures tagged with their reason, an unreachable store 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,49 @@ def test_a_failed_run_is_tagged_with_its_reason(tmp_path, shakespeare, store_uri
     (run,) = [r for r in runs if r.data.tags.get("pdsweep.label") == "nan-run"]
     assert run.info.status == "FAILED" and run.data.tags["pdsweep.status"] == "failed"
     assert "non-finite loss" in run.data.tags["pdsweep.reason"]
+
+
+class StopAt(trainer.Callback):
+    """Raise `error` after optimiser step `step`."""
+
+    def __init__(self, step: int, error: BaseException):
+        self.step, self.error = step, error
+
+    def on_step(self, state, metrics) -> None:
+        if state.step == self.step:
+            raise self.error
+
+
+def test_a_run_interrupted_before_its_first_checkpoint_logs_each_step_once(tmp_path, shakespeare, store_uri) -> None:
+    spec = RunSpec.model_validate(TINY_RUN)  # its first checkpoint is at step 10
+    run_dir = tmp_path / "early"
+    with pytest.raises(KeyboardInterrupt):
+        launch.run_one(
+            spec, run_dir, callbacks=(StopAt(5, KeyboardInterrupt()),), tracking_uri=store_uri, label="early"
+        )
+    assert launch.run_one(spec, run_dir, tracking_uri=store_uri, label="early").status == "done"
+    client, runs = runs_of(store_uri)
+    (run,) = [r for r in runs if r.data.tags.get("pdsweep.label") == "early"]
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss")) == list(range(1, 31))
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 31))
+
+
+def test_any_exception_fails_the_run_with_its_reason(tmp_path, shakespeare, store_uri) -> None:
+    """Whatever ends a run — here a bug in a callback — ends it failed: the reason in status.json and
+    on its MLflow run (FAILED), the traceback in error.log; never left `running`."""
+    spec = RunSpec.model_validate(TINY_RUN)
+    run_dir = tmp_path / "bug"
+    bug = ZeroDivisionError("division by zero in a callback")
+    outcome = launch.run_one(spec, run_dir, callbacks=(StopAt(3, bug),), tracking_uri=store_uri, label="bug")
+    assert outcome.status == "failed"
+    assert outcome.reason == f"ZeroDivisionError: division by zero in a callback (traceback in {run_dir / 'error.log'})"
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status == {"status": "failed", "reason": outcome.reason}
+    assert "ZeroDivisionError" in (run_dir / "error.log").read_text()
+    _, runs = runs_of(store_uri)
+    (run,) = [r for r in runs if r.data.tags.get("pdsweep.label") == "bug"]
+    assert run.info.status == "FAILED" and run.data.tags["pdsweep.reason"] == outcome.reason
 
 
 def test_an_unreachable_tracking_server_is_one_clear_error(tmp_path, shakespeare) -> None:
