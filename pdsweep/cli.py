@@ -10,6 +10,7 @@ import collections
 import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -273,6 +274,7 @@ def data_prepare(file: Annotated[Path, typer.Argument(help="A run or sweep YAML 
     bar, hook = views.progress_bar()
     with _user_errors():
         spec_or_sweep, runs = _load_any(file)
+        _writable_workdir()
         specs = [spec_or_sweep] if runs is None else [r.spec for r in runs]
         done = set()
         with bar:
@@ -325,6 +327,7 @@ def logits_generate(
         spec = expand.load_run(file)
         if spec.teacher is None:
             raise _spec_error(f"{file}: teacher: the run has no teacher")
+        _writable_workdir()
         t = teacher.load(spec.teacher)
         tokens = data.prepare(spec, progress=hook)
         teacher.check_tokenizer(t, tokens, spec.teacher.source)
@@ -465,7 +468,9 @@ def train(
         typer.Option(help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///WORKDIR/mlflow.db)."),
     ] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="Log the run to MLflow.")] = True,
-    sweep: Annotated[str, typer.Option(help="MLflow experiment of the run.")] = "single",
+    sweep: Annotated[
+        str, typer.Option(help="MLflow experiment of the run (a sweep name: letters, digits, _ . -).")
+    ] = "single",
     label: Annotated[
         str | None, typer.Option(help="Name of the run in MLflow (default: the run directory's name).")
     ] = None,
@@ -475,6 +480,9 @@ def train(
 
     with _user_errors():
         spec = expand.load_run(file)
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", sweep):
+            raise _spec_error(f"--sweep: must be a sweep name (letters, digits, _ . -; at most 100), got {sweep[:60]!r}")
+        _writable_workdir()
         run_dir = out or settings.workdir() / "runs" / "single" / expand.run_id(spec)
         if launcher not in ("torchrun", "deepspeed"):
             raise _spec_error(f"--launcher: must be torchrun or deepspeed, got {launcher!r}")
@@ -495,6 +503,7 @@ def train(
             *(["--logits", str(logits)] if logits else []),
             *(["--tracking-uri", tracking_uri] if tracking_uri else []),
             *([] if track else ["--no-track"]),
+            *["--sweep", sweep, "--label", label or run_dir.name],
         ]
         with _user_errors():
             rc = launch.relaunch(args, nproc, "deepspeed" if hostfile else launcher, hostfile)
@@ -528,6 +537,8 @@ def run(
     with _user_errors():
         sweep = expand.load_sweep(file)
         runs = expand.expand(sweep, str(file))
+        if not dry_run:
+            _writable_workdir()
         tasks = scheduler.build(sweep.name, runs)
         if hostfile is not None and not hostfile.is_file():
             raise _spec_error(f"--hostfile: {hostfile} does not exist")
@@ -693,6 +704,7 @@ def tune(
         sweep = expand.load_sweep(path)
         if sweep.search is None:
             raise _spec_error(f"{path}: search: the sweep has no search space")
+        _writable_workdir()
         url = search.storage_url(storage)
         if worker_index >= 0:  # one worker process of a `pdsweep tune --workers N`
             _tune_worker(path, url, worker_index, tracking_uri, track, trials)
@@ -877,6 +889,7 @@ def ui(
 
     with _user_errors():
         name = expand.load_sweep(file).name if file is not None else None
+        tracking.check_exists(tracking_uri or tracking.default_uri(), name or "any sweep")
         tracker = tracking.MlflowTracker(tracking_uri)
         exp = tracker.client.get_experiment_by_name(name) if name else None
         if name and exp is None:
@@ -955,6 +968,25 @@ def eval_(
     Console(width=120).print(table)
     if out is not None:
         typer.echo(f"results: {out}")
+
+
+def _writable_workdir() -> None:
+    """The work directory (PDSWEEP_WORKDIR) is a directory this process can write: checked before
+    a command that writes there does anything, so a wrong one is one line, not a traceback."""
+    import tempfile
+
+    from pdsweep import settings
+
+    path = settings.workdir()
+    where = f"work directory {path} (PDSWEEP_WORKDIR)"
+    if path.exists() and not path.is_dir():
+        raise _spec_error(f"{where}: is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check."):
+            pass
+    except OSError as e:
+        raise _spec_error(f"{where}: cannot write there ({e.strerror or e})") from None
 
 
 def _spec_error(line: str) -> Exception:

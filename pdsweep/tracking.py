@@ -37,6 +37,12 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{settings.workdir() / 'mlflow.db'}"
 
 
+def check_exists(uri: str, sweep: str) -> None:
+    """A reader (report, ui) of a sqlite store that does not exist says so instead of creating it."""
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        raise SpecError(f"tracking: no MLflow store at {uri} yet: nothing of {sweep!r} was tracked (run the sweep first)")
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """{"logits": {"top_p": 0.95}} → {"logits.top_p": 0.95} (lists stay values)."""
     if not isinstance(data, dict):
@@ -223,6 +229,7 @@ def sweep_runs(uri: str, sweep: str) -> list[TrackedRun]:
     was tracked twice (a store reused across workdirs), the latest MLflow run wins."""
     from mlflow.tracking import MlflowClient
 
+    check_exists(uri, sweep)
     try:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(sweep)

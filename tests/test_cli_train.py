@@ -80,6 +80,40 @@ def test_bad_input_is_one_line_exit_2(case: str, tmp_path) -> None:
     assert "Traceback" not in out.stderr
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and expected in lines[0], out.stderr[-2000:]
+    assert not (tmp_path / "run").exists()  # a rejected run leaves no run directory
     tokens = env_work / "tokens"  # nothing half-written: no temporaries, every token directory complete
     entries = list(tokens.iterdir()) if tokens.exists() else []
     assert all(not p.name.startswith(".") and (p / "manifest.json").exists() for p in entries), entries
+
+
+def test_a_bad_place_or_name_is_one_line_and_writes_nothing(tmp_path) -> None:
+    """Where things would be written is checked first: a work directory that is a file or cannot be
+    made, an MLflow experiment name that is a path, a run directory that is a file, a model folder
+    that is not one; report and ui of a sweep that never ran create no tracking store."""
+    from tests.conftest import ROOT
+
+    run_file = ROOT / "docs" / "examples" / "tiny-lm.yaml"
+    sweep_file = ROOT / "docs" / "examples" / "tiny-lr-sweep.yaml"
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "no-config").mkdir()
+    hf_run = tmp_path / "hf.yaml"
+    hf_run.write_text(yaml.safe_dump({"student": "tiny-xs", "teacher": f"hf:{tmp_path / 'no-config'}"}))
+    fresh = tmp_path / "fresh-work"
+    cases = [
+        (
+            {"PDSWEEP_WORKDIR": str(tmp_path / "a-file")},
+            ["run", sweep_file],
+            "(PDSWEEP_WORKDIR): is a file, not a directory",
+        ),
+        ({"PDSWEEP_WORKDIR": "/proc/pdsweep-work"}, ["train", run_file], "(PDSWEEP_WORKDIR): cannot write there"),
+        ({}, ["train", run_file, "--sweep", "../../x"], "--sweep: must be a sweep name"),
+        ({}, ["train", run_file, "--out", tmp_path / "a-file"], "a-file: is a file, not a run directory"),
+        ({}, ["logits", "generate", hf_run], "no-config has no config.json (not a Hugging Face model directory)"),
+        ({"PDSWEEP_WORKDIR": str(fresh)}, ["report", sweep_file], "no MLflow store at sqlite:///"),
+        ({"PDSWEEP_WORKDIR": str(fresh)}, ["ui", sweep_file], "no MLflow store at sqlite:///"),
+    ]
+    for env, args, expected in cases:
+        out = pdsweep(*args, env={**env, "MLFLOW_TRACKING_URI": ""})
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, (args, out.stderr[-2000:])
+        assert out.stderr.startswith("error: ") and expected in out.stderr, (args, out.stderr)
+    assert not (fresh / "mlflow.db").exists() and not list(tmp_path.glob("**/runs"))
