@@ -1,4 +1,4 @@
-"""Developer sessions: `nox -s tests`, `nox -s lint`, `nox -s typecheck`, `nox -s bench`."""
+"""Developer sessions: `nox -s tests`, `nox -s unit` (the fast lane), `nox -s lint`, `nox -s typecheck`, `nox -s bench`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,13 @@ def tests(session: nox.Session) -> None:
     """The README test command (all CPU tests, slow ones included; GPU tests skip without CUDA)."""
     install(session)
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def unit(session: nox.Session) -> None:
+    """The fast lane: every test not marked slow (in-process and short CLI tests), for after each change."""
+    install(session)
+    session.run("python", "-m", "pytest", "-m", "not slow", *session.posargs)
 
 
 @nox.session

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import time
 import warnings
@@ -25,6 +24,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from pdsweep import proc
 from pdsweep.spec import OptimSpec, RunSpec
 
 
@@ -138,21 +138,6 @@ class TorchBackend:
         return {k: v.detach().float().cpu() for k, v in self.model.state_dict().items()}
 
 
-def die_with_parent(sig: int = 9) -> None:
-    """Linux: have the kernel send `sig` to this process when its parent exits, so the workers of a
-    killed launcher never run on as orphans (they would race a re-run of the same run)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class DeepSpeedBackend:
     """DeepSpeed ZeRO (stage from the spec) over 1..N processes: gloo on CPU, NCCL on GPUs.
 
@@ -165,7 +150,7 @@ class DeepSpeedBackend:
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         if "RANK" not in os.environ:  # a single process without a launcher
             os.environ.update(
-                RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port())
+                RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(proc.free_port())
             )
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed.*")
         warnings.filterwarnings("ignore", message=r".*deprecated.*", category=FutureWarning)
@@ -282,7 +267,7 @@ def make(spec: RunSpec) -> Backend:
         kind = "deepspeed" if many else "torch"
     if kind == "deepspeed":
         if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
-            die_with_parent()  # started by torchrun / the deepspeed launcher
+            proc.die_with_parent()  # started by torchrun / the deepspeed launcher
         return DeepSpeedBackend(spec)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RuntimeError("train.backend torch runs one process; use deepspeed for several")

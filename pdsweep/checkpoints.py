@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pdsweep import proc
 from pdsweep.specfile import SpecError
 
 DEEPSPEED_CLASSES = (
@@ -40,7 +41,7 @@ def load(path: Path, map_location: Any = "cpu") -> Any:
     except pickle.UnpicklingError as e:
         raise _refused(path, e) from None
     except (OSError, RuntimeError, EOFError) as e:
-        raise SpecError(f"{path}: cannot read the checkpoint ({str(e).splitlines()[0][:200]})") from None
+        raise SpecError(f"{path}: cannot read the checkpoint ({proc.first_line(e, 200)})") from None
 
 
 def _deepspeed_globals() -> list[Any]:
@@ -68,4 +69,4 @@ def check_deepspeed(directory: Path) -> None:
         except pickle.UnpicklingError as e:
             raise _refused(file, e) from None
         except (OSError, RuntimeError, EOFError) as e:
-            raise SpecError(f"{file}: cannot read the checkpoint ({str(e).splitlines()[0][:200]})") from None
+            raise SpecError(f"{file}: cannot read the checkpoint ({proc.first_line(e, 200)})") from None

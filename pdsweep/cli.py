@@ -481,7 +481,9 @@ def train(
     with _user_errors():
         spec = expand.load_run(file)
         if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", sweep):
-            raise _spec_error(f"--sweep: must be a sweep name (letters, digits, _ . -; at most 100), got {sweep[:60]!r}")
+            raise _spec_error(
+                f"--sweep: must be a sweep name (letters, digits, _ . -; at most 100), got {sweep[:60]!r}"
+            )
         _writable_workdir()
         run_dir = out or settings.workdir() / "runs" / "single" / expand.run_id(spec)
         if launcher not in ("torchrun", "deepspeed"):
@@ -578,12 +580,14 @@ def run(
         typer.echo("interrupted: run the same command again to resume", err=True)
         raise typer.Exit(130) from None
     except Exception as e:  # noqa: BLE001 - the scheduler's own failure: its tasks were stopped, resumable
-        first = (str(e).strip().splitlines() or [""])[0][:300]
+        from pdsweep import proc
+
+        why = proc.describe(e)
         if track:
             with contextlib.suppress(Exception):
-                tracker.finish("failed", f"{type(e).__name__}: {first}")
+                tracker.finish("failed", why)
         typer.echo(
-            f"error: pdsweep run stopped ({type(e).__name__}: {first}); the running tasks were interrupted"
+            f"error: pdsweep run stopped ({why}); the running tasks were interrupted"
             " and keep their checkpoints: run the same command again to resume",
             err=True,
         )

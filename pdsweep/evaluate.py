@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdsweep import data, files, logits_store, pypi, settings
+from pdsweep import data, files, logits_store, proc, pypi, settings
 from pdsweep.specfile import SpecError
 
 Progress = Callable[[str, int, int], None]
@@ -492,8 +492,7 @@ def score(
 def scoring_model(net: torch.nn.Module, tokens: data.TokenData, max_len: int, device: torch.device) -> ScoringModel:
     """A pdsweep model with the tokenizer of its corpus."""
     tok = tokens.tokenizer()
-    eos = data.eos_id(tok)
-    return ScoringModel(net, tok, max_len, device, eos if eos is not None else 0)
+    return ScoringModel(net, tok, max_len, device, data.eos_id(tok))
 
 
 def benchmark_metrics(
@@ -635,7 +634,7 @@ def harness(
         except Exception as e:  # noqa: BLE001 - e.g. a named task's dataset is not reachable offline
             if not named:
                 raise
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            first = proc.first_line(e)
             raise SpecError(f"--harness-task {', '.join(named)}: lm-evaluation-harness failed ({first})") from None
     out: dict[str, float] = {}
     for name in named:

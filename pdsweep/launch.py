@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -20,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from pdsweep import backends, data, expand, files, logits_store, settings, teacher, tracking, trainer
+from pdsweep import backends, data, expand, files, logits_store, proc, settings, teacher, tracking, trainer
 from pdsweep.spec import RunSpec, TeacherSpec
 from pdsweep.specfile import SpecError
 
@@ -112,16 +111,15 @@ def store_for(
 
 def given_store(spec: RunSpec, tokens: data.TokenData, path: Path) -> logits_store.StoreReader:
     """A store given to `spec` (`--logits`), refused unless it was made for this run's tokens — its
-    tokenizer, corpus and sampling — by its teacher: the very teacher run for `run:NAME` (whose id
-    the sweep pins in `teacher.run_id`), the same weights for a checkpoint or model directory."""
+    tokenizer and corpus — by its teacher: the very teacher run for `run:NAME` (whose id the sweep
+    pins in `teacher.run_id`), the same weights for a checkpoint or model directory. (What it holds,
+    top-p-k entries or sampled draws, is checked with the run's other inputs: trainer.check_inputs.)"""
     assert spec.teacher is not None
-    lg = spec.logits
     reader = logits_store.StoreReader(
         path,
         expect={
             "tokenizer_fingerprint": tokens.manifest["tokenizer_fingerprint"],
             "corpus_fingerprint": tokens.manifest["corpus_fingerprint"],
-            "sampling_draws": lg.sampling.draws if lg.sampling else None,
         },
     )
     if spec.teacher.kind != "run":
@@ -183,6 +181,7 @@ def run_one(
     store = store_for(spec, tokens, logits, progress if rank0 else lambda *a: None)
     if spec.train.record_logits and backend.world_size > 1:
         raise SpecError("train.record_logits: online recording runs on one process for now")
+    trainer.check_inputs(spec, tokens, backend.world_size, store)
     tracker: tracking.Tracker = tracking.MlflowTracker(tracking_uri) if (track and rank0) else tracking.NullTracker()
     held = None
     if rank0:
@@ -278,8 +277,7 @@ def _failed_by(e: Exception, run_dir: Path, rank: int, tracker: tracking.Tracker
     disk may refuse them), so the run is never left `running`."""
     import traceback
 
-    first = (str(e).strip().splitlines() or [""])[0][:300]
-    reason = f"{type(e).__name__}: {first}" if first else type(e).__name__
+    reason = proc.describe(e)
     if rank == 0:
         with contextlib.suppress(OSError):
             (run_dir / "error.log").write_text("".join(traceback.format_exception(e)))
@@ -289,12 +287,6 @@ def _failed_by(e: Exception, run_dir: Path, rank: int, tracker: tracking.Tracker
     with contextlib.suppress(Exception):
         tracker.finish("failed", reason)
     return Outcome("failed", rank, reason=reason)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def launcher_command(
@@ -325,7 +317,7 @@ def launcher_command(
     else:
         resources.append(f"--num_gpus={nproc}")  # an empty CUDA_VISIBLE_DEVICES (CPU) stays as it is
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", *resources]
-    cmd += ["--master_port", str(_free_port()), "--no_local_rank", "--module", "pdsweep.cli", *args]
+    cmd += ["--master_port", str(proc.free_port()), "--no_local_rank", "--module", "pdsweep.cli", *args]
     return cmd, env
 
 
@@ -348,7 +340,7 @@ def relaunch(args: list[str], nproc: int, launcher: str, hostfile: Path | None) 
     """Run `python -m pdsweep.cli ARGS` over `nproc` processes per machine (launcher_command). The
     launcher dies with this process, and its workers with it."""
     cmd, env = launcher_command(args, nproc, launcher, hostfile, dict(os.environ))
-    return subprocess.run(cmd, env=env, preexec_fn=backends.die_with_parent).returncode  # noqa: PLW1509
+    return subprocess.run(cmd, env=env, preexec_fn=proc.die_with_parent).returncode  # noqa: PLW1509
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,7 +420,7 @@ def evaluate_model(
                 dataclasses.replace(cfg, max_seq_len=max_len),  # its trained context
                 run_dir / "hf",
                 tokenizer_json=tokens.tokenizer_path,
-                eos_token=tok.id_to_token(eos) if eos is not None else None,
+                eos_token=tok.id_to_token(eos),
                 eos_token_id=eos,
             )
         else:
@@ -437,7 +429,7 @@ def evaluate_model(
             metrics = evaluate.harness(model_dir, suites, limit, batch_size, Path(tasks_dir), harness_tasks)
     else:
         device = next(t.module.parameters()).device
-        scorer = evaluate.ScoringModel(t.logits, tok, max_len, device, eos if eos is not None else 0)
+        scorer = evaluate.ScoringModel(t.logits, tok, max_len, device, eos)
         metrics = evaluate.benchmark_metrics(scorer, suites, limit, progress)
     if run_dir is None:
         return metrics, None

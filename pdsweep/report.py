@@ -416,7 +416,7 @@ def write(
     out.mkdir(parents=True, exist_ok=True)
     head = header(data, t)
     written: list[Path] = []
-    figs = figures.draw(data, t, out) if plots and ("html" in kinds or "png" in kinds) else []
+    figs = figures.draw(data, t, out) if plots and ("html" in kinds or "md" in kinds) else []  # both show them
     written += [p for _, p in figs] + [p.with_suffix(".svg") for _, p in figs]
     meta_md = "\n".join(f"- {k}: {v}" for k, v in head.items() if v)
     text = {

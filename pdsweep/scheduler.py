@@ -32,7 +32,7 @@ from typing import IO, Any
 
 import yaml
 
-from pdsweep import backends, expand, files, launch, settings
+from pdsweep import expand, files, launch, proc, settings
 from pdsweep.specfile import SpecError
 
 POLL_S = 0.5
@@ -372,7 +372,7 @@ class Scheduler:
             env=env,
             pass_fds=(lock.fileno(),),
             start_new_session=True,  # Ctrl-C reaches the scheduler, which stops its tasks in order
-            preexec_fn=backends.die_with_parent,  # noqa: PLW1509
+            preexec_fn=proc.die_with_parent,  # noqa: PLW1509
         )
         t.lock, t.slot, t.status, t.reason, t.attempted = lock, slot_index, "running", "", True
         t.started, t.start_step = time.monotonic(), t.step

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdsweep import expand, files, launch, scheduler, settings
+from pdsweep import expand, files, launch, proc, scheduler, settings
 from pdsweep.specfile import SpecError
 from pdsweep.sweep import ExplicitRun, SearchParam, SearchSpec, Sweep
 
@@ -76,8 +76,7 @@ def _storage(url: str, create: bool = False) -> Any:
             heartbeat_stale_trial_callback=retry(max_retry=1),
         )
     except Exception as e:  # noqa: BLE001 - any failure means the storage is unusable
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpecError(f"--storage: cannot open the Optuna storage {url} ({first[:200]})") from None
+        raise SpecError(f"--storage: cannot open the Optuna storage {url} ({proc.first_line(e, 200)})") from None
 
 
 def sampler(search: SearchSpec, seed: int) -> Any:

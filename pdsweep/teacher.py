@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdsweep import data, files, hf, logits_store, pypi, settings
+from pdsweep import data, files, hf, logits_store, proc, pypi, settings
 from pdsweep.spec import BUILTIN_TEACHERS, RunSpec, TeacherSpec
 from pdsweep.specfile import SpecError
 
@@ -216,9 +216,7 @@ def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
     try:
         net = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval().to(device)
     except (OSError, ValueError, KeyError) as e:
-        raise SpecError(
-            f"teacher {teacher.source}: transformers cannot load {path}: {str(e).splitlines()[0]}"
-        ) from None
+        raise SpecError(f"teacher {teacher.source}: transformers cannot load {path}: {proc.first_line(e)}") from None
     return Teacher(net, int(net.config.vocab_size), _weights_fingerprint(_model_weights(path)), tokenizer_json)
 
 

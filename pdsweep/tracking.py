@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pdsweep import files, settings
+from pdsweep import files, proc, settings
 from pdsweep.spec import RunSpec
 from pdsweep.specfile import SpecError
 
@@ -40,7 +40,9 @@ def default_uri() -> str:
 def check_exists(uri: str, sweep: str) -> None:
     """A reader (report, ui) of a sqlite store that does not exist says so instead of creating it."""
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise SpecError(f"tracking: no MLflow store at {uri} yet: nothing of {sweep!r} was tracked (run the sweep first)")
+        raise SpecError(
+            f"tracking: no MLflow store at {uri} yet: nothing of {sweep!r} was tracked (run the sweep first)"
+        )
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -98,8 +100,9 @@ class MlflowTracker:
                 self.client = MlflowClient(tracking_uri=self.uri)
                 self.client.search_experiments(max_results=1)
             except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise SpecError(f"tracking: cannot reach the MLflow store {self.uri} ({first[:200]})") from None
+                raise SpecError(
+                    f"tracking: cannot reach the MLflow store {self.uri} ({proc.first_line(e, 200)})"
+                ) from None
         self.run: str | None = None
         self.logged: dict[str, int] = {}  # a continued run: the last step each metric has a point at
 
@@ -234,8 +237,7 @@ def sweep_runs(uri: str, sweep: str) -> list[TrackedRun]:
         client = MlflowClient(tracking_uri=uri)
         exp = client.get_experiment_by_name(sweep)
     except Exception as e:  # noqa: BLE001 - any failure here means the store is unusable
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SpecError(f"tracking: cannot read the MLflow store {uri} ({first[:200]})") from None
+        raise SpecError(f"tracking: cannot read the MLflow store {uri} ({proc.first_line(e, 200)})") from None
     if exp is None:
         raise SpecError(f"tracking: the MLflow store {uri} has no experiment {sweep!r} (run the sweep first)")
     found: dict[str, Any] = {}

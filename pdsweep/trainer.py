@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdsweep import data, evaluate, files, logits_store, losses, model, settings
+from pdsweep import data, evaluate, files, logits_store, losses, model, proc, settings
 from pdsweep.backends import Backend, peak_flops
 from pdsweep.schedules import alpha_at, lr_at
 from pdsweep.spec import RecordLogitsSpec, RunSpec
@@ -181,8 +181,7 @@ def save_checkpoint(backend: Backend, state: TrainState) -> Path:
     except (OSError, RuntimeError) as e:  # a full disk: torch's writer raises RuntimeError
         if backend.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise OSError(f"cannot write the checkpoint {final} ({first})") from e
+        raise OSError(f"cannot write the checkpoint {final} ({proc.first_line(e, 200)})") from e
     backend.barrier()
     if backend.rank == 0:
         files.write_json(
@@ -282,11 +281,31 @@ def _read_truncation(spec: RunSpec, store: logits_store.StoreReader | None) -> t
     return (1.0, None) if want else (spec.logits.top_p, spec.logits.top_k)
 
 
-def _injected_nan_step(run_dir: Path) -> int:
-    """Fault injection for testing failure handling: PDSWEEP_INJECT_NAN="<run dir name prefix>@<step>"
-    makes that run's loss NaN at that step (-1: none)."""
-    target, _, step = os.environ.get("PDSWEEP_INJECT_NAN", "").partition("@")
-    return int(step) if target and step.isdigit() and run_dir.name.startswith(target) else -1
+def check_inputs(spec: RunSpec, tokens: data.TokenData, world_size: int, store: logits_store.StoreReader | None) -> Any:
+    """SpecError for a run its data, store or processes cannot serve (checked before anything is
+    written); the training windows an online student is limited to (None otherwise)."""
+    from pdsweep.specfile import SpecError
+
+    t, tr = spec.data, spec.train
+    per_rank = tr.global_batch // world_size
+    if tr.global_batch % world_size or per_rank % tr.micro_batch:
+        raise SpecError(
+            f"train.global_batch {tr.global_batch} does not split into {world_size} ranks × micro_batch {tr.micro_batch}"
+        )
+    if data.num_windows(len(tokens.train), t.seq_len) == 0:
+        raise SpecError(f"data.seq_len: {t.seq_len} is longer than the training data ({len(tokens.train)} tokens)")
+    if spec.uses_teacher and store is None:
+        raise ValueError("a run with a teacher needs a logits store")
+    _read_truncation(spec, store)
+    if spec.uses_teacher and spec.logits.mode == "online":
+        assert store is not None
+        windows = data.covered_windows(store.positions(), t.seq_len, len(tokens.train))
+        if len(windows) == 0:
+            raise SpecError(
+                f"{store.path}: the online logits store holds no complete training window of seq_len {t.seq_len}"
+            )
+        return windows
+    return None
 
 
 def train(
@@ -304,31 +323,10 @@ def train(
     only on the windows its teacher recorded (every epoch visits each of them once)."""
     t, tr = spec.data, spec.train
     total = spec.steps()
-    per_rank = tr.global_batch // backend.world_size
-    if tr.global_batch % backend.world_size or per_rank % tr.micro_batch:
-        raise ValueError(
-            f"train.global_batch {tr.global_batch} does not split into {backend.world_size} ranks × micro_batch {tr.micro_batch}"
-        )
-    accum = per_rank // tr.micro_batch
-    if data.num_windows(len(tokens.train), t.seq_len) == 0:
-        from pdsweep.specfile import SpecError
-
-        raise SpecError(f"data.seq_len: {t.seq_len} is longer than the training data ({len(tokens.train)} tokens)")
-
-    if spec.uses_teacher and store is None:
-        raise ValueError("a run with a teacher needs a logits store")
+    windows = check_inputs(spec, tokens, backend.world_size, store)
+    accum = tr.global_batch // backend.world_size // tr.micro_batch
     read_p, read_k = _read_truncation(spec, store)
     kd = losses.KDConfig.from_spec(spec)
-    windows = None
-    if spec.uses_teacher and spec.logits.mode == "online":
-        assert store is not None
-        windows = data.covered_windows(store.positions(), t.seq_len, len(tokens.train))
-        if len(windows) == 0:
-            from pdsweep.specfile import SpecError
-
-            raise SpecError(
-                f"{store.path}: the online logits store holds no complete training window of seq_len {t.seq_len}"
-            )
     run_dir.mkdir(parents=True, exist_ok=True)
     net = model.build(spec.student, tokens.vocab_size, t.seq_len, seed=tr.seed)
     engine = backend.setup(net, spec.optim, accum)
@@ -354,7 +352,6 @@ def train(
     engine.train()
     loop_started = time.perf_counter()
     eval_seconds = 0.0
-    inject_nan = _injected_nan_step(run_dir)
     while state.step < total:
         step = state.step
         started = time.perf_counter()
@@ -385,7 +382,7 @@ def train(
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value / accum
         grad_norm = backend.step()
-        step_loss = backend.mean(sums["loss"]) if step != inject_nan else float("nan")
+        step_loss = backend.mean(sums["loss"])
         if not math.isfinite(step_loss):
             raise TrainingFailed(step, f"non-finite loss ({step_loss}) at step {step}")
         state.step += 1

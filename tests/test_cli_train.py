@@ -11,6 +11,7 @@ import yaml
 from tests.conftest import TINY_RUN, pdsweep
 
 
+@pytest.mark.slow
 def test_train_a_run_file(tmp_path, shakespeare) -> None:
     spec_file = tmp_path / "run.yaml"
     spec_file.write_text(yaml.safe_dump(TINY_RUN))

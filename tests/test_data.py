@@ -33,7 +33,7 @@ def test_tokens_round_trip_to_the_text(shakespeare) -> None:
 
 def test_prepare_is_cached_and_verified(shakespeare, workdir) -> None:
     spec = RunSpec(
-        loss={"alpha": 0}, data={"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 128, "tokens": 5}
+        loss={"alpha": 0}, data={"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 128, "tokens": 123_456}
     )
     again = data.prepare(spec, workdir)  # seq_len and token budget do not change the tokens
     assert again.path == shakespeare.path

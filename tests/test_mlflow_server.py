@@ -43,6 +43,7 @@ def _wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_a_sweep_logged_to_a_server_is_in_its_ui_with_runs_and_params(
     tmp_path, server, browser, shakespeare, monkeypatch
 ) -> None:
@@ -115,6 +116,7 @@ def test_a_sweep_logged_to_a_server_is_in_its_ui_with_runs_and_params(
     assert run["tags.mlflow.runName"] in browser.find_element(By.TAG_NAME, "body").text
 
 
+@pytest.mark.slow
 def test_pdsweep_ui_serves_the_embedded_store_on_localhost(tmp_path, workdir, shakespeare) -> None:
     """`pdsweep ui` on the default sqlite store: the UI answers on 127.0.0.1 at the printed URL with
     the sweep's runs, and Ctrl-C stops it and its workers."""

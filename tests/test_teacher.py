@@ -37,6 +37,7 @@ class StopAfter:
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_checkpoint_teacher_generates_a_resumable_store(tiny_teacher, shakespeare, tmp_path) -> None:
     t = teacher.load(TeacherSpec(source=f"ckpt:{tiny_teacher}"))
     teacher.check_tokenizer(t, shakespeare, "ckpt")
@@ -95,6 +96,7 @@ class Payload:
         return (os.mkdir, (str(self.marker),))
 
 
+@pytest.mark.slow
 def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tiny_teacher, tmp_path) -> None:
     import shutil
 
@@ -122,6 +124,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tiny_teacher, tmp_path
     assert state.load(own)["step"] > 0
 
 
+@pytest.mark.slow
 def test_a_store_for_other_tokens_is_refused(hamlet, tmp_path, shakespeare) -> None:
     """`--logits` with a store of another tokenizer and corpus: one line, exit 2, nothing trained."""
     _, _, store = hamlet
@@ -205,6 +208,7 @@ def test_real_pretrained_teacher_store_reads_are_exact(tmp_path, workdir) -> Non
             assert np.all(err <= 2e-3 / np.minimum(mass, 1) ** 2), (p, k, tau)
 
 
+@pytest.mark.slow
 def test_logits_cli(tiny_teacher, tmp_path, workdir) -> None:
     run = dict(TINY_RUN, teacher=f"ckpt:{tiny_teacher}", loss={"alpha": 1.0}, logits={"top_p": 0.95, "top_k": 50})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
@@ -225,6 +229,7 @@ def test_logits_cli(tiny_teacher, tmp_path, workdir) -> None:
     assert out.returncode == 2 and "shard_000000.pdl: checksum mismatch" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_online_recording_stores_the_batches_trained_on_in_the_window(tmp_path, shakespeare) -> None:
     """The paper's online logits: a run records, during its own training, the logits of the
     positions it trains on — here only in the second half of training."""
@@ -330,6 +335,7 @@ def hamlet(shakespeare, tmp_path_factory):
     return base, tokens, logits_store.StoreReader(work / "store", expect=teacher.store_info(t, tokens, 0.95, 50))
 
 
+@pytest.mark.slow
 def test_pd_run_reads_the_store_and_follows_its_alpha_schedule(hamlet, tmp_path) -> None:
     base, tokens, store = hamlet
     spec = RunSpec.model_validate(
@@ -354,6 +360,7 @@ def test_pd_run_reads_the_store_and_follows_its_alpha_schedule(hamlet, tmp_path)
     assert all(m["loss"] == pytest.approx(m["lm_loss"]) for m in rows if m["alpha"] == 0)
 
 
+@pytest.mark.slow
 def test_pd_run_without_its_positions_is_refused(hamlet, tmp_path, shakespeare) -> None:
     base, _, store = hamlet
     spec = RunSpec.model_validate(TINY_RUN | {"teacher": "hf:/unused", "loss": {"alpha": 0.5}, "logits": {"top_k": 20}})
@@ -361,6 +368,7 @@ def test_pd_run_without_its_positions_is_refused(hamlet, tmp_path, shakespeare) 
         trainer.train(spec, tmp_path, shakespeare, backends.TorchBackend(spec), store=store)
 
 
+@pytest.mark.slow
 def test_sampled_targets_are_stored_and_train_a_student(hamlet, tmp_path) -> None:
     """The sampling extension end to end: a teacher pass stores `draws` samples per position as
     ids and counts (an unbiased estimate of the full teacher distribution), and a student reads
@@ -405,6 +413,7 @@ def test_sampled_targets_are_stored_and_train_a_student(hamlet, tmp_path) -> Non
         trainer.train(vanilla, tmp_path / "student3", tokens, backends.TorchBackend(vanilla), store=full)
 
 
+@pytest.mark.slow
 def test_teacher_agreement_of_a_teacher_with_its_own_store(hamlet) -> None:
     """On held-out positions, a teacher agrees with its own stored logits at top-1 everywhere, and its
     KL to the stored (truncated, renormalised) distribution is what truncation removed, −log(kept

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 import yaml
 
 from pdsweep import expand, scheduler, settings
@@ -67,6 +68,7 @@ def test_the_scheduler_gives_a_task_left_alone_every_core(tmp_path, monkeypatch)
     assert env["OMP_NUM_THREADS"] == "3" and "PDSWEEP_THREADS_FILE" not in env
 
 
+@pytest.mark.slow
 def test_a_training_run_takes_up_a_new_budget_between_steps(tmp_path, shakespeare) -> None:
     run = tmp_path / "run.yaml"
     run.write_text(yaml.safe_dump(TINY_RUN))

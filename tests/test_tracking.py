@@ -28,6 +28,7 @@ def runs_of(uri: str, experiment: str = "single"):
     return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
 
 
+@pytest.mark.slow
 def test_a_trained_run_is_one_mlflow_run_even_when_run_again(tmp_path, shakespeare, store_uri) -> None:
     spec_file = tmp_path / "run.yaml"
     spec_file.write_text(yaml.safe_dump(TINY_RUN))
@@ -56,6 +57,7 @@ class Poison(trainer.Callback):
             net.layers[0].mlp.up_proj.weight.fill_(float("nan"))
 
 
+@pytest.mark.slow
 def test_a_failed_run_is_tagged_with_its_reason(tmp_path, shakespeare, store_uri) -> None:
     spec = RunSpec.model_validate(TINY_RUN)
     outcome = launch.run_one(spec, tmp_path / "nan", callbacks=(Poison(),), tracking_uri=store_uri, label="nan-run")
@@ -77,6 +79,7 @@ class StopAt(trainer.Callback):
             raise self.error
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_before_its_first_checkpoint_logs_each_step_once(tmp_path, shakespeare, store_uri) -> None:
     spec = RunSpec.model_validate(TINY_RUN)  # its first checkpoint is at step 10
     run_dir = tmp_path / "early"
@@ -92,6 +95,7 @@ def test_a_run_interrupted_before_its_first_checkpoint_logs_each_step_once(tmp_p
     assert [r["step"] for r in rows if r["kind"] == "train"] == list(range(1, 31))
 
 
+@pytest.mark.slow
 def test_any_exception_fails_the_run_with_its_reason(tmp_path, shakespeare, store_uri) -> None:
     """Whatever ends a run — here a bug in a callback — ends it failed: the reason in status.json and
     on its MLflow run (FAILED), the traceback in error.log; never left `running`."""

@@ -27,6 +27,7 @@ def metrics(run_dir, kind="train") -> list[dict]:
     return [m for m in map(json.loads, lines) if m["kind"] == kind]
 
 
+@pytest.mark.slow
 def test_training_reduces_loss(shakespeare, tmp_path) -> None:
     spec = RunSpec.model_validate(TINY_RUN)
     result = run(spec, tmp_path, shakespeare)
@@ -47,6 +48,7 @@ class StopAt(trainer.Callback):
             raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_resume_is_exact(shakespeare, tmp_path) -> None:
     spec = RunSpec.model_validate(TINY_RUN)
     straight = run(spec, tmp_path / "a", shakespeare)
@@ -60,6 +62,7 @@ def test_resume_is_exact(shakespeare, tmp_path) -> None:
     assert [m["loss"] for m in metrics(tmp_path / "b")] == [m["loss"] for m in metrics(tmp_path / "a")]
 
 
+@pytest.mark.slow
 def test_checkpoints_are_complete_and_pruned(shakespeare, tmp_path) -> None:
     spec = RunSpec.model_validate(TINY_RUN)
     run(spec, tmp_path, shakespeare)
@@ -95,6 +98,7 @@ def _cli_train(spec_file, out, **kw) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_sigkill_then_rerun_equals_an_uninterrupted_run(shakespeare, tmp_path) -> None:
     spec = dict(
         TINY_RUN, data={**TINY_RUN["data"], "tokens": 64 * 16 * 60}, train={**TINY_RUN["train"], "checkpoint_every": 15}
@@ -164,6 +168,7 @@ class HeldoutCheck(trainer.Callback):
             self.seen.append((state.step, "eval", metrics["eval/heldout/loss"], final))
 
 
+@pytest.mark.slow
 def test_evaluations_during_training_score_a_quarter_of_the_final_tokens(shakespeare, tmp_path) -> None:
     """Every point of the curve (`curve/…`), the last one included, is scored on the first quarter of
     the held-out tokens; the final evaluation (`eval/…`, what reports compare) on all of them."""

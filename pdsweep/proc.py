@@ -1,0 +1,35 @@
+"""Small process helpers every layer uses: a free TCP port, the parent-death signal, and the one
+line of an exception a user is shown."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a rendezvous or a local server)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def die_with_parent(sig: int = 9) -> None:
+    """Linux: have the kernel send `sig` to this process when its parent exits, so the workers of a
+    killed launcher never run on as orphans (they would race a re-run of the same run)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, sig)  # PR_SET_PDEATHSIG
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message, cut to `limit` (its type when it has none)."""
+    lines = [line for line in str(e).strip().splitlines() if line.strip()]
+    return lines[0][:limit] if lines else type(e).__name__
+
+
+def describe(e: BaseException, limit: int = 300) -> str:
+    """`Type: first line` — how a failure's reason reads in status.json, MLflow and the terminal."""
+    first = first_line(e, limit)
+    return first if first == type(e).__name__ else f"{type(e).__name__}: {first}"
