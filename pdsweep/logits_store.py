@@ -251,9 +251,14 @@ def read_targets(
     Returns (ids (N, K), probs (N, K), mask (N, K) bool, residual (N,)): with `renormalize` the
     kept probabilities sum to 1 and residual is 0; without it they keep the kept mass of the τ = 1
     distribution and `residual` = 1 − that mass (the untruncated tail as one bucket)."""
+    ids, logprobs, mask = truncate_entries(ids, logprobs, count, top_p, top_k, **stored)
+    return _targets(ids, logprobs, mask, temperature, renormalize)
+
+
+def _targets(ids: Any, logprobs: Any, mask: Any, temperature: float, renormalize: bool) -> tuple[Any, Any, Any, Any]:
+    """(ids, probs, mask, residual) from truncated entries, by the training loss's own function."""
     from pdsweep.losses import KDConfig, teacher_targets
 
-    ids, logprobs, mask = truncate_entries(ids, logprobs, count, top_p, top_k, **stored)
     probs, residual, _, _ = teacher_targets(logprobs, mask, KDConfig(temperature=temperature, renormalize=renormalize))
     return ids, probs, mask, residual
 
@@ -840,14 +845,8 @@ class StoreReader:
         self, positions: np.ndarray, top_p: float, top_k: int | None, temperature: float, renormalize: bool = True
     ) -> tuple[Any, Any, Any, Any]:
         """Padded torch tensors (ids, probs, mask, residual) for a batch of positions (B, T) → (B·T, K)."""
-        from pdsweep.losses import KDConfig, teacher_targets
-
         self._check_serves(top_p, top_k)
-        ids, logprobs, mask = self.entries(positions).truncated(top_p, top_k)
-        probs, residual, _, _ = teacher_targets(
-            logprobs, mask, KDConfig(temperature=temperature, renormalize=renormalize)
-        )
-        return ids, probs, mask, residual
+        return _targets(*self.entries(positions).truncated(top_p, top_k), temperature, renormalize)
 
     def verify(self) -> dict[str, Any]:
         """Check every shard's checksum and decodability; return totals."""
