@@ -761,7 +761,7 @@ def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | No
     from rich.console import Console
     from rich.table import Table
 
-    from pdsweep import expand, search
+    from pdsweep import expand, search, settings
 
     sweep = expand.load_sweep(path)
     spec = sweep.search
@@ -770,7 +770,7 @@ def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | No
     import optuna
 
     no_study = f"tune status: no study {sweep.name!r} yet in {url} (run pdsweep tune {path} first)"
-    file = search.sqlite_file(url)
+    file = settings.sqlite_file(url)
     if file is not None and not file.exists():
         raise _spec_error(no_study)  # nothing is created by looking
     try:
@@ -805,7 +805,7 @@ def _tune_status(path: Path, url: str, trials: int | None = None, out: Path | No
         best = ""
     typer.echo("best trial, as a RunSpec:\n" + best if best else "no completed trial yet")
     if out is not None:
-        from pdsweep import files, settings
+        from pdsweep import files
 
         title = f"{sweep.name}: {n} of {trials or spec.trials} trials, {failed} failed"
         md = [f"# {sweep.name} (Optuna study)", ""] + (
@@ -893,7 +893,7 @@ def ui(
 
     with _user_errors():
         name = expand.load_sweep(file).name if file is not None else None
-        tracking.check_exists(tracking_uri or tracking.default_uri(), name or "any sweep")
+        tracking.check_exists(tracking_uri or tracking.default_uri(), name)
         tracker = tracking.MlflowTracker(tracking_uri)
         exp = tracker.client.get_experiment_by_name(name) if name else None
         if name and exp is None:

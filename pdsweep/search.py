@@ -49,16 +49,11 @@ def _search(sweep: Sweep, source: str) -> SearchSpec:
     return sweep.search
 
 
-def sqlite_file(url: str) -> Path | None:
-    """The database file of a sqlite URL (None for other databases)."""
-    return Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
-
-
 def _storage(url: str, create: bool = False) -> Any:
     """The study storage; `create` makes a sqlite file's directory (the work directory by default)."""
     import optuna
 
-    file = sqlite_file(url)
+    file = settings.sqlite_file(url)
     if file is not None and create:
         try:
             file.parent.mkdir(parents=True, exist_ok=True)

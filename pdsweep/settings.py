@@ -22,14 +22,19 @@ def workdir() -> Path:
     return Path(os.environ.get("PDSWEEP_WORKDIR") or "pdsweep-work").resolve()
 
 
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` URI (tracking or study storage); None for any other."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def shown_uri(uri: str) -> str:
     """A tracking or storage URI as a committed report may show it: a database file in the work
     directory as `sqlite:///<workdir>/NAME`, one elsewhere by its file name only, and a server URL
     without its password — no path or secret of this machine."""
     import re
 
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
+    path = sqlite_file(uri)
+    if path is not None:
         inside = path.is_absolute() and path.resolve().parent == workdir()
         return f"sqlite:///<workdir>/{path.name}" if inside else f"sqlite:///…/{path.name}"
     return re.sub(r"://([^:/@]+):[^@/]*@", r"://\1:***@", uri)

@@ -37,12 +37,12 @@ def default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{settings.workdir() / 'mlflow.db'}"
 
 
-def check_exists(uri: str, sweep: str) -> None:
+def check_exists(uri: str, sweep: str | None = None) -> None:
     """A reader (report, ui) of a sqlite store that does not exist says so instead of creating it."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise SpecError(
-            f"tracking: no MLflow store at {uri} yet: nothing of {sweep!r} was tracked (run the sweep first)"
-        )
+    file = settings.sqlite_file(uri)
+    if file is not None and not file.exists():
+        what = f"nothing of {sweep!r} was tracked" if sweep else "nothing was tracked"
+        raise SpecError(f"tracking: no MLflow store at {uri} yet: {what} (run the sweep first)")
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -272,8 +272,7 @@ def metric_history(uri: str, mlflow_run_id: str, key: str) -> list[tuple[int, fl
 def start_ui(uri: str, port: int, timeout_s: float = 180.0) -> subprocess.Popen[bytes]:
     """`mlflow server` for the store `uri` on 127.0.0.1:`port`, in its own process group; returns
     once it answers (one worker and no job execution: it starts in seconds, not a minute)."""
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise SpecError(f"tracking: {uri} does not exist yet (run a sweep first)")
+    check_exists(uri)
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri]
     cmd += ["--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
