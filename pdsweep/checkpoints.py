@@ -32,16 +32,22 @@ def _refused(path: Path, e: BaseException) -> SpecError:
     return SpecError(f"{path}: refused to load — not a checkpoint of plain tensors written by pdsweep{why}")
 
 
-def load(path: Path, map_location: Any = "cpu") -> Any:
-    """A pdsweep checkpoint file (torch.save of tensors and plain containers), loaded safely."""
+def _restricted_load(path: Path, allowed: list[Any] | None = None, **kwargs: Any) -> Any:
+    """torch.load with the restricted unpickler (plus `allowed` classes); SpecError otherwise."""
     import torch
 
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(allowed or []):
+            return torch.load(path, weights_only=True, **kwargs)
     except pickle.UnpicklingError as e:
         raise _refused(path, e) from None
     except (OSError, RuntimeError, EOFError) as e:
         raise SpecError(f"{path}: cannot read the checkpoint ({proc.first_line(e, 200)})") from None
+
+
+def load(path: Path, map_location: Any = "cpu") -> Any:
+    """A pdsweep checkpoint file (torch.save of tensors and plain containers), loaded safely."""
+    return _restricted_load(path, map_location=map_location)
 
 
 def _deepspeed_globals() -> list[Any]:
@@ -59,14 +65,6 @@ def check_deepspeed(directory: Path) -> None:
     """Every `*.pt` of a DeepSpeed checkpoint directory unpickles with the restricted loader (tensor
     data is memory-mapped, not read): refuse the checkpoint before DeepSpeed's unrestricted loader
     sees it."""
-    import torch
-
     allowed = _deepspeed_globals()
     for file in sorted(directory.glob("*.pt")):
-        try:
-            with torch.serialization.safe_globals(allowed):
-                torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except pickle.UnpicklingError as e:
-            raise _refused(file, e) from None
-        except (OSError, RuntimeError, EOFError) as e:
-            raise SpecError(f"{file}: cannot read the checkpoint ({proc.first_line(e, 200)})") from None
+        _restricted_load(file, allowed, map_location="cpu", mmap=True)
