@@ -24,8 +24,11 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from _common import summary, write  # noqa: E402
 
-from pdsweep import backends, data, logits_store, losses, model, trainer  # noqa: E402
-from pdsweep.spec import RunSpec  # noqa: E402
+from pdsweep.data import batches, corpora, tokenized
+from pdsweep.logits import store as logits_store
+from pdsweep.nn import losses, model
+from pdsweep.spec import RunSpec
+from pdsweep.train import backends, trainer
 
 SEQ, BATCH = 128, 16
 
@@ -49,8 +52,8 @@ def step_timer(spec: RunSpec, vocab: int, store=None, teacher_net=None):  # noqa
     net = backend.setup(model.build(spec.student, vocab, SEQ, seed=0), spec.optim, accum=1)
     kd = losses.KDConfig.from_spec(spec)
 
-    def step(tokens: data.TokenData, i: int) -> None:
-        b = data.batch_at(tokens.train, SEQ, BATCH, 0, i)
+    def step(tokens: tokenized.TokenData, i: int) -> None:
+        b = batches.batch_at(tokens.train, SEQ, BATCH, 0, i)
         x, y = torch.from_numpy(b.inputs), torch.from_numpy(b.targets)
         logits = net(x)
         if teacher_net is not None:  # online dense KD
@@ -120,7 +123,7 @@ def main() -> None:
     mem = {k: [peak_mem(k) for _ in range(3)] for k in ("lm", "pd")}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        corpus = next(p for p in data.corpus_files(base_spec("tiny-s").data) if p.name == "hamlet_gut.txt")
+        corpus = next(p for p in corpora.corpus_files(base_spec("tiny-s").data) if p.name == "hamlet_gut.txt")
         spec_t = base_spec(
             "tiny-m",
             data={
@@ -130,7 +133,7 @@ def main() -> None:
                 "tokens": SEQ * BATCH * 40,
             },
         )
-        tokens = data.prepare(spec_t, work)
+        tokens = tokenized.prepare(spec_t, work)
         t_net = model.build(spec_t.student, tokens.vocab_size, SEQ, seed=1)
         trainer.train(spec_t, work / "teacher", tokens, backends.TorchBackend(spec_t))  # a briefly trained teacher
         state = torch.load(work / "teacher" / "checkpoints" / "step_00000040" / "engine.pt", weights_only=False)[
@@ -138,7 +141,7 @@ def main() -> None:
         ]
         t_net.load_state_dict(state)
         t_net.eval()
-        from pdsweep.teacher import Teacher, generate
+        from pdsweep.logits.teacher import Teacher, generate
 
         info_teacher = Teacher(t_net, tokens.vocab_size, "bench-teacher", None)
         generate(info_teacher, tokens, work / "store", 0.95, 100, SEQ)

@@ -25,8 +25,12 @@ import torch  # noqa: E402
 import zstandard  # noqa: E402
 from _common import summary, write  # noqa: E402
 
-from pdsweep import backends, data, logits_store, losses, model, teacher  # noqa: E402
-from pdsweep.spec import RunSpec  # noqa: E402
+from pdsweep.data import tokenized
+from pdsweep.logits import codec, teacher, truncation
+from pdsweep.logits import store as logits_store
+from pdsweep.nn import losses, model
+from pdsweep.spec import RunSpec
+from pdsweep.train import backends
 
 POSITIONS, SEQ, BATCH = 4096, 256, 8
 SIZE_POSITIONS = 16384
@@ -46,7 +50,7 @@ def tie_order_bits(logprobs: np.ndarray, count: np.ndarray) -> float:
     m equal values — what any exact-order format must pay beyond a set-coded one (values alone order
     the rest)."""
     mask = np.arange(logprobs.shape[1])[None] < count[:, None]
-    q = np.where(mask, logits_store.quantize(np.where(mask, logprobs, 0.0)), -1)
+    q = np.where(mask, codec.quantize(np.where(mask, logprobs, 0.0)), -1)
     bits = 0.0
     for row in q:
         _, m = np.unique(row[row >= 0], return_counts=True)
@@ -64,7 +68,7 @@ def main() -> None:
         }
     )
     t = teacher.load(spec.teacher)
-    tokens = data.prepare(spec)
+    tokens = tokenized.prepare(spec)
     windows = torch.from_numpy(np.asarray(tokens.train[:POSITIONS], dtype=np.int64)).reshape(-1, SEQ)
 
     def forward() -> None:
@@ -90,8 +94,8 @@ def main() -> None:
             size_windows = torch.from_numpy(np.asarray(tokens.train[:SIZE_POSITIONS], dtype=np.int64)).reshape(-1, SEQ)
             for b in range(0, len(size_windows), BATCH):
                 z = t.logits(size_windows[b : b + BATCH]).float()
-                parts.append(logits_store.top_p_k(z.reshape(-1, z.shape[-1]), 0.95, 100))
-        ids_x, lp_x, count_x, lse_x, cuts_x = logits_store.concat(parts)
+                parts.append(truncation.top_p_k(z.reshape(-1, z.shape[-1]), 0.95, 100))
+        ids_x, lp_x, count_x, lse_x, cuts_x = truncation.concat(parts)
         writer = logits_store.StoreWriter(Path(tmp) / "size", teacher.store_info(t, tokens, 0.95, 100))
         writer.add(np.arange(SIZE_POSITIONS), (ids_x, lp_x, count_x, lse_x, cuts_x))
         mask = np.arange(ids_x.shape[1])[None] < count_x[:, None]
@@ -154,7 +158,7 @@ def main() -> None:
             "entries_per_token": round(entries / SIZE_POSITIONS, 1),
             "bytes_per_token": round(ours * entries / SIZE_POSITIONS, 1),
             "max_abs_prob_error": float(f"{max_err:.2e}"),
-            "value_gamma": logits_store.GAMMA,
+            "value_gamma": codec.GAMMA,
             "note": f"SmolLM2-135M-Instruct on Shakespeare, top-0.95-100, one {SIZE_POSITIONS}-position shard; "
             "entries in exact probability order (format 2)",
         },

@@ -33,7 +33,7 @@ COMMAND = "pdsweep run sweeps/quickstart.yaml --workers 2 --report"
 def stages(workdir: Path) -> dict[str, float]:
     """Seconds from the first start to the last end of each kind of task: teacher, logits pass,
     baseline (LM-only students), student (PD students)."""
-    from pdsweep import expand
+    from pdsweep.spec import expand
 
     role = {r.run_id: r.role for r in expand.expand(expand.load_sweep(ROOT / "sweeps" / "quickstart.yaml"))}
     spans: dict[str, list[float]] = {}
@@ -47,7 +47,7 @@ def stages(workdir: Path) -> dict[str, float]:
 
 def eval_ratios(workdir: Path) -> dict[str, list[float]]:
     """eval_seconds / train_seconds of each done run (result.json), by role."""
-    from pdsweep import expand
+    from pdsweep.spec import expand
 
     role = {r.run_id: r.role for r in expand.expand(expand.load_sweep(ROOT / "sweeps" / "quickstart.yaml"))}
     out: dict[str, list[float]] = {}

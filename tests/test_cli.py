@@ -15,7 +15,7 @@ from tests.conftest import ROOT, SWEEPS, pdsweep
 def test_help_does_not_import_heavy_libraries() -> None:
     code = (
         "import sys\n"
-        "from pdsweep.cli import app\n"
+        "from pdsweep.cli.app import app\n"
         "try:\n    app(['--help'])\nexcept SystemExit:\n    pass\n"
         "heavy = [m for m in ('torch', 'mlflow', 'deepspeed', 'optuna', 'pandas', 'numpy', 'pydantic', 'matplotlib') if m in sys.modules]\n"
         "print('HEAVY=' + ','.join(heavy))\n"

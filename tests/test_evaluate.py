@@ -14,21 +14,22 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pdsweep import evaluate, model
+from pdsweep.eval import heldout, scoring, tasks
+from pdsweep.nn import model
 from pdsweep.spec import RunSpec
 from tests.conftest import TINY_RUN, pdsweep
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return evaluate.fetch_benchmarks()
+    return tasks.fetch_benchmarks()
 
 
 @pytest.fixture(scope="module")
 def scorer(shakespeare):
     torch.manual_seed(0)
     net = model.build(RunSpec.model_validate(TINY_RUN).student, shakespeare.vocab_size, 64, seed=0).eval()
-    return evaluate.scoring_model(net, shakespeare, 64, torch.device("cpu"))
+    return scoring.scoring_model(net, shakespeare, 64, torch.device("cpu"))
 
 
 def _direct(scorer, context: str, continuation: str) -> float:
@@ -49,9 +50,9 @@ def test_loglikelihoods_match_a_direct_computation_at_any_batch_size(scorer) -> 
         ("", "Friends, Romans, countrymen"),  # empty context: after the end-of-text token
         ("A horse!", " a horse! my kingdom for a horse!"),
     ]
-    one = evaluate.loglikelihoods(scorer, requests, batch_size=1)
-    many = evaluate.loglikelihoods(scorer, requests, batch_size=16)
-    capped = evaluate.loglikelihoods(scorer, requests, batch_size=16, max_tokens=20)  # ~2 inputs per forward
+    one = scoring.loglikelihoods(scorer, requests, batch_size=1)
+    many = scoring.loglikelihoods(scorer, requests, batch_size=16)
+    capped = scoring.loglikelihoods(scorer, requests, batch_size=16, max_tokens=20)  # ~2 inputs per forward
     for (a, ga), (b, gb), (c, gc), (ctx, cont) in zip(one, many, capped, requests, strict=True):
         assert a == pytest.approx(b, abs=1e-4) and ga == gb
         assert a == pytest.approx(c, abs=1e-4) and ga == gc
@@ -59,15 +60,15 @@ def test_loglikelihoods_match_a_direct_computation_at_any_batch_size(scorer) -> 
         assert a < 0
     # A continuation longer than the model's context is scored on its last max_len tokens.
     long = ("Once", " upon a time" * 40)
-    ((ll, _),) = evaluate.loglikelihoods(scorer, [long])
+    ((ll, _),) = scoring.loglikelihoods(scorer, [long])
     assert np.isfinite(ll)
 
 
 def test_task_formats_follow_lm_evaluation_harness(bench) -> None:
-    hs = evaluate.items("hellaswag", 1)[0]
+    hs = tasks.items("hellaswag", 1)[0]
     assert hs.requests[0][0] == "Roof shingle removal: A man is sitting on a roof. He"
     assert hs.requests[3] == (hs.requests[0][0], " starts pulling up roofing on a roof.") and hs.gold == 3
-    wg = evaluate.items("winogrande", 1)[0]
+    wg = tasks.items("winogrande", 1)[0]
     assert (
         wg.requests
         == [
@@ -76,48 +77,48 @@ def test_task_formats_follow_lm_evaluation_harness(bench) -> None:
         ]
         and wg.gold == 1
     )
-    piqa = evaluate.items("piqa", 1)[0]
+    piqa = tasks.items("piqa", 1)[0]
     assert piqa.requests[0][0].startswith("Question: How do I ready a guinea pig cage") and piqa.requests[0][
         0
     ].endswith("\nAnswer:")
-    arc = evaluate.items("arc_easy", 1)[0]
+    arc = tasks.items("arc_easy", 1)[0]
     assert arc.requests[0] == (
         "Question: Which technology was developed most recently?\nAnswer:",
         " cellular telephone",
     )
     assert arc.gold == 0
-    mmlu = evaluate.items("mmlu", 3)
+    mmlu = tasks.items("mmlu", 3)
     first = mmlu[0].requests[0][0]
     assert first.startswith("The following are multiple choice questions (with answers) about abstract algebra.")
     assert first.count("\nAnswer:") == 6 and first.endswith("\nAnswer:")  # 5 shots + the question
     assert [r[1] for r in mmlu[0].requests] == [" A", " B", " C", " D"]
     assert len({m.requests[0][0].split(" about ")[1].split(".")[0] for m in mmlu}) == 3  # spread over subjects
-    lam = evaluate.items("lambada")
+    lam = tasks.items("lambada")
     assert len(lam) == 5153 and lam[0].requests[0][1] == " signs"
-    assert len(evaluate.items("hellaswag")) == 10042 and len(evaluate.items("mmlu")) == 14042
+    assert len(tasks.items("hellaswag")) == 10042 and len(tasks.items("mmlu")) == 14042
 
 
 def test_gsm8k_generates_greedily_and_extracts_the_answer(scorer, bench) -> None:
-    it = evaluate.items("gsm8k", 1)[0]
+    it = tasks.items("gsm8k", 1)[0]
     assert it.answer == "18" and it.requests[0][0].endswith("farmers' market?\nAnswer:")
     assert it.requests[0][0].count("So the answer is") == 8  # the 8-shot chain-of-thought context
-    assert evaluate.gsm8k_answer(" 9 eggs. She makes 9 * 2 = $18. So the answer is 18.") == "18"
-    assert evaluate.gsm8k_answer(" So the answer is $1,250.") == "1250"
-    assert evaluate.gsm8k_answer(" she has 3 and then 7") == "7" and evaluate.gsm8k_answer("none") == ""
-    texts = evaluate.generate_until(scorer, ["To be, or not", "Friends"], ["\n\n"], 12, batch_size=2)
-    one = evaluate.generate_until(scorer, ["To be, or not"], ["\n\n"], 12, batch_size=1)
+    assert tasks.gsm8k_answer(" 9 eggs. She makes 9 * 2 = $18. So the answer is 18.") == "18"
+    assert tasks.gsm8k_answer(" So the answer is $1,250.") == "1250"
+    assert tasks.gsm8k_answer(" she has 3 and then 7") == "7" and tasks.gsm8k_answer("none") == ""
+    texts = scoring.generate_until(scorer, ["To be, or not", "Friends"], ["\n\n"], 12, batch_size=2)
+    one = scoring.generate_until(scorer, ["To be, or not"], ["\n\n"], 12, batch_size=1)
     assert texts[0] == one[0] and all("\n\n" not in t for t in texts)  # batching changes nothing
     ids = scorer.encode("To be, or not")  # greedy: each token is the argmax given the ones before
     first = int(scorer.forward(torch.tensor([ids]))[0, -1].argmax())
     assert scorer.encode(one[0])[:1] == [first] or one[0] == scorer.tokenizer.decode([first])[: len(one[0])]
-    m = evaluate.score(scorer, "gsm8k", limit=2, batch_size=2)
+    m = scoring.score(scorer, "gsm8k", limit=2, batch_size=2)
     assert m == {"items": 2.0, "exact_match": 0.0}
 
 
 def test_scores_are_accuracies_over_items(scorer, bench) -> None:
-    m = evaluate.score(scorer, "arc_easy", limit=20)
+    m = scoring.score(scorer, "arc_easy", limit=20)
     assert m["items"] == 20 and 0 <= m["acc"] <= 1 and 0 <= m["acc_norm"] <= 1
-    lam = evaluate.score(scorer, "lambada", limit=10)
+    lam = scoring.score(scorer, "lambada", limit=10)
     assert lam["acc"] == 0.0 and lam["ppl"] > 1  # an untrained model guesses no last word
 
 
@@ -214,7 +215,7 @@ def test_bits_per_byte_counts_the_bytes_of_the_tokens_scored(shakespeare) -> Non
 
     torch.manual_seed(0)
     net = model.build(RunSpec.model_validate(TINY_RUN).student, shakespeare.vocab_size, 64, seed=0)
-    out = evaluate.heldout_pass(net, torch.device("cpu"), shakespeare, 64, 4, 1000)  # 16 windows of 64
+    out = heldout.heldout_pass(net, torch.device("cpu"), shakespeare, 64, 4, 1000)  # 16 windows of 64
     scored = np.asarray(shakespeare.heldout[1 : 16 * 64 + 1], dtype=np.int64)  # every window's targets, in order
     tok, eos = shakespeare.tokenizer(), shakespeare.manifest["eos_id"]
     docs = np.split(scored, np.flatnonzero(scored == eos) + 1)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pdsweep import expand as E
 from pdsweep import spec as S
-from pdsweep.specfile import SpecError
-from pdsweep.sweep import Sweep
+from pdsweep.errors import UserError
+from pdsweep.spec import expand
+from pdsweep.spec.sweep import Sweep
 
 BASE = {"student": "tiny-xs", "teacher": "hf:/models/teacher", "loss": {"alpha": 1.0}}
 
@@ -16,7 +16,7 @@ def sweep(**kw) -> Sweep:
     return Sweep.model_validate({"name": "t", "base": BASE} | kw)
 
 
-def students(runs: list[E.PlannedRun]) -> list[E.PlannedRun]:
+def students(runs: list[expand.PlannedRun]) -> list[expand.PlannedRun]:
     return [r for r in runs if r.role == "student"]
 
 
@@ -46,7 +46,7 @@ def students(runs: list[E.PlannedRun]) -> list[E.PlannedRun]:
 )
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_counts(axes: dict, n_configs: int, seeds: int) -> None:
-    runs = E.expand(sweep(seeds=seeds, **axes))
+    runs = expand.expand(sweep(seeds=seeds, **axes))
     assert len(students(runs)) == n_configs * seeds
     assert sum(r.role == "baseline" for r in runs) == seeds
     assert len({r.run_id for r in runs}) == len(runs)
@@ -54,24 +54,24 @@ def test_counts(axes: dict, n_configs: int, seeds: int) -> None:
 
 
 def test_grid_is_cartesian_and_zip_is_parallel() -> None:
-    g = students(E.expand(sweep(grid={"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]})))
+    g = students(expand.expand(sweep(grid={"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]})))
     assert {(r.spec.logits.top_p, r.spec.logits.top_k) for r in g} == {
         (0.5, 10),
         (0.5, 50),
         (0.9, 10),
         (0.9, 50),
     }
-    z = students(E.expand(sweep(zip={"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]})))
+    z = students(expand.expand(sweep(zip={"logits.top_p": [0.5, 0.9], "logits.top_k": [10, 50]})))
     assert [(r.spec.logits.top_p, r.spec.logits.top_k) for r in z] == [(0.5, 10), (0.9, 50)]
 
 
 def test_baseline_is_lm_only_and_ignores_pd_settings() -> None:
-    runs = E.expand(sweep(grid={"logits.temperature": [0.5, 2.0]}))
+    runs = expand.expand(sweep(grid={"logits.temperature": [0.5, 2.0]}))
     (baseline,) = [r for r in runs if r.role == "baseline"]
     assert not baseline.spec.uses_teacher and baseline.spec.teacher is None
     assert baseline.label == "LM-only"
     # Changing PD-only settings of the base does not change the baseline's identity.
-    other = E.expand(
+    other = expand.expand(
         Sweep.model_validate(
             {
                 "name": "t",
@@ -84,14 +84,14 @@ def test_baseline_is_lm_only_and_ignores_pd_settings() -> None:
 
 
 def test_baseline_overrides_apply_and_null_disables_it() -> None:
-    runs = E.expand(sweep(baseline={"optim.lr": 0.01}))
+    runs = expand.expand(sweep(baseline={"optim.lr": 0.01}))
     (b,) = [r for r in runs if r.role == "baseline"]
     assert b.spec.optim.lr == 0.01 and b.spec.loss.alpha == S.ConstantAlpha(value=0.0)
-    assert not [r for r in E.expand(sweep(baseline=None)) if r.role == "baseline"]
+    assert not [r for r in expand.expand(sweep(baseline=None)) if r.role == "baseline"]
 
 
 def test_each_student_size_gets_its_own_baseline() -> None:
-    runs = E.expand(sweep(grid={"student.preset": ["tiny-xs", "tiny-s"], "loss.kd": ["nll", "kld"]}, seeds=2))
+    runs = expand.expand(sweep(grid={"student.preset": ["tiny-xs", "tiny-s"], "loss.kd": ["nll", "kld"]}, seeds=2))
     baselines = {r.config_id: r for r in runs if r.role == "baseline"}
     assert len(baselines) == 2 and sum(r.role == "baseline" for r in runs) == 4
     for r in students(runs):
@@ -101,22 +101,22 @@ def test_each_student_size_gets_its_own_baseline() -> None:
 
 def test_identical_runs_merge() -> None:
     # α = 0 in the grid is the baseline itself (the paper's Table 10 row "α = 0" equals LLM-LM).
-    runs = E.expand(sweep(grid={"loss.alpha": [0.0, 0.5]}))
+    runs = expand.expand(sweep(grid={"loss.alpha": [0.0, 0.5]}))
     assert len(runs) == 2
     assert {r.role for r in runs} == {"baseline", "student"}
     # Two explicit runs that resolve to the same spec are one run.
-    runs = E.expand(sweep(runs=[{"loss.kd": "kld"}, {"loss": {"kd": "kld"}}]))
+    runs = expand.expand(sweep(runs=[{"loss.kd": "kld"}, {"loss": {"kd": "kld"}}]))
     assert len(students(runs)) == 1
 
 
 def test_run_id_is_a_function_of_the_resolved_spec() -> None:
-    a = E.expand(sweep(grid={"logits.top_k": [50]}))
-    b = E.expand(Sweep.model_validate({"name": "other-name", "base": BASE | {"logits": {"top_k": 50}}}))
+    a = expand.expand(sweep(grid={"logits.top_k": [50]}))
+    b = expand.expand(Sweep.model_validate({"name": "other-name", "base": BASE | {"logits": {"top_k": 50}}}))
     assert {r.run_id for r in a} == {r.run_id for r in b}
-    c = E.expand(sweep(grid={"logits.top_k": [51]}))
+    c = expand.expand(sweep(grid={"logits.top_k": [51]}))
     assert students(a)[0].run_id != students(c)[0].run_id
     # Seeds change run_id but not config_id.
-    s = students(E.expand(sweep(seeds=2)))
+    s = students(expand.expand(sweep(seeds=2)))
     assert s[0].run_id != s[1].run_id and s[0].config_id == s[1].config_id
 
 
@@ -143,27 +143,27 @@ def test_run_id_is_a_function_of_the_resolved_spec() -> None:
     ],
 )
 def test_labels_follow_the_paper(axes: dict, expected: str) -> None:
-    (run,) = students(E.expand(sweep(**axes)))
+    (run,) = students(expand.expand(sweep(**axes)))
     assert run.label == expected
 
 
 def test_nested_and_dotted_overrides_are_the_same() -> None:
-    a = E.expand(sweep(runs=[{"logits": {"top_p": 0.9, "temperature": 2.0}}]))
-    b = E.expand(sweep(runs=[{"logits.top_p": 0.9, "logits.temperature": 2.0}]))
+    a = expand.expand(sweep(runs=[{"logits": {"top_p": 0.9, "temperature": 2.0}}]))
+    b = expand.expand(sweep(runs=[{"logits.top_p": 0.9, "logits.temperature": 2.0}]))
     assert [r.run_id for r in a] == [r.run_id for r in b]
 
 
 def test_overrides_through_shorthands() -> None:
     # base says `student: tiny-xs`; an axis may still set student.num_layers.
-    (run,) = students(E.expand(sweep(grid={"student.num_layers": [3]})))
+    (run,) = students(expand.expand(sweep(grid={"student.num_layers": [3]})))
     assert (run.spec.student.preset, run.spec.student.num_layers) == ("tiny-xs", 3)
     # base says `alpha: 1.0`; an axis switches the schedule kind without leftover fields.
-    (run,) = students(E.expand(sweep(grid={"loss.alpha": [{"kind": "wsd_alpha", "max": 0.8}]})))
+    (run,) = students(expand.expand(sweep(grid={"loss.alpha": [{"kind": "wsd_alpha", "max": 0.8}]})))
     assert run.spec.loss.alpha == S.WsdAlpha(max=0.8)
 
 
 def test_teacher_runs_are_lm_only_and_referenced() -> None:
-    runs = E.expand(
+    runs = expand.expand(
         Sweep.model_validate(
             {
                 "name": "t",
@@ -246,8 +246,8 @@ def test_bad_sweeps_name_file_and_field(kw: dict, expected: str, write_yaml) -> 
     import yaml
 
     path = write_yaml(yaml.safe_dump({"name": "t", "base": BASE} | kw, allow_unicode=True, sort_keys=False))
-    with pytest.raises(SpecError) as err:
-        E.expand(E.load_sweep(path), str(path))
+    with pytest.raises(UserError) as err:
+        expand.expand(expand.load_sweep(path), str(path))
     assert any(expected in p for p in err.value.problems), err.value.problems
     assert all(p.startswith(f"{path}: ") for p in err.value.problems)
 
@@ -259,23 +259,23 @@ def test_yaml_that_cannot_be_a_spec_is_one_quick_line(write_yaml) -> None:
         f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]" for i in range(7)
     ]
     bomb = write_yaml("name: bomb\n" + "\n".join(levels) + "\nseeds: [" + ", ".join(["*h"] * 9) + "]\n")
-    with pytest.raises(SpecError) as err:  # rendering the first item in full never ended
-        E.load_sweep(bomb)
+    with pytest.raises(UserError) as err:  # rendering the first item in full never ended
+        expand.load_sweep(bomb)
     seeds = [p for p in err.value.problems if ": seeds[" in p]
     assert seeds and all("input should be a valid integer, got [[[" in p for p in seeds)
     assert all(len(p.split(", got ", 1)[1]) <= 60 for p in seeds)  # the value, cut
     key = write_yaml("name: k\nbase:\n  {a: 1}: 2\n", "key.yaml")
-    with pytest.raises(SpecError, match=r"key.yaml:3:3: invalid YAML: a mapping cannot be a key"):
-        E.load_sweep(key)
+    with pytest.raises(UserError, match=r"key.yaml:3:3: invalid YAML: a mapping cannot be a key"):
+        expand.load_sweep(key)
 
 
 def test_a_seed_in_base_is_the_sweeps_only_seed() -> None:
-    runs = E.expand(Sweep.model_validate({"name": "t", "base": BASE | {"train": {"seed": 7}}}))
+    runs = expand.expand(Sweep.model_validate({"name": "t", "base": BASE | {"train": {"seed": 7}}}))
     assert {r.seed for r in runs} == {7} and {r.spec.train.seed for r in runs} == {7}
 
 
 def test_online_students_make_their_teacher_run_record_logits() -> None:
-    runs = E.expand(
+    runs = expand.expand(
         Sweep.model_validate(
             {
                 "name": "t",

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import LlamaForCausalLM
 
-from pdsweep import hf, model
+from pdsweep.nn import hf, model
 from pdsweep.spec import ModelSpec
 
 

@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pdsweep import logits_store as L
-from pdsweep.specfile import SpecError
+from pdsweep.errors import UserError
+from pdsweep.logits import codec, truncation
+from pdsweep.logits import store as logits_store
 from tests.conftest import pdsweep
 
 
@@ -27,7 +28,7 @@ def logit_batches(draw):
 @settings(max_examples=60, deadline=None)
 @given(logit_batches(), st.floats(0.01, 1.0), st.one_of(st.none(), st.integers(1, 400)))
 def test_top_p_k_properties(logits, p, k) -> None:
-    s = L.top_p_k(logits, p, k)
+    s = truncation.top_p_k(logits, p, k)
     probs = torch.softmax(logits, -1)
     kept = s.logprobs.exp().sum(-1)
     kk = logits.shape[1] if k is None else min(k, logits.shape[1])
@@ -46,7 +47,7 @@ def test_top_p_k_properties(logits, p, k) -> None:
 
 @given(logit_batches())
 def test_p1_and_k_vocab_keep_everything(logits) -> None:
-    s = L.top_p_k(logits, 1.0, logits.shape[1])
+    s = truncation.top_p_k(logits, 1.0, logits.shape[1])
     assert torch.all(s.count == logits.shape[1])
     assert torch.allclose(s.logprobs.exp().sum(-1), torch.ones(logits.shape[0]), atol=1e-5)
 
@@ -58,7 +59,7 @@ def test_sampled_targets_are_unbiased() -> None:
     total = torch.zeros_like(probs)
     rounds = 2000
     for _ in range(rounds):
-        ids, counts, n = L.sample_targets(logits, draws=16, generator=gen)
+        ids, counts, n = truncation.sample_targets(logits, draws=16, generator=gen)
         mask = torch.arange(16)[None] < n[:, None]
         assert torch.all(counts.sum(-1) == 16) and torch.all(counts[mask] > 0) and torch.all(counts[~mask] == 0)
         total.scatter_add_(1, ids, (counts * mask).float() / 16)
@@ -68,10 +69,10 @@ def test_sampled_targets_are_unbiased() -> None:
 
 def test_read_targets_at_smaller_p_k_equals_truncating_directly() -> None:
     logits = torch.randn(50, 200, generator=torch.Generator().manual_seed(3)) * 3
-    stored = L.top_p_k(logits, 0.95, 100)
+    stored = truncation.top_p_k(logits, 0.95, 100)
     for p, k, tau in [(0.5, 100, 1.0), (0.95, 10, 1.0), (0.8, 3, 2.0), (0.95, 100, 0.1), (0.9, 50, 10.0)]:
-        ids, probs, mask, _ = L.read_targets(stored.ids, stored.logprobs, stored.count, p, k, tau)
-        direct = L.top_p_k(logits, p, k)
+        ids, probs, mask, _ = truncation.read_targets(stored.ids, stored.logprobs, stored.count, p, k, tau)
+        direct = truncation.top_p_k(logits, p, k)
         assert torch.equal(mask.sum(-1), direct.count)
         expect = torch.softmax(direct.logprobs / tau, -1)  # Eq. 4: truncate, then τ, then renormalise
         assert torch.equal(ids[mask], direct.ids[:, : ids.shape[1]][mask])
@@ -80,25 +81,25 @@ def test_read_targets_at_smaller_p_k_equals_truncating_directly() -> None:
 
 def test_residual_bucket_keeps_the_true_probabilities() -> None:
     logits = torch.randn(4, 30, generator=torch.Generator().manual_seed(4))
-    s = L.top_p_k(logits, 0.6, 30)
-    ids, probs, mask, residual = L.read_targets(s.ids, s.logprobs, s.count, 0.6, 30, 1.0, renormalize=False)
+    s = truncation.top_p_k(logits, 0.6, 30)
+    ids, probs, mask, residual = truncation.read_targets(s.ids, s.logprobs, s.count, 0.6, 30, 1.0, renormalize=False)
     true = torch.softmax(logits, -1).gather(1, ids)
     assert torch.allclose(probs[mask], true[mask], atol=1e-6)
     assert torch.allclose(probs.sum(-1) + residual, torch.ones(4), atol=1e-6)
 
 
 def sparse_numpy(logits: torch.Tensor, p: float, k: int):
-    s = L.top_p_k(logits, p, k)
+    s = truncation.top_p_k(logits, p, k)
     return s.ids.numpy(), s.logprobs.numpy(), s.count.numpy(), s.lse.numpy()
 
 
-@pytest.mark.parametrize("gamma", [L.GAMMA, 0.5, 0.75])
+@pytest.mark.parametrize("gamma", [codec.GAMMA, 0.5, 0.75])
 def test_shard_round_trip_within_1e_3(gamma) -> None:
     """Any γ the shard records decodes within 1e-3 (older shards used 0.5)."""
     logits = torch.randn(500, 3000, generator=torch.Generator().manual_seed(5)) * 4
     ids, lp, count, lse = sparse_numpy(logits, 0.95, 64)
-    data = L.encode_shard(np.arange(100, 600), ids, lp, count, lse, gamma=gamma)
-    sh = L.decode_shard(data)
+    data = codec.encode_shard(np.arange(100, 600), ids, lp, count, lse, gamma=gamma)
+    sh = codec.decode_shard(data)
     assert np.array_equal(sh.positions, np.arange(100, 600)) and np.array_equal(sh.count, count)
     assert np.array_equal(sh.ids[:, 0], ids[:, 0])  # the argmax survives exactly
     mask = np.arange(64)[None] < count[:, None]
@@ -111,26 +112,26 @@ def test_shard_round_trip_within_1e_3(gamma) -> None:
     assert np.allclose(sh.lse, lse, rtol=1e-3)
 
 
-INFO = L.StoreInfo("teacher-fp", "tok-fp", "corpus-fp", 3000, 0.95, 64)
+INFO = logits_store.StoreInfo("teacher-fp", "tok-fp", "corpus-fp", 3000, 0.95, 64)
 
 
 def make_store(path, shards=3, per=200):
-    writer = L.StoreWriter(path, INFO)
+    writer = logits_store.StoreWriter(path, INFO)
     gen = torch.Generator().manual_seed(7)
     all_logits = []
     for i in range(shards):
         logits = torch.randn(per, 3000, generator=gen) * 4
         all_logits.append(logits)
-        writer.add(np.arange(i * per, (i + 1) * per), L.top_p_k(logits, 0.95, 64))
+        writer.add(np.arange(i * per, (i + 1) * per), truncation.top_p_k(logits, 0.95, 64))
     return torch.cat(all_logits)
 
 
 def test_store_reads_any_positions_in_any_order(tmp_path) -> None:
     logits = make_store(tmp_path / "store")
-    reader = L.StoreReader(tmp_path / "store", expect=INFO)
+    reader = logits_store.StoreReader(tmp_path / "store", expect=INFO)
     positions = np.array([[599, 0, 250], [17, 402, 199]])
     ids, probs, mask, _ = reader.targets(positions, 0.9, 20, 2.0)
-    direct = L.top_p_k(logits[positions.reshape(-1)], 0.9, 20)
+    direct = truncation.top_p_k(logits[positions.reshape(-1)], 0.9, 20)
     assert torch.equal(ids[:, 0], direct.ids[:, 0])
     assert torch.allclose(probs.sum(-1), torch.ones(6), atol=1e-5)
     assert reader.verify() == {
@@ -142,77 +143,77 @@ def test_store_reads_any_positions_in_any_order(tmp_path) -> None:
 
 
 def test_a_later_recording_of_a_position_wins(tmp_path) -> None:
-    writer = L.StoreWriter(tmp_path, INFO)
+    writer = logits_store.StoreWriter(tmp_path, INFO)
     first = torch.zeros(3, 3000)
     first[:, 5] = 10.0
     later = torch.zeros(2, 3000)
     later[:, 9] = 10.0
-    writer.add(np.array([10, 11, 12]), L.top_p_k(first, 0.95, 64))
-    writer.add(np.array([12, 40]), L.top_p_k(later, 0.95, 64))  # online: any set of positions
-    e = L.StoreReader(tmp_path).entries(np.array([10, 12, 40]))
+    writer.add(np.array([10, 11, 12]), truncation.top_p_k(first, 0.95, 64))
+    writer.add(np.array([12, 40]), truncation.top_p_k(later, 0.95, 64))  # online: any set of positions
+    e = logits_store.StoreReader(tmp_path).entries(np.array([10, 12, 40]))
     assert e.ids[:, 0].tolist() == [5, 9, 9]
 
 
 def test_covers_tells_which_positions_a_store_holds(tmp_path) -> None:
     make_store(tmp_path / "whole")  # contiguous shards: positions 0..599
-    sparse = L.StoreWriter(tmp_path / "sparse", INFO)  # windows a run visits, with gaps
+    sparse = logits_store.StoreWriter(tmp_path / "sparse", INFO)  # windows a run visits, with gaps
     rng = torch.Generator().manual_seed(0)
     for start in (0, 300, 320):
-        sparse.add(np.arange(start, start + 10), L.top_p_k(torch.randn(10, 3000, generator=rng), 0.95, 64))
+        sparse.add(np.arange(start, start + 10), truncation.top_p_k(torch.randn(10, 3000, generator=rng), 0.95, 64))
     asked = np.array([[0, 9, 10, 299], [300, 325, 329, 330], [599, 600, -1, 5]])
     for store in ("whole", "sparse"):
-        reader = L.StoreReader(tmp_path / store)
+        reader = logits_store.StoreReader(tmp_path / store)
         expect = np.isin(asked, reader.positions())
         assert reader.covers(asked).tolist() == expect.tolist(), store
         assert reader.covers(asked).tolist() == expect.tolist(), store  # again, from the cached index
-    assert L.StoreReader(tmp_path / "sparse").covers(asked).sum() == 6  # 0, 9, 300, 325, 329, 5
+    assert logits_store.StoreReader(tmp_path / "sparse").covers(asked).sum() == 6  # 0, 9, 300, 325, 329, 5
 
 
 def test_store_errors_name_the_problem(tmp_path) -> None:
     make_store(tmp_path / "s", shards=2)
-    with pytest.raises(SpecError, match="no teacher logits for position 400"):
-        L.StoreReader(tmp_path / "s").targets(np.array([3, 400]), 0.95, 64, 1.0)
-    other = L.StoreInfo("another-teacher", "tok-fp", "corpus-fp", 3000, 0.95, 64)
+    with pytest.raises(UserError, match="no teacher logits for position 400"):
+        logits_store.StoreReader(tmp_path / "s").targets(np.array([3, 400]), 0.95, 64, 1.0)
+    other = logits_store.StoreInfo("another-teacher", "tok-fp", "corpus-fp", 3000, 0.95, 64)
     with pytest.raises(
-        SpecError, match=r"made for another teacher \(teacher_fingerprint teacher-fp; this run's: another-teac"
+        UserError, match=r"made for another teacher \(teacher_fingerprint teacher-fp; this run's: another-teac"
     ):
-        L.StoreReader(tmp_path / "s", expect=other)
-    with pytest.raises(SpecError, match="cannot serve top-0.99-64"):
-        L.StoreReader(tmp_path / "s").targets(np.array([3]), 0.99, 64, 1.0)
+        logits_store.StoreReader(tmp_path / "s", expect=other)
+    with pytest.raises(UserError, match="cannot serve top-0.99-64"):
+        logits_store.StoreReader(tmp_path / "s").targets(np.array([3]), 0.99, 64, 1.0)
     shard = tmp_path / "s" / "shard_000001.pdl"
     data = bytearray(shard.read_bytes())
     data[-5] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(SpecError, match="shard_000001.pdl: checksum mismatch"):
-        L.StoreReader(tmp_path / "s").verify()
-    with pytest.raises(SpecError, match="an existing store was made differently"):
-        L.StoreWriter(tmp_path / "s", other)
+    with pytest.raises(UserError, match="shard_000001.pdl: checksum mismatch"):
+        logits_store.StoreReader(tmp_path / "s").verify()
+    with pytest.raises(UserError, match="an existing store was made differently"):
+        logits_store.StoreWriter(tmp_path / "s", other)
 
 
 def test_an_edited_manifest_is_refused(tmp_path) -> None:
     """The manifest's own fields (what the store was made from, its p and k) are sealed by a checksum:
     an edit is refused by every reader, `pdsweep logits verify` included."""
     make_store(tmp_path / "s", shards=2)
-    L.StoreReader(tmp_path / "s").verify()
+    logits_store.StoreReader(tmp_path / "s").verify()
     manifest = json.loads((tmp_path / "s" / "manifest.json").read_text())
     manifest["top_k"] = 128  # claims more than it holds
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(SpecError, match=r"manifest.json: checksum mismatch \(the manifest was edited or damaged\)"):
-        L.StoreReader(tmp_path / "s")
-    with pytest.raises(SpecError, match="checksum mismatch"):
-        L.StoreWriter(tmp_path / "s", INFO)
+    with pytest.raises(UserError, match=r"manifest.json: checksum mismatch \(the manifest was edited or damaged\)"):
+        logits_store.StoreReader(tmp_path / "s")
+    with pytest.raises(UserError, match="checksum mismatch"):
+        logits_store.StoreWriter(tmp_path / "s", INFO)
     out = pdsweep("logits", "verify", tmp_path / "s")
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "checksum mismatch" in out.stderr
     (tmp_path / "s" / "manifest.json").write_text("{not json")
-    with pytest.raises(SpecError, match="manifest.json: not a logits store manifest"):
-        L.StoreReader(tmp_path / "s")
-    with pytest.raises(SpecError, match="not a logits store"):
-        L.StoreReader(tmp_path / "nothing")
+    with pytest.raises(UserError, match="manifest.json: not a logits store manifest"):
+        logits_store.StoreReader(tmp_path / "s")
+    with pytest.raises(UserError, match="not a logits store"):
+        logits_store.StoreReader(tmp_path / "nothing")
 
 
 def test_stats_grid(tmp_path) -> None:
     make_store(tmp_path / "s")
-    rows = L.stats(L.StoreReader(tmp_path / "s"), [0.5, 0.95], [1, 10, 64])
+    rows = logits_store.stats(logits_store.StoreReader(tmp_path / "s"), [0.5, 0.95], [1, 10, 64])
     by = {(r["top_p"], r["top_k"]): r for r in rows}
     assert by[(0.95, 1)]["entries_per_token"] == 1.0
     assert by[(0.5, 64)]["entries_per_token"] <= by[(0.95, 64)]["entries_per_token"]

@@ -10,15 +10,16 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pdsweep import logits_store, losses
-from pdsweep.losses import KDConfig
+from pdsweep.logits import truncation
+from pdsweep.nn import losses
+from pdsweep.nn.losses import KDConfig
 
 V = 37
 
 
 def dense_teacher(t_logits: torch.Tensor):
     """All V entries kept (p = 1, k = V), as the store hands them over."""
-    s = logits_store.top_p_k(t_logits, 1.0, V)
+    s = truncation.top_p_k(t_logits, 1.0, V)
     return s.ids, s.logprobs, torch.isfinite(s.logprobs)
 
 
@@ -85,7 +86,7 @@ def test_hinton_mode_scales_by_tau_squared() -> None:
 
 def test_residual_bucket() -> None:
     s, t = pair(4)
-    kept = logits_store.top_p_k(t, 0.7, V)
+    kept = truncation.top_p_k(t, 0.7, V)
     mask = torch.isfinite(kept.logprobs)
     ours, _ = losses.kd_loss(s, kept.ids, kept.logprobs, mask, KDConfig("kld", renormalize=False))
     # Reference: the teacher's true probabilities on the kept ids + one bucket for the rest, same for the student.
@@ -101,7 +102,7 @@ def test_residual_bucket() -> None:
 
 def test_chunked_equals_unchunked() -> None:
     s, t = pair(5, n=50)
-    kept = logits_store.top_p_k(t, 0.9, 8)
+    kept = truncation.top_p_k(t, 0.9, 8)
     mask = torch.isfinite(kept.logprobs)
     for kind in ("nll", "kld", "mse", "rkl", "jsd"):
         a, _ = losses.kd_loss(s, kept.ids, kept.logprobs, mask, KDConfig(kind), chunk_tokens=7)
@@ -118,7 +119,7 @@ def test_chunked_equals_unchunked() -> None:
 )
 def test_kl_is_nonnegative_and_zero_on_itself(seed, tau, p, k) -> None:
     s, t = pair(seed)
-    kept = logits_store.top_p_k(t, p, k)
+    kept = truncation.top_p_k(t, p, k)
     mask = torch.isfinite(kept.logprobs)
     kl, _ = losses.kd_loss(s, kept.ids, kept.logprobs, mask, KDConfig("kld", temperature=tau))
     assert kl >= -1e-6
@@ -133,7 +134,7 @@ def test_gradients_are_finite_for_extreme_logits(kind, tau, adaptive) -> None:
     g = torch.Generator().manual_seed(0)
     s = (torch.randn(4, V, generator=g).sign() * 1e4).requires_grad_(True)
     t = torch.randn(4, V, generator=g).sign() * 1e4
-    kept = logits_store.top_p_k(t, 0.95, 10)
+    kept = truncation.top_p_k(t, 0.95, 10)
     mask = torch.isfinite(kept.logprobs)
     params = {
         "none": (),
@@ -204,7 +205,7 @@ def test_pd_loss_mixes_lm_and_kd() -> None:
 def test_fused_pd_loss_equals_its_parts_values_and_gradients(kind, adaptive) -> None:
     s, t = pair(7, n=40)
     targets = torch.randint(0, V, (40,), generator=torch.Generator().manual_seed(1))
-    kept = logits_store.top_p_k(t, 0.9, 12)
+    kept = truncation.top_p_k(t, 0.9, 12)
     mask = torch.isfinite(kept.logprobs)
     params = {"none": (), "normkd": (("c", 1.5),), "wttm": (("gamma", 0.5), ("beta", 1.0))}[adaptive]
     cfg = KDConfig(kind, temperature=2.0, adaptive=adaptive, adaptive_params=params)

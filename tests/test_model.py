@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pdsweep import model
+from pdsweep.nn import model
 from pdsweep.spec import ModelSpec
 
 

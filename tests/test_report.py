@@ -13,7 +13,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pdsweep import figures, formats, report, stats
+from pdsweep.report import build, figures, formats, stats
 from tests.conftest import pdsweep
 
 STEPS = 10
@@ -143,20 +143,21 @@ def test_report_json_and_bad_input(done_sweep, tmp_path) -> None:
 
 @pytest.mark.slow
 def test_the_teacher_pass_stores_only_the_windows_its_students_visit(done_sweep, workdir) -> None:
-    from pdsweep import data, logits_store
-    from pdsweep.expand import expand, load_sweep
+    from pdsweep.data import batches, tokenized
+    from pdsweep.logits import store as logits_store
+    from pdsweep.spec.expand import expand, load_sweep
 
     path, _, _, _ = done_sweep
     store = next((workdir / "runs" / "report-test" / "logits").iterdir())
     stored = logits_store.StoreReader(store).positions()
     planned = [r for r in expand(load_sweep(path)) if r.role == "student"]
-    tokens = data.prepare(planned[0].spec)
+    tokens = tokenized.prepare(planned[0].spec)
     seq = planned[0].spec.data.seq_len
     visited = np.unique(
-        np.concatenate([data.visited_windows(len(tokens.train), seq, 16, r.seed, r.spec.steps()) for r in planned])
+        np.concatenate([batches.visited_windows(len(tokens.train), seq, 16, r.seed, r.spec.steps()) for r in planned])
     )
     train = stored[stored < len(tokens.train)]
-    assert len(visited) < data.num_windows(len(tokens.train), seq)  # the students see part of the corpus
+    assert len(visited) < batches.num_windows(len(tokens.train), seq)  # the students see part of the corpus
     assert np.array_equal(np.unique(train // seq), visited)
     assert len(stored) - len(train) == min(2048, len(tokens.heldout))  # what eval.heldout_tokens reads
 
@@ -175,7 +176,7 @@ def _frame(values: dict[str, list[float]], seeds: dict[str, list[int]] | None = 
 def test_delta_intervals_t_by_default_bootstrap_on_request() -> None:
     rng = np.random.default_rng(0)
     # Few seeds, paired: the t-interval on per-seed ratios, wide enough to include zero here.
-    few = report.build_table(_frame({"LM": [6.0, 6.1, 5.9], "PD": [5.9, 6.05, 5.92]}))
+    few = build.build_table(_frame({"LM": [6.0, 6.1, 5.9], "PD": [5.9, 6.05, 5.92]}))
     pd_row = few.rows[1]
     ratios = [(5.9 / 6.0 - 1) * 100, (6.05 / 6.1 - 1) * 100, (5.92 / 5.9 - 1) * 100]
     half = 4.303 * np.std(ratios, ddof=1) / math.sqrt(3)
@@ -186,22 +187,22 @@ def test_delta_intervals_t_by_default_bootstrap_on_request() -> None:
     # and sit around the truth (−2%).
     base = 6.0 + rng.normal(0, 0.02, 12)
     frame = _frame({"LM": list(base), "PD": list(base * 0.98 + rng.normal(0, 0.005, 12))})
-    many = report.build_table(frame)
+    many = build.build_table(frame)
     row = many.rows[1]
     assert row.delta_method == "t" and row.delta_lo < row.delta < row.delta_hi < 0 and abs(row.delta + 2) < 0.2
-    boot = report.build_table(frame, delta_interval="bootstrap").rows[1]
+    boot = build.build_table(frame, delta_interval="bootstrap").rows[1]
     assert boot.delta_method == "bootstrap" and boot.delta_lo < boot.delta < boot.delta_hi < 0
     assert (boot.delta_lo, boot.delta_hi) != (row.delta_lo, row.delta_hi)
     assert row.effect.halfwidths > 10
     # Different seeds on each side: not paired (Welch), and the interval says so.
-    unpaired = report.build_table(_frame({"LM": [6.0, 6.1, 5.9], "PD": [5.8, 5.85]}, {"PD": [7, 8]}))
+    unpaired = build.build_table(_frame({"LM": [6.0, 6.1, 5.9], "PD": [5.8, 5.85]}, {"PD": [7, 8]}))
     assert not unpaired.rows[1].effect.paired and unpaired.rows[1].delta_lo < unpaired.rows[1].delta_hi
 
 
 def test_noise_floor_and_single_seed_tables() -> None:
-    t = report.build_table(_frame({"LM": [6.0, 6.12], "PD": [5.9, 6.0]}))
+    t = build.build_table(_frame({"LM": [6.0, 6.12], "PD": [5.9, 6.0]}))
     assert "span 1.98% of its held-out loss" in t.noise_floor
-    one = report.build_table(_frame({"LM": [6.0], "PD": [5.9]}))
+    one = build.build_table(_frame({"LM": [6.0], "PD": [5.9]}))
     assert "Noise floor unknown" in one.noise_floor and math.isnan(one.rows[1].delta_lo)
     md = formats.to_markdown(one)
     assert "| PD | **5.900** |" in md and "↓ 1.7%" in md  # lower loss is better: PD's cell is bold
@@ -211,10 +212,10 @@ def test_noise_floor_and_single_seed_tables() -> None:
 def test_bytes_per_token_come_from_the_sweeps_own_store(done_sweep, workdir) -> None:
     """The truncation figures' second axis: logits bytes per token at each row's (p, k), read from
     the teacher pass the sweep stored (as `pdsweep logits stats` reports them)."""
-    from pdsweep import logits_store
+    from pdsweep.logits import store as logits_store
 
     path, uri, _, _ = done_sweep
-    data = report.load(path, uri)
+    data = build.load(path, uri)
     got = figures._bytes_per_token(data, ["α = 0.5", "α = 0.9"], "logits.top_p", "logits.top_k")
     store = next((workdir / "runs" / "report-test" / "logits").iterdir())
     want = logits_store.stats(logits_store.StoreReader(store), [0.95], [20])[0]["bytes_per_token"]

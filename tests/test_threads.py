@@ -10,7 +10,9 @@ import subprocess
 import pytest
 import yaml
 
-from pdsweep import expand, scheduler, settings
+from pdsweep import settings
+from pdsweep.run import scheduler
+from pdsweep.spec import expand
 from tests.conftest import ROOT, TINY_RUN, pdsweep
 
 

@@ -11,9 +11,10 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pdsweep import launch, trainer
+from pdsweep.errors import UserError
+from pdsweep.run import launch
 from pdsweep.spec import RunSpec
-from pdsweep.specfile import SpecError
+from pdsweep.train import trainer
 from tests.conftest import TINY_RUN, pdsweep
 
 
@@ -121,7 +122,7 @@ def test_an_unreachable_tracking_server_is_one_clear_error(tmp_path, shakespeare
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "tracking: cannot reach the MLflow store http://127.0.0.1:9" in lines[0]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()  # nothing trained
-    with pytest.raises(SpecError, match="cannot reach"):
-        from pdsweep.tracking import MlflowTracker
+    with pytest.raises(UserError, match="cannot reach"):
+        from pdsweep.run.tracking import MlflowTracker
 
         MlflowTracker("http://127.0.0.1:9")

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from pdsweep import backends, trainer
 from pdsweep.spec import RunSpec
+from pdsweep.train import backends, trainer
 from tests.conftest import ROOT, TINY_RUN
 
 
@@ -157,14 +157,14 @@ class HeldoutCheck(trainer.Callback):
         self.net = net
 
     def on_eval(self, state, metrics) -> None:
-        from pdsweep import evaluate
+        from pdsweep.eval import heldout
 
         ev = self.spec.eval
         args = (self.net, torch.device("cpu"), self.tokens, self.spec.data.seq_len, self.spec.train.micro_batch)
-        curve = evaluate.heldout(*args, ev.tokens_during())["heldout/loss"]
+        curve = heldout.heldout(*args, ev.tokens_during())["heldout/loss"]
         self.seen.append((state.step, "curve", metrics["curve/heldout/loss"], curve))
         if "eval/heldout/loss" in metrics:
-            final = evaluate.heldout(*args, ev.heldout_tokens)["heldout/loss"]
+            final = heldout.heldout(*args, ev.heldout_tokens)["heldout/loss"]
             self.seen.append((state.step, "eval", metrics["eval/heldout/loss"], final))
 
 

@@ -18,7 +18,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pdsweep import expand, search
+from pdsweep.run import search
+from pdsweep.spec import expand
 from tests.conftest import pdsweep
 
 

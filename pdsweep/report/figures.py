@@ -1,0 +1,220 @@
+"""A report's figures, as PNG and SVG: Δ% vs each numeric swept axis with the other axes at their
+most common value (so one truncation sweep gives the paper's Figure 2, Δ vs p, and Figure 3, Δ vs k),
+with the logits bytes per token of the sweep's own store on a second axis for top_p / top_k; Δ% vs
+student size, a line per teacher (Figure 4); the primary held-out metric vs tokens seen (Figure 5);
+training loss curves. Each curve is a configuration's mean over seeds, with its interval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pdsweep import files
+from pdsweep.run import scheduler, tracking
+
+if TYPE_CHECKING:
+    from pdsweep.report.table import Row, SweepData, Table
+
+
+def _save(fig: Any, out: Path, stem: str) -> Path:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    for ext in ("png", "svg"):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, dpi=110, bbox_inches="tight", metadata={"Date": None} if ext == "svg" else None)
+        files.write_bytes(out / f"{stem}.{ext}", buf.getvalue())
+    plt.close(fig)
+    return out / f"{stem}.png"
+
+
+def _numeric(values: Sequence[Any]) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def delta_axes(data: SweepData, t: Table) -> list[tuple[str, list[str]]]:
+    """(axis, labels) for each numeric axis of the sweep along which ≥ 2 configurations differ with
+    every other axis at its most common value (the paper's Figures 2–3: Δ vs p at k = 100, Δ vs k
+    at p = 0.95, from one truncation sweep)."""
+    import pandas as pd
+
+    students = data.tidy[data.tidy["role"] == "student"].drop_duplicates("label")
+    axes = [c for c in students.columns if "." in c and students[c].notna().any()]
+    delta = {r.label for r in t.rows if math.isfinite(r.delta)}
+    out = []
+    for axis in axes:
+        if not _numeric(list(students[axis].dropna())):
+            continue
+        sub = students
+        for other in axes:
+            if other != axis and sub[other].notna().any():
+                mode = sub[other].mode(dropna=True)
+                if len(mode):
+                    sub = sub[sub[other] == mode.iloc[0]]
+        labels = [lab for lab in sub.sort_values(axis)["label"] if lab in delta]
+        if pd.Series(sub[axis]).nunique() >= 2 and len(labels) >= 2:
+            out.append((axis, labels))
+    return out
+
+
+def _bytes_per_token(data: SweepData, labels: Sequence[str], axis_p: str, axis_k: str) -> dict[str, float]:
+    """Logits bytes per token at each labelled row's (p, k), from the sweep's stored teacher pass."""
+    from pdsweep.logits import store as logits_store
+
+    tasks = {t.key: t for t in scheduler.build(data.name, data.planned)}
+    out: dict[str, float] = {}
+    for r in data.planned:
+        if r.label in labels and r.label not in out and r.run_id in tasks:
+            store = tasks[r.run_id].logits
+            if store is None or not (store / "manifest.json").exists():
+                continue
+            reader = logits_store.StoreReader(store)
+            p, k = r.spec.logits.top_p, r.spec.logits.top_k
+            out[r.label] = logits_store.stats(reader, [p], [k])[0]["bytes_per_token"]
+    return out
+
+
+def draw(data: SweepData, t: Table, out: Path) -> list[tuple[str, Path]]:
+    """The figures a sweep supports, as PNG and SVG in `out`; (caption, PNG path) each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.hashsalt": "pdsweep", "font.size": 10})
+    made: list[tuple[str, Path]] = []
+    rows = {r.label: r for r in t.rows}
+    noise = _noise_band(t)
+    students = data.tidy[data.tidy["role"] == "student"].drop_duplicates("label").set_index("label")
+    for axis, labels in delta_axes(data, t):
+        x = [float(students.loc[lab, axis]) for lab in labels]
+        y = [rows[lab].delta for lab in labels]
+        err = _errs([rows[lab] for lab in labels])
+        fig, ax = plt.subplots(figsize=(5.6, 3.6))
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, color="C0", label=f"Δ% {t.primary_title}")
+        ax.axhline(0, color="k", lw=0.8)
+        if noise:
+            ax.axhspan(-noise, noise, color="0.85", zorder=0, label="baseline seed spread")
+        ax.set_xlabel(axis)
+        ax.set_ylabel(f"Δ% {t.primary_title} vs LM-only")
+        if axis.endswith("top_k") or (min(x) > 0 and max(x) / min(x) >= 20):
+            ax.set_xscale("log")
+        if axis in ("logits.top_p", "logits.top_k"):
+            other = "logits.top_k" if axis == "logits.top_p" else "logits.top_p"
+            bpt = _bytes_per_token(data, labels, axis, other)
+            if bpt:
+                ax2 = ax.twinx()
+                xs = [float(students.loc[lab, axis]) for lab in labels if lab in bpt]
+                ax2.plot(xs, [bpt[lab] for lab in labels if lab in bpt], "s--", color="C1", label="logits bytes/token")
+                ax2.set_ylabel("logits bytes per token", color="C1")
+        ax.legend(loc="best", fontsize=8)
+        ax.set_title(f"{data.name}: Δ vs {axis}")
+        stem = "delta_vs_" + axis.replace(".", "_")
+        made.append((f"Δ% of {t.primary_title} vs {axis}", _save(fig, out, stem)))
+    size = _delta_vs_size(data, t, out)
+    if size:
+        made.append(size)
+    made += _histories(data, t, out)
+    return made
+
+
+def _noise_band(t: Table) -> float:
+    """Half the widest baseline seed range, in %: the band drawn around Δ = 0."""
+    return max((spread / 2 for spread, *_ in t.baseline_spreads()), default=0.0)
+
+
+def _errs(rows: Sequence[Row]) -> Any:
+    lo = [r.delta - r.delta_lo if math.isfinite(r.delta_lo) else 0.0 for r in rows]
+    hi = [r.delta_hi - r.delta if math.isfinite(r.delta_hi) else 0.0 for r in rows]
+    return np.array([lo, hi])
+
+
+def _delta_vs_size(data: SweepData, t: Table, out: Path) -> tuple[str, Path] | None:
+    """Δ vs student parameters, one line per teacher (Figure 4), when the sweep varies the student."""
+    import matplotlib.pyplot as plt
+
+    students = data.tidy[data.tidy["role"] == "student"].drop_duplicates("label")
+    if not any(c.startswith("student") for c in students.columns) or students["params"].nunique() < 2:
+        return None
+    rows = {r.label: r for r in t.rows}
+    fig, ax = plt.subplots(figsize=(5.6, 3.6))
+    for i, (teacher, grp) in enumerate(students.groupby("teacher", dropna=False, sort=True)):
+        grp = grp[grp["label"].map(lambda lab: math.isfinite(rows[lab].delta))].sort_values("params")
+        if grp.empty:
+            continue
+        rs = [rows[lab] for lab in grp["label"]]
+        ax.errorbar(
+            grp["params"],
+            [r.delta for r in rs],
+            yerr=_errs(rs),
+            marker="o",
+            capsize=3,
+            color=f"C{i}",
+            label=str(teacher),
+        )
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("student parameters")
+    ax.set_ylabel(f"Δ% {t.primary_title} vs LM-only")
+    ax.legend(title="teacher", fontsize=8)
+    ax.set_title(f"{data.name}: Δ vs student size")
+    return f"Δ% of {t.primary_title} vs student size, per teacher", _save(fig, out, "delta_vs_size")
+
+
+def _histories(data: SweepData, t: Table, out: Path) -> list[tuple[str, Path]]:
+    """The primary held-out metric vs tokens seen (Figure 5) and training loss curves, each the mean
+    over a configuration's seeds."""
+    import matplotlib.pyplot as plt
+
+    eval_key = "heldout/loss" if t.primary_is_average or "/" not in t.primary else t.primary
+    m = t.metric(eval_key)
+    runs = data.tidy.drop_duplicates("run_id")
+    curves: dict[str, dict[str, list[dict[int, float]]]] = {"eval": {}, "train": {}}
+    tokens_per_step: dict[str, int] = {}
+    by_id = {r.run_id: r for r in data.planned}
+    for rec in runs.itertuples(index=False):
+        tr = data.tracked[rec.run_id]
+        spec = by_id[rec.run_id].spec
+        tokens_per_step[rec.label] = spec.train.global_batch * spec.data.seq_len
+        for kind, key in (("eval", f"curve/{eval_key}"), ("train", "loss")):  # one evaluation set per curve
+            hist = dict(tracking.metric_history(data.uri, tr.mlflow_run_id, key))
+            if hist:
+                curves[kind].setdefault(rec.label, []).append(hist)
+    made = []
+    for kind, ylabel, stem in (
+        ("eval", f"{m.title}", "metric_vs_tokens"),
+        ("train", "training loss", "training_curves"),
+    ):
+        if not curves[kind]:
+            continue
+        fig, ax = plt.subplots(figsize=(5.6, 3.6))
+        for i, (label, hists) in enumerate(curves[kind].items()):
+            steps = sorted(set.intersection(*(set(h) for h in hists)))
+            if not steps:
+                continue
+            mean = [np.mean([h[s] * m.scale if kind == "eval" else h[s] for h in hists]) for s in steps]
+            x = [s * tokens_per_step[label] for s in steps] if kind == "eval" else steps
+            style = "--" if t.role(label) == "baseline" else "-"
+            ax.plot(
+                x,
+                mean,
+                style,
+                color=f"C{i % 10}",
+                label=label,
+                marker="o" if kind == "eval" and len(x) < 30 else None,
+                ms=3,
+            )
+        ax.set_xlabel("tokens seen" if kind == "eval" else "optimizer step")
+        ax.set_ylabel(ylabel)
+        if kind == "train":
+            ax.set_yscale("log")
+        ax.legend(fontsize=7, ncol=1 + len(curves[kind]) // 8)
+        ax.set_title(f"{data.name}: {ylabel} vs {'tokens seen' if kind == 'eval' else 'step'} (mean over seeds)")
+        caption = f"{m.title} vs tokens seen" if kind == "eval" else "training loss (mean over seeds)"
+        made.append((caption, _save(fig, out, stem)))
+    return made

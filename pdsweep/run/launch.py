@@ -1,0 +1,459 @@
+"""Executing runs: one run in its directory (lock, spec, status, teacher store, training), and
+re-launching a command over several processes or machines.
+
+A run directory holds `spec.yaml` (the resolved RunSpec and its run_id), `status.json`
+(running / done / failed with the reason), `metrics.jsonl`, `result.json`, `checkpoints/` and, for
+runs that record online logits, `logits/`. Running a run again resumes it from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pdsweep import files, proc, settings
+from pdsweep.data import tokenized
+from pdsweep.errors import UserError
+from pdsweep.logits import store as logits_store
+from pdsweep.logits import teacher
+from pdsweep.run import tracking
+from pdsweep.spec import RunSpec, TeacherSpec, expand
+from pdsweep.train import backends, trainer
+
+Progress = Callable[[str, int, int], None]
+
+_held_locks: list[Any] = []
+
+
+def lock(run_dir: Path) -> Any:
+    """Take an exclusive lock on the run directory (two processes never train one run); it is held
+    until `unlock` or the process's exit. None when `pdsweep run` took it and handed it over."""
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("PDSWEEP_LOCK_HELD") == str(run_dir.resolve()):
+        return None  # `pdsweep run` took the lock and handed it to this process
+    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until unlock or the process exits
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise UserError(f"{run_dir}: another pdsweep process is training this run") from None
+    _held_locks.append(f)
+    return f
+
+
+def unlock(held: Any) -> None:
+    if held is not None and held in _held_locks:
+        _held_locks.remove(held)
+        held.close()
+
+
+def check_run_dir(run_dir: Path, rid: str) -> None:
+    """`run_dir` is new, or holds this very run (to resume): never another run, never a file."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: is a file, not a run directory")
+    spec_file = run_dir / "spec.yaml"
+    if spec_file.exists():
+        try:
+            held = yaml.safe_load(spec_file.read_text())
+        except (OSError, yaml.YAMLError, UnicodeDecodeError):
+            held = None
+        if not isinstance(held, dict) or held.get("run_id") != rid:
+            raise UserError(f"{run_dir}: holds a different run (its spec.yaml has another run_id)")
+
+
+def ensure_builtin_teacher(spec: RunSpec, progress: Progress = lambda *a: None) -> None:
+    """A builtin teacher's tokenizer is needed before tokenizing: fetch the teacher first."""
+    if spec.teacher is not None and spec.teacher.kind == "builtin" and spec.data.tokenizer.kind == "teacher":
+        teacher.builtin_dir(spec.teacher.ref, progress)
+
+
+def store_for(
+    spec: RunSpec, tokens: tokenized.TokenData, given: Path | None, progress: Progress
+) -> logits_store.StoreReader | None:
+    """The logits store a run with a teacher reads: the one given, or its teacher's default store in
+    the work directory (generated here, resumably, if it is not complete)."""
+    if not spec.uses_teacher:
+        return None
+    if given is not None:
+        return given_store(spec, tokens, given)
+    assert spec.teacher is not None
+    if spec.teacher.kind == "run":
+        raise UserError(f"teacher: {spec.teacher.source} is a teacher run of a sweep; give its store with --logits")
+    t = teacher.load(spec.teacher)
+    teacher.check_tokenizer(t, tokens, spec.teacher.source)
+    lg = spec.logits
+    draws = lg.sampling.draws if lg.sampling else None
+    store = (
+        settings.workdir()
+        / "logits"
+        / f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.store_label}"
+    )
+    teacher.generate(
+        t,
+        tokens,
+        store,
+        lg.top_p,
+        lg.top_k,
+        spec.data.seq_len,
+        batch_size=spec.teacher.batch_size,
+        progress=progress,
+        sampling_draws=draws,
+    )
+    return logits_store.StoreReader(
+        store, expect=teacher.store_info(t, tokens, lg.top_p, lg.top_k, sampling_draws=draws)
+    )
+
+
+def given_store(spec: RunSpec, tokens: tokenized.TokenData, path: Path) -> logits_store.StoreReader:
+    """A store given to `spec` (`--logits`), refused unless it was made for this run's tokens — its
+    tokenizer and corpus — by its teacher: the very teacher run for `run:NAME` (whose id the sweep
+    pins in `teacher.run_id`), the same weights for a checkpoint or model directory. (What it holds,
+    top-p-k entries or sampled draws, is checked with the run's other inputs: trainer.check_inputs.)"""
+    assert spec.teacher is not None
+    reader = logits_store.StoreReader(
+        path,
+        expect={
+            "tokenizer_fingerprint": tokens.manifest["tokenizer_fingerprint"],
+            "corpus_fingerprint": tokens.manifest["corpus_fingerprint"],
+        },
+    )
+    if spec.teacher.kind != "run":
+        want = {"teacher_fingerprint": teacher.fingerprint(spec.teacher)}
+        logits_store.check_identity(path, reader.manifest, want)
+    elif spec.teacher.run_id is not None:
+        logits_store.check_identity(path, reader.manifest, {"teacher_run": spec.teacher.run_id})
+    return reader
+
+
+class _Track(trainer.Callback):
+    """Training and evaluation metrics to the tracker, by optimiser step (rank 0 only)."""
+
+    def __init__(self, tracker: tracking.Tracker):
+        self.tracker = tracker
+
+    def on_step(self, state: trainer.TrainState, metrics: dict[str, float]) -> None:
+        if state.rank == 0:
+            self.tracker.log_metrics(metrics, state.step)
+
+    def on_eval(self, state: trainer.TrainState, metrics: dict[str, float]) -> None:
+        if state.rank == 0:
+            self.tracker.log_metrics(metrics, state.step)  # eval/… and curve/… (trainer.logged)
+
+
+@dataclass
+class Outcome:
+    """How a run ended: `done` (result), `failed` (reason, e.g. a non-finite loss) or `invalid`
+    (its input was found wrong only while running, e.g. data shorter than seq_len)."""
+
+    status: str
+    rank: int
+    result: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+
+def run_one(
+    spec: RunSpec,
+    run_dir: Path,
+    logits: Path | None = None,
+    progress: Progress = lambda *a: None,
+    callbacks: tuple[trainer.Callback, ...] = (),
+    tracking_uri: str | None = None,
+    track: bool = True,
+    sweep: str = "single",
+    label: str | None = None,
+) -> Outcome:
+    """Train `spec` in `run_dir` (resuming), keeping `status.json` and its MLflow run true.
+    UserError for bad input found before training starts (an unreachable tracking store included)."""
+    backend = backends.make(spec)
+    rank0 = backend.rank == 0
+    rid = expand.run_id(spec)
+    spec_file = run_dir / "spec.yaml"
+    if rank0:
+        check_run_dir(run_dir, rid)
+    # Every input is checked (data, teacher, store) before the run directory is made.
+    ensure_builtin_teacher(spec, progress)
+    tokens = tokenized.prepare(spec, progress=progress)
+    store = store_for(spec, tokens, logits, progress if rank0 else lambda *a: None)
+    if spec.train.record_logits and backend.world_size > 1:
+        raise UserError("train.record_logits: online recording runs on one process for now")
+    trainer.check_inputs(spec, tokens, backend.world_size, store)
+    tracker: tracking.Tracker = tracking.MlflowTracker(tracking_uri) if (track and rank0) else tracking.NullTracker()
+    held = None
+    if rank0:
+        held = lock(run_dir)
+    try:
+        if rank0:
+            check_run_dir(run_dir, rid)  # again, under the lock
+            files.write_text(
+                spec_file, yaml.safe_dump({"run_id": rid, **spec.model_dump(mode="json")}, sort_keys=False)
+            )
+        return _start_and_train(spec, run_dir, rid, tokens, backend, store, tracker, callbacks, label, sweep)
+    finally:
+        unlock(held)
+
+
+def _start_and_train(
+    spec: RunSpec,
+    run_dir: Path,
+    rid: str,
+    tokens: tokenized.TokenData,
+    backend: backends.Backend,
+    store: logits_store.StoreReader | None,
+    tracker: tracking.Tracker,
+    callbacks: tuple[trainer.Callback, ...],
+    label: str | None,
+    sweep: str,
+) -> Outcome:
+    rank0 = backend.rank == 0
+    hooks: list[trainer.Callback] = [trainer.MetricsFile(run_dir)]
+    if spec.train.record_logits:
+        for rec in spec.train.record_logits:
+            info = logits_store.StoreInfo(
+                f"pdsweep-run:{rid}",
+                tokens.manifest["tokenizer_fingerprint"],
+                tokens.manifest["corpus_fingerprint"],
+                tokens.vocab_size,
+                rec.top_p,
+                rec.top_k,
+                "online",
+                teacher_run=rid,
+            )
+            hooks.append(trainer.RecordLogits(rec, run_dir / "logits" / rec.name, info))
+    tracker.start(spec, run_dir, rid, label or rid, sweep)
+    hooks.append(_Track(tracker))
+    hooks.append(trainer.FollowThreads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    if rank0:
+        files.write_json(run_dir / "status.json", {"status": "running", "pid": os.getpid()})
+    try:
+        return _train_and_record(spec, run_dir, tokens, backend, [*hooks, *callbacks], store, tracker)
+    finally:
+        backend.close()
+
+
+def _train_and_record(
+    spec: RunSpec,
+    run_dir: Path,
+    tokens: tokenized.TokenData,
+    backend: backends.Backend,
+    callbacks: list[trainer.Callback],
+    store: logits_store.StoreReader | None,
+    tracker: tracking.Tracker,
+) -> Outcome:
+    rank0 = backend.rank == 0
+    try:
+        result = trainer.train(spec, run_dir, tokens, backend, callbacks, store=store)
+    except KeyboardInterrupt:
+        if rank0:
+            files.write_json(run_dir / "status.json", {"status": "interrupted", "reason": "interrupted (Ctrl-C)"})
+        tracker.finish("interrupted", "interrupted (Ctrl-C)")
+        raise
+    except trainer.TrainingFailed as e:
+        if rank0:
+            files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})
+        tracker.finish("failed", e.reason)
+        return Outcome("failed", backend.rank, reason=e.reason)
+    except UserError as e:
+        if rank0:
+            files.write_json(run_dir / "status.json", {"status": "failed", "reason": "; ".join(e.problems)})
+        tracker.finish("failed", "; ".join(e.problems))
+        return Outcome("invalid", backend.rank, reason="\n".join(e.problems))
+    except Exception as e:  # noqa: BLE001 - whatever ends a run (a full disk, a bug) ends it as failed
+        return _failed_by(e, run_dir, backend.rank, tracker)
+    if rank0:
+        files.write_json(run_dir / "status.json", {"status": "done"})
+        tracker.log_artifact(run_dir / "result.json")  # the final evaluation, every suite, as JSON
+    tracker.finish("done")
+    return Outcome("done", backend.rank, result=result)
+
+
+def _failed_by(e: Exception, run_dir: Path, rank: int, tracker: tracking.Tracker) -> Outcome:
+    """Record an unexpected exception as the run's failure: the traceback in `error.log`, the reason
+    in `status.json` and on the MLflow run (FAILED) — each as far as it can still be written (a full
+    disk may refuse them), so the run is never left `running`."""
+    import traceback
+
+    reason = proc.describe(e)
+    if rank == 0:
+        with contextlib.suppress(OSError):
+            (run_dir / "error.log").write_text("".join(traceback.format_exception(e)))
+        reason += f" (traceback in {run_dir / 'error.log'})"
+        with contextlib.suppress(OSError):
+            files.write_json(run_dir / "status.json", {"status": "failed", "reason": reason})
+    with contextlib.suppress(Exception):
+        tracker.finish("failed", reason)
+    return Outcome("failed", rank, reason=reason)
+
+
+def launcher_command(
+    args: list[str], nproc: int, launcher: str, hostfile: Path | None, env: dict[str, str]
+) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that run `python -m pdsweep.cli ARGS` under torchrun (one
+    machine) or DeepSpeed's launcher (several machines through `hostfile`), `nproc` processes per
+    machine, each with its share of the CPU threads.
+
+    GPUs: torchrun's workers inherit CUDA_VISIBLE_DEVICES and index into it. DeepSpeed's launcher
+    sets CUDA_VISIBLE_DEVICES itself for its workers and, given `--num_gpus` or a hostfile, ignores
+    the caller's value (two workers of `pdsweep run` would share GPUs 0…n−1), so the visible GPUs
+    become DeepSpeed's `--include`: `localhost:IDS` on one machine, `HOST:IDS@HOST:IDS…` for every
+    machine of the hostfile (a worker's share of GPUs is the same on each machine)."""
+    threads = env.get("OMP_NUM_THREADS", str(max(1, settings.cores() // nproc)))
+    env = {**env, "OMP_NUM_THREADS": threads}
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+        return [*cmd, "-m", "pdsweep.cli", *args], env
+    visible = [x.strip() for x in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
+    resources = [f"--hostfile={hostfile}"] if hostfile is not None else []
+    if visible:
+        if len(visible) < nproc:
+            raise UserError(f"--nproc: {nproc} processes per machine but CUDA_VISIBLE_DEVICES has {len(visible)} GPUs")
+        hosts = hostfile_hosts(hostfile) if hostfile is not None else ["localhost"]
+        resources.append("--include=" + "@".join(f"{h}:{','.join(visible[:nproc])}" for h in hosts))
+        del env["CUDA_VISIBLE_DEVICES"]
+    else:
+        resources.append(f"--num_gpus={nproc}")  # an empty CUDA_VISIBLE_DEVICES (CPU) stays as it is
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", *resources]
+    cmd += ["--master_port", str(proc.free_port()), "--no_local_rank", "--module", "pdsweep.cli", *args]
+    return cmd, env
+
+
+def hostfile_hosts(hostfile: Path) -> list[str]:
+    """The machines of a DeepSpeed hostfile (`HOST slots=N` lines; `#` comments)."""
+    hosts = []
+    for n, line in enumerate(hostfile.read_text(encoding="utf-8").splitlines(), 1):
+        words = line.split("#", 1)[0].split()
+        if not words:
+            continue
+        if len(words) != 2 or not words[1].startswith("slots=") or not words[1][6:].isdigit():
+            raise UserError(f"{hostfile}:{n}: expected 'HOST slots=N', got {line.strip()!r}")
+        hosts.append(words[0])
+    if not hosts:
+        raise UserError(f"{hostfile}: names no machine")
+    return hosts
+
+
+def relaunch(args: list[str], nproc: int, launcher: str, hostfile: Path | None) -> int:
+    """Run `python -m pdsweep.cli ARGS` over `nproc` processes per machine (launcher_command). The
+    launcher dies with this process, and its workers with it."""
+    cmd, env = launcher_command(args, nproc, launcher, hostfile, dict(os.environ))
+    return subprocess.run(cmd, env=env, preexec_fn=proc.die_with_parent).returncode  # noqa: PLW1509
+
+
+# ----------------------------------------------------------------------------------------------
+# Sweeps (executed by scheduler.py)
+# ----------------------------------------------------------------------------------------------
+
+
+def sweep_dir(name: str) -> Path:
+    return settings.workdir() / "runs" / name
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation after the fact
+# ----------------------------------------------------------------------------------------------
+
+
+def evaluate_model(
+    target: str,
+    suites: tuple[str, ...],
+    limit: int | None,
+    batch_size: int = 16,
+    progress: Progress = lambda *a: None,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    use_harness: bool = False,
+    harness_tasks: tuple[str, ...] = (),
+) -> tuple[dict[str, float], Path | None]:
+    """Evaluate a run directory (its last checkpoint, with its corpus's tokenizer), one of its
+    checkpoints, or a model (`hf:DIR`, `builtin:NAME`, `ckpt:RUN_DIR`) on the benchmark `suites` — with pdsweep's scorer, or
+    with lm-evaluation-harness on the same items (`use_harness`; a run is exported to Hugging Face
+    format in `<run dir>/hf/` first).
+
+    For a run directory the results land in `<run dir>/eval.json` (`eval-harness.json`; for a
+    checkpoint, in the checkpoint's directory, at its step) and, when
+    the run is tracked, in its MLflow run as `eval/<task>/<metric>` (`eval/harness/...`) at its last
+    step, plus the JSON as an artifact."""
+    from pdsweep.eval import harness, scoring, tasks
+
+    path = Path(target) if ":" not in target or Path(target).is_dir() else None
+    checkpoint = path if path is not None and (path / "trainer.json").exists() else None
+    run_dir = path.parent.parent if checkpoint is not None and path is not None else path
+    source = f"ckpt:{path}" if path is not None else target
+    if run_dir is not None and not (run_dir / "spec.yaml").exists():
+        raise UserError(f"{path}: not a pdsweep run directory or checkpoint (no spec.yaml)")
+    unknown = [s for s in suites if s not in tasks.TASKS]
+    if unknown:
+        raise UserError(f"--suite: {', '.join(unknown)}: not a benchmark (one of {', '.join(tasks.TASKS)})")
+    tasks.fetch_benchmarks(progress)
+    t = teacher.load(TeacherSpec(source=source))
+    if run_dir is not None:
+        spec = RunSpec.model_validate(
+            {k: v for k, v in yaml.safe_load((run_dir / "spec.yaml").read_text()).items() if k != "run_id"}
+        )
+        tokens = tokenized.prepare(spec)
+        tok, max_len = tokens.tokenizer(), spec.data.seq_len
+    else:
+        if t.tokenizer_json is None:
+            raise UserError(f"{target}: the model has no tokenizer.json")
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(t.tokenizer_json))
+        config = getattr(t.module, "config", None) or getattr(t.module, "cfg", None)
+        max_len = int(getattr(config, "max_position_embeddings", 0) or getattr(config, "max_seq_len", 0) or 2048)
+    eos = tokenized.eos_id(tok)
+    if use_harness:
+        import tempfile
+
+        if run_dir is not None:
+            import dataclasses
+
+            from pdsweep.nn import hf
+            from pdsweep.nn.model import ModelConfig
+
+            cfg: ModelConfig = t.module.cfg  # type: ignore[assignment]
+            model_dir = hf.export(
+                t.module.state_dict(),
+                dataclasses.replace(cfg, max_seq_len=max_len),  # its trained context
+                run_dir / "hf",
+                tokenizer_json=tokens.tokenizer_path,
+                eos_token=tok.id_to_token(eos),
+                eos_token_id=eos,
+            )
+        else:
+            model_dir = teacher.builtin_dir(target[8:]) if target.startswith("builtin:") else Path(target[3:])
+        with tempfile.TemporaryDirectory() as tasks_dir:
+            metrics = harness.harness(model_dir, suites, limit, batch_size, Path(tasks_dir), harness_tasks)
+    else:
+        device = next(t.module.parameters()).device
+        scorer = scoring.ScoringModel(t.logits, tok, max_len, device, eos)
+        metrics = scoring.benchmark_metrics(scorer, suites, limit, progress)
+    if run_dir is None:
+        return metrics, None
+    # A checkpoint's results stay with the checkpoint, at its step; a run's go beside its result.
+    where = checkpoint if checkpoint is not None else run_dir
+    out = where / ("eval-harness.json" if use_harness else "eval.json")
+    previous = files.read_json(out) if out.exists() else {}
+    files.write_json(out, {**previous, **metrics})
+    state = run_dir / "tracking.json"
+    if track and state.exists():
+        known = files.read_json(state)
+        uri = tracking_uri or known.get("uri")
+        tracker = tracking.MlflowTracker(uri)
+        final = run_dir / "result.json"
+        step = int(files.read_json(checkpoint / "trainer.json")["step"]) if checkpoint is not None else 0
+        if checkpoint is None:
+            step = int(files.read_json(final).get("step", 0)) if final.exists() else 0
+        tracker.run = known["mlflow_run_id"]
+        prefix = "eval/harness/" if use_harness else "eval/"
+        tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step)
+        tracker.log_artifact(out)
+    return metrics, out

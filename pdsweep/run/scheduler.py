@@ -1,0 +1,489 @@
+"""Executing a whole sweep: its dependency graph run by N workers, each task in its own process.
+
+    corpus ─▶ teacher runs ─▶ teacher logits passes ─▶ students        (LM-only baselines: no deps)
+                         └──────────(online logits)──▶ students
+
+A task is a training run (`pdsweep train` in a subprocess, log in `<run dir>/train.log`) or a
+teacher logits pass (`pdsweep logits generate`; its run file, log and status in the store directory). Before starting a task the
+scheduler takes the task's file lock and hands it to the subprocess, so two `pdsweep run` of one
+sweep never execute a task twice: the second waits for the lock and then finds the task done.
+Every start and end, and every change of a task's CPU threads, is appended to its `events.jsonl`.
+
+Running a sweep again skips done runs, resumes killed or interrupted ones from their checkpoints,
+and retries failed ones only with `retry_failed`. Ctrl-C interrupts the running tasks (each writes
+`interrupted` to its status and keeps its last checkpoint) and stops the sweep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from pdsweep import files, proc, settings
+from pdsweep.errors import UserError
+from pdsweep.run import launch
+from pdsweep.spec import expand, plan
+
+POLL_S = 0.5
+STOP_GRACE_S = 30.0
+
+
+@dataclass
+class Task:
+    """One node of the sweep's graph: a training run or a teacher logits pass."""
+
+    key: str
+    kind: str  # "train" | "logits"
+    label: str
+    role: str  # teacher / baseline / student / logits
+    dir: Path
+    deps: list[str]
+    run: expand.PlannedRun | None = None
+    pass_: plan.TeacherPass | None = None
+    logits: Path | None = None  # the store a training run reads
+    total_steps: int = 0
+    status: str = "pending"  # pending / waiting (another pdsweep holds it) / running / done / failed / interrupted
+    reason: str = ""
+    step: int = 0
+    loss: float | None = None
+    started: float = 0.0
+    start_step: int = 0
+    result: dict[str, Any] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+    lock: IO[str] | None = None
+    log: IO[bytes] | None = None
+    slot: int = -1
+    attempted: bool = False
+    threads: int = 0  # the CPU threads last given to the running task (its `threads` file)
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.status != "running" or self.step <= self.start_step:
+            return None
+        per_step = (time.monotonic() - self.started) / (self.step - self.start_step)
+        return per_step * (self.total_steps - self.step)
+
+
+def read_status(directory: Path) -> dict[str, Any]:
+    path = directory / "status.json"
+    return files.read_json(path) if path.exists() else {"status": "pending"}
+
+
+def last_metrics(run_dir: Path) -> dict[str, Any]:
+    """The last training line of `metrics.jsonl` (read from its end)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    with open(path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 8192))
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    for line in reversed(lines):
+        with contextlib.suppress(json.JSONDecodeError):
+            row = json.loads(line)
+            if row.get("kind") == "train":
+                return dict(row)
+    return {}
+
+
+def logged_error(log: Path) -> str | None:
+    """The one-line reason a task's command printed last (`error: …` for input it refused, `failed: …`
+    for a run that failed), if any."""
+    if not log.exists():
+        return None
+    with open(log, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        f.seek(max(0, f.tell() - 16384))
+        lines = f.read().decode("utf-8", "replace").splitlines()
+    found = [line.split(": ", 1)[1] for line in lines if line.startswith(("error: ", "failed: "))]
+    return found[-1] if found else None
+
+
+def build(sweep: str, runs: list[expand.PlannedRun]) -> list[Task]:
+    """The sweep's tasks in a dependency-respecting order."""
+    root = launch.sweep_dir(sweep)
+    passes = plan.teacher_passes(runs)
+    teachers = {r.name: r for r in runs if r.role == "teacher"}
+    tasks: list[Task] = []
+    for r in runs:
+        if r.role == "teacher":
+            tasks.append(
+                Task(r.run_id, "train", r.label, r.role, root / r.run_id, [], run=r, total_steps=r.spec.steps())
+            )
+    pass_task: dict[str, str] = {}
+    for p in passes.values():
+        if p.mode == "online":
+            continue  # recorded by the teacher run itself (RunSpec.train.record_logits)
+        deps = [teachers[p.teacher.removeprefix("run:")].run_id] if p.teacher.startswith("run:") else []
+        key = f"logits:{p.pass_id}"
+        tasks.append(Task(key, "logits", f"logits {p.pass_id}", "logits", root / "logits" / p.pass_id, deps, pass_=p))
+        pass_task[p.pass_id] = key
+    pass_of = {rid: p for p in passes.values() for rid in p.runs}
+    for r in runs:
+        if r.role == "teacher":
+            continue
+        task = Task(r.run_id, "train", r.label, r.role, root / r.run_id, [], run=r, total_steps=r.spec.steps())
+        needs = pass_of.get(r.run_id)
+        if needs is not None and needs.mode == "online":
+            rec = teachers[needs.teacher.removeprefix("run:")]
+            window = tuple(r.spec.logits.online_window)
+            spec_rec = next(x for x in rec.spec.train.record_logits if tuple(x.window) == window)
+            task.deps, task.logits = [rec.run_id], root / rec.run_id / "logits" / spec_rec.name
+        elif needs is not None:
+            task.deps, task.logits = [pass_task[needs.pass_id]], root / "logits" / needs.pass_id
+        tasks.append(task)
+    return tasks
+
+
+def device_slots(devices: str, workers: int) -> list[str | None]:
+    """One device set per worker: None (CPU) or a CUDA_VISIBLE_DEVICES value."""
+    if devices == "auto":
+        ids = _cuda_ids()
+        if not ids:
+            return [None] * workers
+    elif devices == "cpu":
+        return [None] * workers
+    else:
+        if not devices.startswith("cuda:") or not all(x.strip().isdigit() for x in devices[5:].split(",")):
+            raise UserError(f"--devices: must be cpu, auto or cuda:0,1,…, got {devices!r}")
+        ids = [x.strip() for x in devices[5:].split(",")]
+    if len(ids) % workers:
+        raise UserError(f"--devices: {len(ids)} GPUs do not split evenly into {workers} workers")
+    per = len(ids) // workers
+    return [",".join(ids[w * per : (w + 1) * per]) for w in range(workers)]
+
+
+def _cuda_ids() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [x for x in visible.split(",") if x.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+def try_lock(directory: Path) -> IO[str] | None:
+    """The task's lock, held by the returned open file; None when another process holds it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    f = open(directory / ".lock", "a+")  # noqa: SIM115 - handed to the task's process, closed when it ends
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        return None
+    return f
+
+
+def _event(task: Task, event: str, **extra: Any) -> None:
+    line = {"event": event, "time": time.time(), "pid": os.getpid(), "task": task.key, **extra}
+    with open(task.dir / "events.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+
+
+class Scheduler:
+    """Runs the tasks of one sweep with `workers` at a time; `on_change` is called whenever a task
+    changes state and every POLL_S while tasks run (for a live view)."""
+
+    def __init__(
+        self,
+        sweep: str,
+        tasks: list[Task],
+        workers: int = 1,
+        devices: str = "cpu",
+        tracking_uri: str | None = None,
+        track: bool = True,
+        retry_failed: bool = False,
+        hostfile: Path | None = None,
+        parent_run: str | None = None,
+        on_change: Callable[[list[Task]], None] = lambda tasks: None,
+    ):
+        self.sweep, self.tasks = sweep, tasks
+        self.by_key = {t.key: t for t in tasks}
+        self.slots = device_slots(devices, workers)
+        self.free = list(range(len(self.slots)))
+        self.tracking_uri, self.track, self.retry_failed = tracking_uri, track, retry_failed
+        self.hostfile, self.parent_run, self.on_change = hostfile, parent_run, on_change
+        for t in tasks:
+            self._refresh_from_disk(t)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _refresh_from_disk(self, t: Task) -> None:
+        state = read_status(t.dir)
+        t.status, t.reason = state["status"], state.get("reason", "")
+        if t.status == "running":  # left by a process that is gone (or another pdsweep's: see _start)
+            t.status = "pending"
+        if t.kind == "train":
+            m = last_metrics(t.dir)
+            t.step, t.loss = int(m.get("step", 0)), m.get("loss")
+            if (t.dir / "result.json").exists() and t.status == "done":
+                t.result = files.read_json(t.dir / "result.json")
+                t.step = t.total_steps
+
+    def _ready(self, t: Task) -> bool | None:
+        """True when every dependency is done, None when one can no longer be (failed)."""
+        deps = [self.by_key[d] for d in t.deps]
+        if any(d.status in ("failed",) for d in deps):
+            return None
+        return all(d.status == "done" for d in deps)
+
+    # -- starting and finishing tasks ----------------------------------------------------------
+
+    def _command(self, t: Task, slot: str | None) -> list[str]:
+        base = [sys.executable, "-m", "pdsweep.cli"]
+        tracking = [
+            *(["--tracking-uri", self.tracking_uri] if self.tracking_uri else []),
+            *([] if self.track else ["--no-track"]),
+        ]
+        if t.kind == "logits":
+            assert t.pass_ is not None
+            served = [
+                {
+                    "seed": r.spec.train.seed,
+                    "steps": r.spec.steps(),
+                    "global_batch": r.spec.train.global_batch,
+                    "seq_len": r.spec.data.seq_len,
+                    "heldout_tokens": r.spec.eval.heldout_tokens,
+                }
+                for r in (x.run for x in self.tasks if x.logits == t.dir)
+                if r is not None
+            ]
+            files.write_json(t.dir / "runs.json", served)  # the pass stores only the windows they visit
+            spec = str(self._pass_spec(t))
+            return [*base, "logits", "generate", spec, "--out", str(t.dir), "--for-runs", str(t.dir / "runs.json")]
+        assert t.run is not None
+        run_file = t.dir / "run.yaml"
+        files.write_text(run_file, yaml.safe_dump(t.run.spec.model_dump(mode="json"), sort_keys=False))
+        gpus = slot.split(",") if slot else []
+        parallel = ["--nproc", str(len(gpus)), "--launcher", "deepspeed"] if len(gpus) > 1 else []
+        if self.hostfile is not None:
+            parallel = [*parallel[:2], "--hostfile", str(self.hostfile), "--launcher", "deepspeed"]
+        return [
+            *base,
+            "train",
+            str(run_file),
+            "--out",
+            str(t.dir),
+            "--sweep",
+            self.sweep,
+            "--label",
+            t.label,
+            *(["--logits", str(t.logits)] if t.logits else []),
+            *parallel,
+            *tracking,
+        ]
+
+    def _env(self, t: Task, slot: str | None) -> dict[str, str]:
+        """The task's environment: its lock, its CPU threads, its GPUs (CUDA_VISIBLE_DEVICES — the
+        `train` command hands a multi-GPU set on to its launcher) and the sweep's parent MLflow run."""
+        env = {
+            **os.environ,
+            "PDSWEEP_LOCK_HELD": str(t.dir.resolve()),
+            **({"PDSWEEP_MLFLOW_PARENT_RUN": self.parent_run} if self.parent_run else {}),
+        }
+        if slot is not None:
+            env["CUDA_VISIBLE_DEVICES"] = slot
+        elif "CUDA_VISIBLE_DEVICES" not in os.environ:
+            env["CUDA_VISIBLE_DEVICES"] = ""  # --devices cpu: CPU even on a GPU machine
+        if "OMP_NUM_THREADS" not in os.environ:  # a user's OMP_NUM_THREADS is left alone
+            t.threads = self._threads_for(t)
+            files.write_text(t.dir / "threads", f"{t.threads}\n")
+            env["OMP_NUM_THREADS"] = str(t.threads)
+            env["PDSWEEP_THREADS_FILE"] = str(t.dir / "threads")
+        return env
+
+    def _rebalance(self) -> None:
+        """Share the cores among the tasks running now: a task whose neighbours ended gets their
+        threads (a teacher pass that started beside LM-only runs speeds up when they finish)."""
+        running = [t for t in self.tasks if t.proc is not None and t.threads]
+        for t in running:
+            n = max(1, settings.cores() // len(running))
+            if n != t.threads:
+                t.threads = n
+                files.write_text(t.dir / "threads", f"{n}\n")
+                _event(t, "threads", threads=n)
+
+    def _pass_spec(self, t: Task) -> Path:
+        """A run file that `pdsweep logits generate` turns into this pass's store."""
+        p = t.pass_
+        assert p is not None
+        example = next(task.run for task in self.tasks if task.run is not None and task.run.run_id in p.runs)
+        assert example is not None
+        source = p.teacher
+        if source.startswith("run:"):
+            teacher_run = next(x for x in self.tasks if x.role == "teacher" and x.run and x.run.name == source[4:])
+            source = f"ckpt:{teacher_run.dir}"
+        spec = example.spec.model_dump(mode="json")
+        spec["teacher"] = {**(spec["teacher"] or {}), "source": source, "run_id": None}  # ckpt: names the run
+        spec["logits"] = {
+            **spec["logits"],
+            "mode": "offline",
+            "top_p": p.top_p,
+            "top_k": p.top_k,
+            "sampling": {"draws": p.sampling_draws} if p.sampling_draws else None,
+        }
+        t.dir.mkdir(parents=True, exist_ok=True)
+        path = t.dir / "pass.yaml"
+        files.write_text(path, yaml.safe_dump(spec, sort_keys=False))
+        return path
+
+    def _threads_for(self, t: Task) -> int:
+        """CPU threads for a task starting now: the cores shared among the tasks that will run beside
+        it — all of them when it runs alone (a teacher pass every student waits for), cores/workers
+        when every worker is busy."""
+        running = sum(1 for x in self.tasks if x.proc is not None)
+        others = sum(1 for x in self.tasks if x is not t and x.proc is None and self._candidate(x) and self._ready(x))
+        sharing = 1 + running + min(others, len(self.free))
+        return max(1, settings.cores() // min(len(self.slots), sharing))
+
+    def _start(self, t: Task) -> bool:
+        """Start `t` if its lock is free; False when another pdsweep process holds it."""
+        lock = try_lock(t.dir)
+        if lock is None:
+            t.status = "waiting"
+            return False
+        self._refresh_from_disk(t)  # another process may have finished it meanwhile
+        if t.status == "done" or (t.status == "failed" and not self.retry_failed):
+            lock.close()
+            t.attempted = True
+            return True
+        slot_index = self.free.pop(0)
+        slot = self.slots[slot_index]
+        env = self._env(t, slot)
+        log_path = t.dir / ("train.log" if t.kind == "train" else "generate.log")
+        t.log = open(log_path, "ab")  # noqa: SIM115 - closed in _finish
+        t.proc = subprocess.Popen(  # noqa: S603
+            self._command(t, slot),
+            stdout=t.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            pass_fds=(lock.fileno(),),
+            start_new_session=True,  # Ctrl-C reaches the scheduler, which stops its tasks in order
+            preexec_fn=proc.die_with_parent,  # noqa: PLW1509
+        )
+        t.lock, t.slot, t.status, t.reason, t.attempted = lock, slot_index, "running", "", True
+        t.started, t.start_step = time.monotonic(), t.step
+        _event(t, "start", slot=slot or "cpu", attempt_pid=t.proc.pid)
+        return True
+
+    def _finish(self, t: Task, rc: int) -> None:
+        assert t.lock is not None and t.log is not None
+        log = t.dir / ("train.log" if t.kind == "train" else "generate.log")
+        if t.kind == "logits":
+            if rc == 0:
+                files.write_json(t.dir / "status.json", {"status": "done"})
+            else:
+                reason = logged_error(log) or f"exit code {rc} (see {log})"
+                files.write_json(t.dir / "status.json", {"status": "failed", "reason": reason})
+        state = read_status(t.dir)
+        t.status, t.reason = state["status"], state.get("reason", "")
+        if t.status in ("running", "pending"):  # the process ended without writing why
+            t.status = "failed"
+            t.reason = logged_error(log) or f"the process ended unexpectedly with exit code {rc} (see {log})"
+            files.write_json(t.dir / "status.json", {"status": "failed", "reason": t.reason})
+        if t.kind == "train":
+            self._refresh_progress(t)
+            if t.status == "done" and (t.dir / "result.json").exists():
+                t.result = files.read_json(t.dir / "result.json")
+        _event(t, "end", status=t.status, exit_code=rc)
+        t.lock.close()
+        t.log.close()
+        t.proc, t.lock, t.log = None, None, None
+        self.free.append(t.slot)
+        self.free.sort()
+
+    def _refresh_progress(self, t: Task) -> None:
+        m = last_metrics(t.dir)
+        if m:
+            t.step, t.loss = int(m["step"]), m.get("loss")
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> list[Task]:
+        """Run the sweep; on Ctrl-C or an error of the scheduler itself (a full disk, a bug), stop every
+        running task the way Ctrl-C does — each keeps its last checkpoint and resumes on the next run —
+        and raise."""
+        try:
+            self._loop()
+        except BaseException:
+            self.stop()
+            raise
+        return self.tasks
+
+    def _candidate(self, t: Task) -> bool:
+        """Should this invocation still (try to) run `t`? Each task is started at most once."""
+        if t.attempted or t.proc is not None or t.status == "done":
+            return False
+        return not (t.status == "failed" and not self.retry_failed)
+
+    def _loop(self) -> None:
+        while True:
+            for t in self.tasks:
+                if t.proc is None:
+                    continue
+                rc = t.proc.poll()
+                if rc is not None:
+                    self._finish(t, rc)
+                else:
+                    self._refresh_progress(t)
+            for t in self.tasks:  # in dependency order, so a failure propagates in one pass
+                if not self._candidate(t):
+                    continue
+                ready = self._ready(t)
+                if ready is None:
+                    failed = next(d for d in t.deps if self.by_key[d].status == "failed")
+                    t.status, t.reason, t.attempted = "failed", f"{self.by_key[failed].label} did not finish", True
+                elif ready and self.free:
+                    self._start(t)
+            self._rebalance()
+            self.on_change(self.tasks)
+            busy = any(t.proc is not None or t.status == "waiting" for t in self.tasks)
+            if not busy and not any(self._candidate(t) and self._ready(t) for t in self.tasks):
+                return
+            time.sleep(POLL_S)
+
+    def stop(self) -> None:
+        """Interrupt every running task (SIGINT to its process group), give them STOP_GRACE_S to
+        write their state, then kill what is left."""
+        running = [t for t in self.tasks if t.proc is not None]
+        for t in running:
+            assert t.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(t.proc.pid, signal.SIGINT)
+        deadline = time.monotonic() + STOP_GRACE_S
+        for t in running:
+            assert t.proc is not None
+            try:
+                rc = t.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(t.proc.pid, signal.SIGKILL)
+                rc = t.proc.wait()
+            with contextlib.suppress(OSError):  # stopping goes on when a file cannot be written (full disk)
+                self._finish(t, rc)
+                if t.status == "failed" and t.reason.startswith("the process ended unexpectedly"):
+                    t.status, t.reason = "interrupted", "stopped by Ctrl-C"
+                    files.write_json(t.dir / "status.json", {"status": "interrupted", "reason": t.reason})
+        self.on_change(self.tasks)
+
+
+def fmt_eta(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
