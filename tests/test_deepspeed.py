@@ -13,6 +13,7 @@ import time
 import pytest
 import yaml
 
+from pdsweep import rundir
 from pdsweep.nn import model
 from pdsweep.spec import RunSpec
 from pdsweep.train import trainer
@@ -102,12 +103,12 @@ def test_zero3_two_processes_resume_exactly_after_sigkill(runs) -> None:
     deadline = time.time() + 300
     while time.time() < deadline:
         done = losses(out) if (out / "metrics.jsonl").exists() else []
-        if len(done) >= 14 and trainer.latest_checkpoint(out) is not None:
+        if len(done) >= 14 and rundir.latest_checkpoint(out) is not None:
             break
         time.sleep(0.05)
     os.killpg(victim.pid, signal.SIGKILL)
     victim.wait(timeout=60)
-    assert trainer.latest_checkpoint(out).name == "step_00000010"
+    assert rundir.latest_checkpoint(out).name == "step_00000010"
     finish(train_cli(spec_file, out, nproc=2))
     a = json.loads((root / "two" / "result.json").read_text())
     b = json.loads((out / "result.json").read_text())

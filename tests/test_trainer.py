@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from pdsweep import rundir
 from pdsweep.spec import RunSpec
 from pdsweep.train import backends, trainer
 from tests.conftest import ROOT, TINY_RUN
@@ -54,7 +55,7 @@ def test_resume_is_exact(shakespeare, tmp_path) -> None:
     straight = run(spec, tmp_path / "a", shakespeare)
     with pytest.raises(KeyboardInterrupt):
         run(spec, tmp_path / "b", shakespeare, [StopAt(17)])
-    assert trainer.latest_checkpoint(tmp_path / "b").name == "step_00000010"
+    assert rundir.latest_checkpoint(tmp_path / "b").name == "step_00000010"
     resumed = run(spec, tmp_path / "b", shakespeare)
     assert resumed["train/loss"] == straight["train/loss"]
     assert resumed["heldout/loss"] == straight["heldout/loss"]
@@ -121,7 +122,7 @@ def test_sigkill_then_rerun_equals_an_uninterrupted_run(shakespeare, tmp_path) -
     assert victim.returncode == -signal.SIGKILL
     status = json.loads((tmp_path / "b" / "status.json").read_text())
     assert status["status"] == "running"  # a killed run leaves its resumable state
-    assert trainer.latest_checkpoint(tmp_path / "b").name == "step_00000015"
+    assert rundir.latest_checkpoint(tmp_path / "b").name == "step_00000015"
 
     again = _cli_train(spec_file, tmp_path / "b")
     assert again.wait(timeout=300) == 0, again.stderr.read()

@@ -850,6 +850,7 @@ def status(
     json_out: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """The state of every run of a sweep, from its run directories (no MLflow needed)."""
+    from pdsweep import rundir
     from pdsweep.run import scheduler
     from pdsweep.spec import expand
 
@@ -857,8 +858,8 @@ def status(
         sweep = expand.load_sweep(file)
         sched = scheduler.Scheduler(sweep.name, scheduler.build(sweep.name, expand.expand(sweep, str(file))))
     for t in sched.tasks:  # what is running right now, by whom
-        if (t.dir / "status.json").exists() and scheduler.read_status(t.dir)["status"] == "running":
-            t.status = "running" if _locked(t.dir) else "interrupted"
+        if rundir.read_status(t.dir)["status"] == "running":
+            t.status = "running" if rundir.is_locked(t.dir) else "interrupted"
     if json_out:
         rows = [
             {
@@ -880,17 +881,6 @@ def status(
         return
     counts = collections.Counter(t.status for t in sched.tasks)
     views.print_tasks(sched.tasks, title=f"{sweep.name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-
-
-def _locked(directory: Path) -> bool:
-    """Is some process holding this run's lock (i.e. running it now)?"""
-    from pdsweep.run import scheduler
-
-    lock = scheduler.try_lock(directory)
-    if lock is None:
-        return True
-    lock.close()
-    return False
 
 
 @app.command()

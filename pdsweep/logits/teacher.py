@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdsweep import files, proc, settings
+from pdsweep import files, proc, rundir, settings
 from pdsweep.data import pypi, tokenized
 from pdsweep.errors import UserError
 from pdsweep.logits import store as logits_store
@@ -115,24 +115,11 @@ def builtin_dir(name: str, progress: Callable[[str, int, int], None] = lambda *a
 def _checkpoint(path: Path) -> tuple[RunSpec, Path, list[Path]]:
     """A pdsweep run directory (its latest checkpoint) or a checkpoint directory inside one: the
     run's spec, the checkpoint directory and its weight files."""
-    import yaml
-
-    run_dir = path if (path / "spec.yaml").exists() else path.parent.parent
-    spec_file = run_dir / "spec.yaml"
-    if not spec_file.exists():
-        raise UserError(f"teacher ckpt:{path}: no spec.yaml (expected a pdsweep run directory)")
-    try:
-        raw = yaml.safe_load(spec_file.read_text())
-        raw.pop("run_id", None)
-        spec = RunSpec.model_validate(raw)
-    except Exception as e:  # noqa: BLE001 - any unreadable spec is the same error for the user
-        raise UserError(f"teacher ckpt:{path}: {spec_file} is not a pdsweep run spec ({type(e).__name__})") from None
-    ckpt = path if (path / "trainer.json").exists() else None
+    run_dir = path if rundir.is_run_dir(path) else rundir.run_dir_of(path)
+    spec = rundir.read_run_spec(run_dir, f"teacher ckpt:{path}")
+    ckpt = path if rundir.is_checkpoint(path) else rundir.latest_checkpoint(run_dir)
     if ckpt is None:
-        pointer = run_dir / "checkpoints" / "LATEST"
-        if not pointer.exists():
-            raise UserError(f"teacher ckpt:{path}: the run has no checkpoint yet")
-        ckpt = run_dir / "checkpoints" / pointer.read_text().strip()
+        raise UserError(f"teacher ckpt:{path}: the run has no checkpoint yet")
     if (ckpt / "engine.pt").exists():
         return spec, ckpt, [ckpt / "engine.pt"]
     weights = sorted((ckpt / "engine").glob("*model_states.pt"))

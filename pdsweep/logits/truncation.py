@@ -200,7 +200,5 @@ def to_targets(ids: Any, logprobs: Any, mask: Any, temperature: float, renormali
     """(ids, probs, mask, residual) from truncated entries, by the training loss's own function."""
     from pdsweep.nn.losses import KDConfig, teacher_targets
 
-    probs, residual, _, _ = teacher_targets(
-        logprobs, mask, KDConfig(temperature=temperature, renormalize=renormalize)
-    )
+    probs, residual, _, _ = teacher_targets(logprobs, mask, KDConfig(temperature=temperature, renormalize=renormalize))
     return ids, probs, mask, residual

@@ -17,9 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from pdsweep import files, proc, settings
+from pdsweep import files, proc, rundir, settings
 from pdsweep.data import tokenized
 from pdsweep.errors import UserError
 from pdsweep.logits import store as logits_store
@@ -29,46 +27,6 @@ from pdsweep.spec import RunSpec, TeacherSpec, expand
 from pdsweep.train import backends, trainer
 
 Progress = Callable[[str, int, int], None]
-
-_held_locks: list[Any] = []
-
-
-def lock(run_dir: Path) -> Any:
-    """Take an exclusive lock on the run directory (two processes never train one run); it is held
-    until `unlock` or the process's exit. None when `pdsweep run` took it and handed it over."""
-    import fcntl
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if os.environ.get("PDSWEEP_LOCK_HELD") == str(run_dir.resolve()):
-        return None  # `pdsweep run` took the lock and handed it to this process
-    f = open(run_dir / ".lock", "a+")  # noqa: SIM115 - held open until unlock or the process exits
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        raise UserError(f"{run_dir}: another pdsweep process is training this run") from None
-    _held_locks.append(f)
-    return f
-
-
-def unlock(held: Any) -> None:
-    if held is not None and held in _held_locks:
-        _held_locks.remove(held)
-        held.close()
-
-
-def check_run_dir(run_dir: Path, rid: str) -> None:
-    """`run_dir` is new, or holds this very run (to resume): never another run, never a file."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir}: is a file, not a run directory")
-    spec_file = run_dir / "spec.yaml"
-    if spec_file.exists():
-        try:
-            held = yaml.safe_load(spec_file.read_text())
-        except (OSError, yaml.YAMLError, UnicodeDecodeError):
-            held = None
-        if not isinstance(held, dict) or held.get("run_id") != rid:
-            raise UserError(f"{run_dir}: holds a different run (its spec.yaml has another run_id)")
 
 
 def ensure_builtin_teacher(spec: RunSpec, progress: Progress = lambda *a: None) -> None:
@@ -177,9 +135,8 @@ def run_one(
     backend = backends.make(spec)
     rank0 = backend.rank == 0
     rid = expand.run_id(spec)
-    spec_file = run_dir / "spec.yaml"
     if rank0:
-        check_run_dir(run_dir, rid)
+        rundir.check(run_dir, rid)
     # Every input is checked (data, teacher, store) before the run directory is made.
     ensure_builtin_teacher(spec, progress)
     tokens = tokenized.prepare(spec, progress=progress)
@@ -190,16 +147,14 @@ def run_one(
     tracker: tracking.Tracker = tracking.MlflowTracker(tracking_uri) if (track and rank0) else tracking.NullTracker()
     held = None
     if rank0:
-        held = lock(run_dir)
+        held = rundir.lock(run_dir)
     try:
         if rank0:
-            check_run_dir(run_dir, rid)  # again, under the lock
-            files.write_text(
-                spec_file, yaml.safe_dump({"run_id": rid, **spec.model_dump(mode="json")}, sort_keys=False)
-            )
+            rundir.check(run_dir, rid)  # again, under the lock
+            rundir.write_spec(run_dir, rid, spec)
         return _start_and_train(spec, run_dir, rid, tokens, backend, store, tracker, callbacks, label, sweep)
     finally:
-        unlock(held)
+        rundir.unlock(held)
 
 
 def _start_and_train(
@@ -228,12 +183,12 @@ def _start_and_train(
                 "online",
                 teacher_run=rid,
             )
-            hooks.append(trainer.RecordLogits(rec, run_dir / "logits" / rec.name, info))
+            hooks.append(trainer.RecordLogits(rec, rundir.recorded_store(run_dir, rec.name), info))
     tracker.start(spec, run_dir, rid, label or rid, sweep)
     hooks.append(_Track(tracker))
     hooks.append(trainer.FollowThreads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if rank0:
-        files.write_json(run_dir / "status.json", {"status": "running", "pid": os.getpid()})
+        rundir.write_status(run_dir, "running", pid=os.getpid())
     try:
         return _train_and_record(spec, run_dir, tokens, backend, [*hooks, *callbacks], store, tracker)
     finally:
@@ -254,24 +209,24 @@ def _train_and_record(
         result = trainer.train(spec, run_dir, tokens, backend, callbacks, store=store)
     except KeyboardInterrupt:
         if rank0:
-            files.write_json(run_dir / "status.json", {"status": "interrupted", "reason": "interrupted (Ctrl-C)"})
+            rundir.write_status(run_dir, "interrupted", reason="interrupted (Ctrl-C)")
         tracker.finish("interrupted", "interrupted (Ctrl-C)")
         raise
     except trainer.TrainingFailed as e:
         if rank0:
-            files.write_json(run_dir / "status.json", {"status": "failed", "step": e.step, "reason": e.reason})
+            rundir.write_status(run_dir, "failed", step=e.step, reason=e.reason)
         tracker.finish("failed", e.reason)
         return Outcome("failed", backend.rank, reason=e.reason)
     except UserError as e:
         if rank0:
-            files.write_json(run_dir / "status.json", {"status": "failed", "reason": "; ".join(e.problems)})
+            rundir.write_status(run_dir, "failed", reason="; ".join(e.problems))
         tracker.finish("failed", "; ".join(e.problems))
         return Outcome("invalid", backend.rank, reason="\n".join(e.problems))
     except Exception as e:  # noqa: BLE001 - whatever ends a run (a full disk, a bug) ends it as failed
         return _failed_by(e, run_dir, backend.rank, tracker)
     if rank0:
-        files.write_json(run_dir / "status.json", {"status": "done"})
-        tracker.log_artifact(run_dir / "result.json")  # the final evaluation, every suite, as JSON
+        rundir.write_status(run_dir, "done")
+        tracker.log_artifact(rundir.result_file(run_dir))  # the final evaluation, every suite, as JSON
     tracker.finish("done")
     return Outcome("done", backend.rank, result=result)
 
@@ -285,10 +240,10 @@ def _failed_by(e: Exception, run_dir: Path, rank: int, tracker: tracking.Tracker
     reason = proc.describe(e)
     if rank == 0:
         with contextlib.suppress(OSError):
-            (run_dir / "error.log").write_text("".join(traceback.format_exception(e)))
-        reason += f" (traceback in {run_dir / 'error.log'})"
+            log = rundir.write_error(run_dir, "".join(traceback.format_exception(e)))
+            reason += f" (traceback in {log})"
         with contextlib.suppress(OSError):
-            files.write_json(run_dir / "status.json", {"status": "failed", "reason": reason})
+            rundir.write_status(run_dir, "failed", reason=reason)
     with contextlib.suppress(Exception):
         tracker.finish("failed", reason)
     return Outcome("failed", rank, reason=reason)
@@ -385,10 +340,10 @@ def evaluate_model(
     from pdsweep.eval import harness, scoring, tasks
 
     path = Path(target) if ":" not in target or Path(target).is_dir() else None
-    checkpoint = path if path is not None and (path / "trainer.json").exists() else None
-    run_dir = path.parent.parent if checkpoint is not None and path is not None else path
+    checkpoint = path if path is not None and rundir.is_checkpoint(path) else None
+    run_dir = rundir.run_dir_of(checkpoint) if checkpoint is not None else path
     source = f"ckpt:{path}" if path is not None else target
-    if run_dir is not None and not (run_dir / "spec.yaml").exists():
+    if run_dir is not None and not rundir.is_run_dir(run_dir):
         raise UserError(f"{path}: not a pdsweep run directory or checkpoint (no spec.yaml)")
     unknown = [s for s in suites if s not in tasks.TASKS]
     if unknown:
@@ -396,9 +351,7 @@ def evaluate_model(
     tasks.fetch_benchmarks(progress)
     t = teacher.load(TeacherSpec(source=source))
     if run_dir is not None:
-        spec = RunSpec.model_validate(
-            {k: v for k, v in yaml.safe_load((run_dir / "spec.yaml").read_text()).items() if k != "run_id"}
-        )
+        spec = rundir.read_run_spec(run_dir, str(path))
         tokens = tokenized.prepare(spec)
         tok, max_len = tokens.tokenizer(), spec.data.seq_len
     else:
@@ -443,15 +396,14 @@ def evaluate_model(
     out = where / ("eval-harness.json" if use_harness else "eval.json")
     previous = files.read_json(out) if out.exists() else {}
     files.write_json(out, {**previous, **metrics})
-    state = run_dir / "tracking.json"
+    state = rundir.tracking_file(run_dir)
     if track and state.exists():
         known = files.read_json(state)
         uri = tracking_uri or known.get("uri")
         tracker = tracking.MlflowTracker(uri)
-        final = run_dir / "result.json"
-        step = int(files.read_json(checkpoint / "trainer.json")["step"]) if checkpoint is not None else 0
+        step = int(rundir.checkpoint_state(checkpoint)["step"]) if checkpoint is not None else 0
         if checkpoint is None:
-            step = int(files.read_json(final).get("step", 0)) if final.exists() else 0
+            step = int((rundir.read_result(run_dir) or {}).get("step", 0))
         tracker.run = known["mlflow_run_id"]
         prefix = "eval/harness/" if use_harness else "eval/"
         tracker.log_metrics({f"{prefix}{k}": v for k, v in metrics.items()}, step)

@@ -17,8 +17,6 @@ and retries failed ones only with `retry_failed`. Ctrl-C interrupts the running 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import math
 import os
 import signal
@@ -32,7 +30,7 @@ from typing import IO, Any
 
 import yaml
 
-from pdsweep import files, proc, settings
+from pdsweep import files, proc, rundir, settings
 from pdsweep.errors import UserError
 from pdsweep.run import launch
 from pdsweep.spec import expand, plan
@@ -75,28 +73,6 @@ class Task:
             return None
         per_step = (time.monotonic() - self.started) / (self.step - self.start_step)
         return per_step * (self.total_steps - self.step)
-
-
-def read_status(directory: Path) -> dict[str, Any]:
-    path = directory / "status.json"
-    return files.read_json(path) if path.exists() else {"status": "pending"}
-
-
-def last_metrics(run_dir: Path) -> dict[str, Any]:
-    """The last training line of `metrics.jsonl` (read from its end)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return {}
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        f.seek(max(0, f.tell() - 8192))
-        lines = f.read().decode("utf-8", "replace").splitlines()
-    for line in reversed(lines):
-        with contextlib.suppress(json.JSONDecodeError):
-            row = json.loads(line)
-            if row.get("kind") == "train":
-                return dict(row)
-    return {}
 
 
 def logged_error(log: Path) -> str | None:
@@ -177,22 +153,8 @@ def _cuda_ids() -> list[str]:
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
-def try_lock(directory: Path) -> IO[str] | None:
-    """The task's lock, held by the returned open file; None when another process holds it."""
-    directory.mkdir(parents=True, exist_ok=True)
-    f = open(directory / ".lock", "a+")  # noqa: SIM115 - handed to the task's process, closed when it ends
-    try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        f.close()
-        return None
-    return f
-
-
 def _event(task: Task, event: str, **extra: Any) -> None:
-    line = {"event": event, "time": time.time(), "pid": os.getpid(), "task": task.key, **extra}
-    with open(task.dir / "events.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps(line) + "\n")
+    rundir.append_event(task.dir, {"event": event, "time": time.time(), "pid": os.getpid(), "task": task.key, **extra})
 
 
 class Scheduler:
@@ -224,15 +186,15 @@ class Scheduler:
     # -- state ---------------------------------------------------------------------------------
 
     def _refresh_from_disk(self, t: Task) -> None:
-        state = read_status(t.dir)
+        state = rundir.read_status(t.dir)
         t.status, t.reason = state["status"], state.get("reason", "")
         if t.status == "running":  # left by a process that is gone (or another pdsweep's: see _start)
             t.status = "pending"
         if t.kind == "train":
-            m = last_metrics(t.dir)
+            m = rundir.last_metrics(t.dir)
             t.step, t.loss = int(m.get("step", 0)), m.get("loss")
-            if (t.dir / "result.json").exists() and t.status == "done":
-                t.result = files.read_json(t.dir / "result.json")
+            if t.status == "done" and (result := rundir.read_result(t.dir)) is not None:
+                t.result = result
                 t.step = t.total_steps
 
     def _ready(self, t: Task) -> bool | None:
@@ -293,7 +255,7 @@ class Scheduler:
         `train` command hands a multi-GPU set on to its launcher) and the sweep's parent MLflow run."""
         env = {
             **os.environ,
-            "PDSWEEP_LOCK_HELD": str(t.dir.resolve()),
+            **rundir.handed_lock_env(t.dir),
             **({"PDSWEEP_MLFLOW_PARENT_RUN": self.parent_run} if self.parent_run else {}),
         }
         if slot is not None:
@@ -302,9 +264,9 @@ class Scheduler:
             env["CUDA_VISIBLE_DEVICES"] = ""  # --devices cpu: CPU even on a GPU machine
         if "OMP_NUM_THREADS" not in os.environ:  # a user's OMP_NUM_THREADS is left alone
             t.threads = self._threads_for(t)
-            files.write_text(t.dir / "threads", f"{t.threads}\n")
+            files.write_text(rundir.threads_file(t.dir), f"{t.threads}\n")
             env["OMP_NUM_THREADS"] = str(t.threads)
-            env["PDSWEEP_THREADS_FILE"] = str(t.dir / "threads")
+            env["PDSWEEP_THREADS_FILE"] = str(rundir.threads_file(t.dir))
         return env
 
     def _rebalance(self) -> None:
@@ -315,7 +277,7 @@ class Scheduler:
             n = max(1, settings.cores() // len(running))
             if n != t.threads:
                 t.threads = n
-                files.write_text(t.dir / "threads", f"{n}\n")
+                files.write_text(rundir.threads_file(t.dir), f"{n}\n")
                 _event(t, "threads", threads=n)
 
     def _pass_spec(self, t: Task) -> Path:
@@ -353,7 +315,7 @@ class Scheduler:
 
     def _start(self, t: Task) -> bool:
         """Start `t` if its lock is free; False when another pdsweep process holds it."""
-        lock = try_lock(t.dir)
+        lock = rundir.try_lock(t.dir)
         if lock is None:
             t.status = "waiting"
             return False
@@ -365,7 +327,7 @@ class Scheduler:
         slot_index = self.free.pop(0)
         slot = self.slots[slot_index]
         env = self._env(t, slot)
-        log_path = t.dir / ("train.log" if t.kind == "train" else "generate.log")
+        log_path = rundir.log_file(t.dir, t.kind)
         t.log = open(log_path, "ab")  # noqa: SIM115 - closed in _finish
         t.proc = subprocess.Popen(  # noqa: S603
             self._command(t, slot),
@@ -383,23 +345,23 @@ class Scheduler:
 
     def _finish(self, t: Task, rc: int) -> None:
         assert t.lock is not None and t.log is not None
-        log = t.dir / ("train.log" if t.kind == "train" else "generate.log")
+        log = rundir.log_file(t.dir, t.kind)
         if t.kind == "logits":
             if rc == 0:
-                files.write_json(t.dir / "status.json", {"status": "done"})
+                rundir.write_status(t.dir, "done")
             else:
                 reason = logged_error(log) or f"exit code {rc} (see {log})"
-                files.write_json(t.dir / "status.json", {"status": "failed", "reason": reason})
-        state = read_status(t.dir)
+                rundir.write_status(t.dir, "failed", reason=reason)
+        state = rundir.read_status(t.dir)
         t.status, t.reason = state["status"], state.get("reason", "")
         if t.status in ("running", "pending"):  # the process ended without writing why
             t.status = "failed"
             t.reason = logged_error(log) or f"the process ended unexpectedly with exit code {rc} (see {log})"
-            files.write_json(t.dir / "status.json", {"status": "failed", "reason": t.reason})
+            rundir.write_status(t.dir, "failed", reason=t.reason)
         if t.kind == "train":
             self._refresh_progress(t)
-            if t.status == "done" and (t.dir / "result.json").exists():
-                t.result = files.read_json(t.dir / "result.json")
+            if t.status == "done" and (result := rundir.read_result(t.dir)) is not None:
+                t.result = result
         _event(t, "end", status=t.status, exit_code=rc)
         t.lock.close()
         t.log.close()
@@ -408,7 +370,7 @@ class Scheduler:
         self.free.sort()
 
     def _refresh_progress(self, t: Task) -> None:
-        m = last_metrics(t.dir)
+        m = rundir.last_metrics(t.dir)
         if m:
             t.step, t.loss = int(m["step"]), m.get("loss")
 
@@ -478,7 +440,7 @@ class Scheduler:
                 self._finish(t, rc)
                 if t.status == "failed" and t.reason.startswith("the process ended unexpectedly"):
                     t.status, t.reason = "interrupted", "stopped by Ctrl-C"
-                    files.write_json(t.dir / "status.json", {"status": "interrupted", "reason": t.reason})
+                    rundir.write_status(t.dir, "interrupted", reason=t.reason)
         self.on_change(self.tasks)
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pdsweep import files, proc, settings
+from pdsweep import files, proc, rundir, settings
 from pdsweep.errors import UserError
 from pdsweep.run import launch, scheduler
 from pdsweep.spec import expand
@@ -325,7 +325,7 @@ def _run_trial(
         return Outcome(trial.number, "PRUNED", None, params, run.run_id)
     value = None
     if task.status == "done":
-        value = files.read_json(task.dir / "result.json").get(key)
+        value = (rundir.read_result(task.dir) or {}).get(key)
     if value is None or not math.isfinite(float(value)):
         reason = task.reason or (
             f"no {search.objective} in the run's final evaluation" if task.status == "done" else task.status
@@ -338,16 +338,7 @@ def _run_trial(
 
 
 def _evaluations(run_dir: Path, key: str) -> list[tuple[int, float]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            row = json.loads(line)
-            if row.get("kind") == "eval" and key in row:
-                out.append((int(row["step"]), float(row[key])))
-    return out
+    return [(int(row["step"]), float(row[key])) for row in rundir.metrics(run_dir, "eval") if key in row]
 
 
 def best_spec_yaml(sweep: Sweep, source: str, study: Any) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pdsweep import files, proc, settings
+from pdsweep import files, proc, rundir, settings
 from pdsweep.errors import UserError
 from pdsweep.spec import RunSpec
 
@@ -107,7 +107,7 @@ class MlflowTracker:
         self.logged: dict[str, int] = {}  # a continued run: the last step each metric has a point at
 
     def start(self, spec: RunSpec, run_dir: Path, run_id: str, label: str, sweep: str) -> None:
-        state_file = run_dir / "tracking.json"
+        state_file = rundir.tracking_file(run_dir)
         known = files.read_json(state_file) if state_file.exists() else {}
         if known.get("uri") == self.uri and known.get("mlflow_run_id"):
             self.run = known["mlflow_run_id"]  # a resumed run continues its own MLflow run
@@ -134,8 +134,8 @@ class MlflowTracker:
         ]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run, params=params[i : i + 100])
-        if (run_dir / "spec.yaml").exists():
-            self.client.log_artifact(self.run, str(run_dir / "spec.yaml"))
+        if rundir.spec_file(run_dir).exists():
+            self.client.log_artifact(self.run, str(rundir.spec_file(run_dir)))
         files.write_json(state_file, {"uri": self.uri, "mlflow_run_id": self.run, "experiment": sweep})
 
     def experiment(self, sweep: str) -> str:

@@ -14,7 +14,6 @@ run killed at any point and resumed ends exactly where an uninterrupted run ends
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -26,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdsweep import files, proc, settings
+from pdsweep import files, proc, rundir, settings
 from pdsweep.data import batches, tokenized
 from pdsweep.eval import heldout, scoring, tasks
 from pdsweep.logits import store as logits_store
@@ -131,29 +130,18 @@ class RecordLogits(Callback):
 
 
 class MetricsFile(Callback):
-    """Rank 0 appends every step's and evaluation's metrics to `metrics.jsonl` in the run dir."""
+    """Rank 0 appends every step's and evaluation's metrics to the run directory's metrics file."""
 
     def __init__(self, run_dir: Path):
-        self.path = run_dir / "metrics.jsonl"
-
-    def _write(self, state: TrainState, kind: str, metrics: dict[str, float]) -> None:
-        if state.rank == 0:
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"kind": kind, "step": state.step, **metrics}) + "\n")
+        self.run_dir = run_dir
 
     def on_step(self, state: TrainState, metrics: dict[str, float]) -> None:
-        self._write(state, "train", metrics)
+        if state.rank == 0:
+            rundir.append_metrics(self.run_dir, "train", state.step, metrics)
 
     def on_eval(self, state: TrainState, metrics: dict[str, float]) -> None:
-        self._write(state, "eval", metrics)
-
-
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """On resume, forget metrics logged after the checkpoint (they will be logged again)."""
-    path = run_dir / "metrics.jsonl"
-    if path.exists():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        files.write_text(path, "".join(ln + "\n" for ln in lines))
+        if state.rank == 0:
+            rundir.append_metrics(self.run_dir, "eval", state.step, metrics)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,20 +151,12 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 KEEP_CHECKPOINTS = 2
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = run_dir / "checkpoints" / "LATEST"
-    if not pointer.exists():
-        return None
-    path = run_dir / "checkpoints" / pointer.read_text().strip()
-    return path if (path / "trainer.json").exists() else None
-
-
 def save_checkpoint(backend: Backend, state: TrainState) -> Path:
     """All ranks write into a temporary directory; rank 0 renames it into place and moves LATEST,
     so a checkpoint directory that exists is always complete."""
-    root = state.run_dir / "checkpoints"
-    final = root / f"step_{state.step:08d}"
-    tmp = root / f".step_{state.step:08d}.tmp"
+    root = rundir.checkpoints_dir(state.run_dir)
+    final = root / rundir.checkpoint_name(state.step)
+    tmp = root / f".{final.name}.tmp"
     if backend.rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -189,8 +169,8 @@ def save_checkpoint(backend: Backend, state: TrainState) -> Path:
         raise OSError(f"cannot write the checkpoint {final} ({proc.first_line(e, 200)})") from e
     backend.barrier()
     if backend.rank == 0:
-        files.write_json(
-            tmp / "trainer.json",
+        rundir.write_checkpoint_state(
+            tmp,
             {
                 "step": state.step,
                 "tokens_seen": state.tokens_seen,
@@ -200,7 +180,7 @@ def save_checkpoint(backend: Backend, state: TrainState) -> Path:
         )
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        files.write_text(root / "LATEST", final.name)
+        rundir.set_latest(state.run_dir, final)
         for old in sorted(root.glob("step_*"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old)
     backend.barrier()
@@ -338,7 +318,7 @@ def train(
     net = model.build(spec.student, tokens.vocab_size, t.seq_len, seed=tr.seed)
     engine = backend.setup(net, spec.optim, accum)
     state = TrainState(spec, run_dir, total, backend.rank)
-    ckpt = latest_checkpoint(run_dir)
+    ckpt = rundir.latest_checkpoint(run_dir)
     if ckpt is not None:
         resumed = backend.load(ckpt)
         state.step, state.tokens_seen, state.metrics = (
@@ -348,7 +328,7 @@ def train(
         )
         state.resumed_from = state.step
     if backend.rank == 0:  # rows of a killed attempt after the checkpoint (or all of them) come again
-        truncate_metrics(run_dir, state.step)
+        rundir.truncate_metrics(run_dir, state.step)
     for cb in callbacks:
         cb.on_start(state, engine)
 
@@ -428,7 +408,8 @@ def train(
     for cb in callbacks:
         cb.on_eval(state, logged(final_eval, final=True))
     final_eval = {k: v for k, v in final_eval.items() if not k.startswith("first/")}
-    if latest_checkpoint(run_dir) is None or latest_checkpoint(run_dir).name != f"step_{state.step:08d}":  # type: ignore[union-attr]
+    last = rundir.latest_checkpoint(run_dir)
+    if last is None or last.name != rundir.checkpoint_name(state.step):
         path = save_checkpoint(backend, state)
         for cb in callbacks:
             cb.on_checkpoint(state, path)
@@ -446,7 +427,7 @@ def train(
         "eval_seconds": eval_seconds,
     }
     if backend.rank == 0:
-        files.write_json(run_dir / "result.json", result)
+        files.write_json(rundir.result_file(run_dir), result)
     for cb in callbacks:
         cb.on_end(state, result)
     return result
