@@ -9,7 +9,7 @@
     result.json       the final evaluation, every suite
     error.log         the traceback of an unexpected failure
     checkpoints/      `step_NNNNNNNN/` directories, complete when they exist, and `LATEST` naming one
-    logits/<name>/    logits stores the run recorded online
+    logits/<name>/    logits stores the run recorded online (named by spec/plan.py)
     tracking.json     the MLflow run this directory's run logs to
     threads, events.jsonl, train.log / generate.log   the scheduler's view of the task's process
 
@@ -289,11 +289,6 @@ def set_latest(run_dir: Path, checkpoint: Path) -> None:
 def run_dir_of(checkpoint: Path) -> Path:
     """The run directory a checkpoint directory sits in."""
     return checkpoint.parent.parent
-
-
-def recorded_store(run_dir: Path, name: str) -> Path:
-    """Where a run records its own logits online (`train.record_logits[].name`)."""
-    return run_dir / "logits" / name
 
 
 # ----------------------------------------------------------------------------------------------

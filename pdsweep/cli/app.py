@@ -326,10 +326,9 @@ def logits_generate(
     ] = None,
 ) -> None:
     """Run the teacher over the run's tokenized corpus and store its top-p-k logits (resumable)."""
-    from pdsweep import settings
     from pdsweep.data import batches, tokenized
     from pdsweep.logits import teacher
-    from pdsweep.spec import expand
+    from pdsweep.spec import expand, plan
 
     bar, hook = views.progress_bar()
     with _user_errors():
@@ -372,10 +371,7 @@ def logits_generate(
                 raise _spec_error(
                     f"--for-runs: {for_runs}: not a JSON list of {{seed, steps, global_batch, seq_len, heldout_tokens}} ({e})"
                 ) from None
-        name = f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.store_label}" + (
-            f"-first{limit}" if limit else ""
-        )
-        store = out or settings.workdir() / "logits" / name
+        store = out or plan.default_store(t.fingerprint, tokens.manifest["corpus_fingerprint"], lg, limit)
         with bar:
             result = teacher.generate(
                 t,
@@ -485,8 +481,7 @@ def train(
     ] = None,
 ) -> None:
     """Train one run, resuming from its last checkpoint if it was interrupted."""
-    from pdsweep import settings
-    from pdsweep.spec import expand
+    from pdsweep.spec import expand, plan
 
     with _user_errors():
         spec = expand.load_run(file)
@@ -495,7 +490,7 @@ def train(
                 f"--sweep: must be a sweep name (letters, digits, _ . -; at most 100), got {sweep[:60]!r}"
             )
         _writable_workdir()
-        run_dir = out or settings.workdir() / "runs" / "single" / expand.run_id(spec)
+        run_dir = out or plan.single_run_dir(expand.run_id(spec))
         if launcher not in ("torchrun", "deepspeed"):
             raise _spec_error(f"--launcher: must be torchrun or deepspeed, got {launcher!r}")
         if hostfile is not None and not hostfile.is_file():
@@ -545,7 +540,7 @@ def run(
     """Run a whole sweep — teacher runs, their logits, baselines and students — in dependency
     order, WORKERS at a time; resumable (done runs are skipped, killed ones resume)."""
     from pdsweep.run import launch, scheduler
-    from pdsweep.spec import expand
+    from pdsweep.spec import expand, plan
 
     with _user_errors():
         sweep = expand.load_sweep(file)
@@ -567,7 +562,7 @@ def run(
             from pdsweep.run import tracking
 
             tracker = tracking.MlflowTracker(tracking_uri)  # an unreachable store fails here, before any run
-            parent = tracker.start_sweep(sweep.name, launch.sweep_dir(sweep.name), file, len(runs))
+            parent = tracker.start_sweep(sweep.name, plan.sweep_dir(sweep.name), file, len(runs))
         sched = scheduler.Scheduler(
             sweep.name,
             tasks,
@@ -609,7 +604,7 @@ def run(
         tracker.log_metrics({"runs_done": done, "runs_failed": len(trained) - done}, 0)
         tracker.finish("done" if done == len(trained) else "failed")
     views.print_tasks(sched.tasks, title=f"{sweep.name}: {done} of {len(trained)} runs done")
-    typer.echo(f"{sweep.name}: {done} of {len(trained)} runs done; runs in {launch.sweep_dir(sweep.name)}")
+    typer.echo(f"{sweep.name}: {done} of {len(trained)} runs done; runs in {plan.sweep_dir(sweep.name)}")
     if with_report and track and done:
         with _user_errors():
             _report(file, None, tracking_uri, None, None, None, True, False)
@@ -641,9 +636,8 @@ def report(
 
 
 def _report(file, out, tracking_uri, metric, primary, fmt, plots, json_out, quiet: bool = False) -> Path | None:  # noqa: ANN001
-    from pdsweep import settings
     from pdsweep.report import build, formats
-    from pdsweep.spec import expand
+    from pdsweep.spec import expand, plan
 
     kinds = fmt or ["md", "csv", "tex", "html"]
     bad = [f for f in kinds if f not in ("md", "csv", "tex", "html")]
@@ -666,7 +660,7 @@ def _report(file, out, tracking_uri, metric, primary, fmt, plots, json_out, quie
         return None
     from rich.console import Console
 
-    where = out or settings.workdir() / "reports" / sweep.name
+    where = out or plan.report_dir(sweep.name)
     written = build.write(data, table, where, kinds, plots)
     console = Console(width=max(100, shutil.get_terminal_size((160, 40)).columns))
     console.print(formats.to_rich(table))

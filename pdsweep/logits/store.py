@@ -396,6 +396,11 @@ class StoreReader:
         }
 
 
+def is_store(path: Path) -> bool:
+    """Does `path` hold a store (a manifest; complete or being written)?"""
+    return (path / "manifest.json").exists()
+
+
 def store_bytes(path: Path) -> int:
     """Bytes on disk of a store (shards and manifest)."""
     return sum(p.stat().st_size for p in path.iterdir() if p.suffix == ".pdl" or p.name == "manifest.json")

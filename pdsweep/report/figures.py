@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pdsweep import files
-from pdsweep.run import scheduler, tracking
+from pdsweep.run import tracking
+from pdsweep.spec import plan
 
 if TYPE_CHECKING:
     from pdsweep.report.table import Row, SweepData, Table
@@ -66,12 +67,12 @@ def _bytes_per_token(data: SweepData, labels: Sequence[str], axis_p: str, axis_k
     """Logits bytes per token at each labelled row's (p, k), from the sweep's stored teacher pass."""
     from pdsweep.logits import store as logits_store
 
-    tasks = {t.key: t for t in scheduler.build(data.name, data.planned)}
+    stores = plan.stores(data.name, data.planned)
     out: dict[str, float] = {}
     for r in data.planned:
-        if r.label in labels and r.label not in out and r.run_id in tasks:
-            store = tasks[r.run_id].logits
-            if store is None or not (store / "manifest.json").exists():
+        if r.label in labels and r.label not in out and r.run_id in stores:
+            store = stores[r.run_id].path
+            if not logits_store.is_store(store):
                 continue
             reader = logits_store.StoreReader(store)
             p, k = r.spec.logits.top_p, r.spec.logits.top_k

@@ -23,7 +23,7 @@ from pdsweep.errors import UserError
 from pdsweep.logits import store as logits_store
 from pdsweep.logits import teacher
 from pdsweep.run import tracking
-from pdsweep.spec import RunSpec, TeacherSpec, expand
+from pdsweep.spec import RunSpec, TeacherSpec, expand, plan
 from pdsweep.train import backends, trainer
 
 Progress = Callable[[str, int, int], None]
@@ -51,11 +51,7 @@ def store_for(
     teacher.check_tokenizer(t, tokens, spec.teacher.source)
     lg = spec.logits
     draws = lg.sampling.draws if lg.sampling else None
-    store = (
-        settings.workdir()
-        / "logits"
-        / f"{t.fingerprint[:8]}-{tokens.manifest['corpus_fingerprint'][:8]}-{lg.store_label}"
-    )
+    store = plan.default_store(t.fingerprint, tokens.manifest["corpus_fingerprint"], lg)
     teacher.generate(
         t,
         tokens,
@@ -183,7 +179,7 @@ def _start_and_train(
                 "online",
                 teacher_run=rid,
             )
-            hooks.append(trainer.RecordLogits(rec, rundir.recorded_store(run_dir, rec.name), info))
+            hooks.append(trainer.RecordLogits(rec, plan.recorded_store(run_dir, rec.name), info))
     tracker.start(spec, run_dir, rid, label or rid, sweep)
     hooks.append(_Track(tracker))
     hooks.append(trainer.FollowThreads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
@@ -306,10 +302,6 @@ def relaunch(args: list[str], nproc: int, launcher: str, hostfile: Path | None) 
 # ----------------------------------------------------------------------------------------------
 # Sweeps (executed by scheduler.py)
 # ----------------------------------------------------------------------------------------------
-
-
-def sweep_dir(name: str) -> Path:
-    return settings.workdir() / "runs" / name
 
 
 # ----------------------------------------------------------------------------------------------

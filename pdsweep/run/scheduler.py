@@ -32,7 +32,6 @@ import yaml
 
 from pdsweep import files, proc, rundir, settings
 from pdsweep.errors import UserError
-from pdsweep.run import launch
 from pdsweep.spec import expand, plan
 
 POLL_S = 0.5
@@ -90,14 +89,23 @@ def logged_error(log: Path) -> str | None:
 
 def build(sweep: str, runs: list[expand.PlannedRun]) -> list[Task]:
     """The sweep's tasks in a dependency-respecting order."""
-    root = launch.sweep_dir(sweep)
     passes = plan.teacher_passes(runs)
+    store_of = plan.stores(sweep, runs, passes)
     teachers = {r.name: r for r in runs if r.role == "teacher"}
     tasks: list[Task] = []
     for r in runs:
         if r.role == "teacher":
             tasks.append(
-                Task(r.run_id, "train", r.label, r.role, root / r.run_id, [], run=r, total_steps=r.spec.steps())
+                Task(
+                    r.run_id,
+                    "train",
+                    r.label,
+                    r.role,
+                    plan.run_dir(sweep, r.run_id),
+                    [],
+                    run=r,
+                    total_steps=r.spec.steps(),
+                )
             )
     pass_task: dict[str, str] = {}
     for p in passes.values():
@@ -105,21 +113,20 @@ def build(sweep: str, runs: list[expand.PlannedRun]) -> list[Task]:
             continue  # recorded by the teacher run itself (RunSpec.train.record_logits)
         deps = [teachers[p.teacher.removeprefix("run:")].run_id] if p.teacher.startswith("run:") else []
         key = f"logits:{p.pass_id}"
-        tasks.append(Task(key, "logits", f"logits {p.pass_id}", "logits", root / "logits" / p.pass_id, deps, pass_=p))
+        tasks.append(
+            Task(key, "logits", f"logits {p.pass_id}", "logits", plan.pass_dir(sweep, p.pass_id), deps, pass_=p)
+        )
         pass_task[p.pass_id] = key
-    pass_of = {rid: p for p in passes.values() for rid in p.runs}
     for r in runs:
         if r.role == "teacher":
             continue
-        task = Task(r.run_id, "train", r.label, r.role, root / r.run_id, [], run=r, total_steps=r.spec.steps())
-        needs = pass_of.get(r.run_id)
-        if needs is not None and needs.mode == "online":
-            rec = teachers[needs.teacher.removeprefix("run:")]
-            window = tuple(r.spec.logits.online_window)
-            spec_rec = next(x for x in rec.spec.train.record_logits if tuple(x.window) == window)
-            task.deps, task.logits = [rec.run_id], root / rec.run_id / "logits" / spec_rec.name
-        elif needs is not None:
-            task.deps, task.logits = [pass_task[needs.pass_id]], root / "logits" / needs.pass_id
+        task = Task(
+            r.run_id, "train", r.label, r.role, plan.run_dir(sweep, r.run_id), [], run=r, total_steps=r.spec.steps()
+        )
+        needs = store_of.get(r.run_id)
+        if needs is not None:
+            task.logits = needs.path
+            task.deps = [needs.teacher_run_id] if needs.teacher_run_id else [pass_task[needs.pass_id or ""]]
         tasks.append(task)
     return tasks
 

@@ -30,8 +30,8 @@ from typing import Any
 
 from pdsweep import files, proc, rundir, settings
 from pdsweep.errors import UserError
-from pdsweep.run import launch, scheduler
-from pdsweep.spec import expand
+from pdsweep.run import scheduler
+from pdsweep.spec import expand, plan
 from pdsweep.spec.sweep import ExplicitRun, SearchParam, SearchSpec, Sweep
 
 HEARTBEAT_S = int(os.environ.get("PDSWEEP_TUNE_HEARTBEAT_S", "10"))
@@ -351,7 +351,7 @@ def best_spec_yaml(sweep: Sweep, source: str, study: Any) -> str:
     spec = run.spec.model_dump(mode="json")
     teacher = spec.get("teacher") or {}
     if str(teacher.get("source", "")).startswith("run:"):
-        path = launch.sweep_dir(sweep.name) / teacher.pop("run_id")  # that teacher run's directory
+        path = plan.sweep_dir(sweep.name) / teacher.pop("run_id")  # that teacher run's directory
         with contextlib.suppress(ValueError):  # relative to where pdsweep runs, when inside it
             path = path.relative_to(Path.cwd())
         teacher["source"] = f"ckpt:{path}"

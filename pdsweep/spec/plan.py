@@ -1,5 +1,14 @@
 """The plan of a sweep: which teacher logits passes its students need (one per teacher × data ×
-largest p and k, covering every window any of them visits) and the rows `pdsweep plan` shows.
+largest p and k, covering every window any of them visits), the rows `pdsweep plan` shows, and the
+name of every place a sweep puts things — the only code that names sweep, run and pass directories
+and logits stores:
+
+    <workdir>/runs/<sweep>/<run_id>/              a run (run directory: rundir.py)
+    <workdir>/runs/<sweep>/logits/<pass_id>/      a teacher pass of the sweep (its store)
+    <run dir>/logits/<name>/                      a store a run records online (train.record_logits)
+    <workdir>/runs/single/<run_id>/               `pdsweep train` of one run spec
+    <workdir>/logits/<teacher>-<corpus>-<logits>  the default store of a single run's teacher
+    <workdir>/reports/<sweep>/                    `pdsweep report`'s default output
 """
 
 from __future__ import annotations
@@ -7,8 +16,11 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from pdsweep import settings
+from pdsweep import spec as S
 from pdsweep.spec import expand
 from pdsweep.spec.expand import PlannedRun, flatten_overrides
 
@@ -113,3 +125,79 @@ def plan_rows(runs: list[PlannedRun]) -> tuple[list[dict[str, Any]], dict[str, T
             }
         )
     return rows, passes
+
+
+# ----------------------------------------------------------------------------------------------
+# Names and places
+# ----------------------------------------------------------------------------------------------
+
+
+def sweep_dir(sweep: str) -> Path:
+    return settings.workdir() / "runs" / sweep
+
+
+def run_dir(sweep: str, run_id: str) -> Path:
+    return sweep_dir(sweep) / run_id
+
+
+def single_run_dir(run_id: str) -> Path:
+    """Where `pdsweep train` puts a run of a single run spec."""
+    return sweep_dir("single") / run_id
+
+
+def pass_dir(sweep: str, pass_id: str) -> Path:
+    """A sweep's teacher pass: its task directory is its store."""
+    return sweep_dir(sweep) / "logits" / pass_id
+
+
+def recorded_store(run_dir: Path, name: str) -> Path:
+    """The store a run records its own logits into (`train.record_logits[].name`)."""
+    return run_dir / "logits" / name
+
+
+def store_name(
+    teacher_fingerprint: str, corpus_fingerprint: str, logits: S.LogitsSpec, first: int | None = None
+) -> str:
+    """A single run's teacher store: the teacher, the corpus, what it keeps (and `first` positions)."""
+    name = f"{teacher_fingerprint[:8]}-{corpus_fingerprint[:8]}-{logits.store_label}"
+    return name + (f"-first{first}" if first else "")
+
+
+def default_store(
+    teacher_fingerprint: str, corpus_fingerprint: str, logits: S.LogitsSpec, first: int | None = None
+) -> Path:
+    return settings.workdir() / "logits" / store_name(teacher_fingerprint, corpus_fingerprint, logits, first)
+
+
+def report_dir(sweep: str) -> Path:
+    return settings.workdir() / "reports" / sweep
+
+
+@dataclass(frozen=True)
+class StoreOfRun:
+    """Where a student of a sweep reads its teacher's logits, and what must be done first: the
+    sweep's pass `pass_id` (offline) or the teacher run `teacher_run_id` recording them (online)."""
+
+    path: Path
+    pass_id: str | None = None
+    teacher_run_id: str | None = None
+
+
+def stores(sweep: str, runs: list[PlannedRun], passes: dict[str, TeacherPass] | None = None) -> dict[str, StoreOfRun]:
+    """The store every student of the sweep reads, by run id (runs without a teacher are absent)."""
+    passes = teacher_passes(runs) if passes is None else passes
+    teachers = {r.name: r for r in runs if r.role == "teacher"}
+    out: dict[str, StoreOfRun] = {}
+    for p in passes.values():
+        for rid in p.runs:
+            if p.mode != "online":
+                out[rid] = StoreOfRun(pass_dir(sweep, p.pass_id), pass_id=p.pass_id)
+    for r in runs:
+        pass_ = next((p for p in passes.values() if r.run_id in p.runs and p.mode == "online"), None)
+        if pass_ is None or r.role == "teacher":
+            continue
+        rec = teachers[pass_.teacher.removeprefix("run:")]
+        window = tuple(r.spec.logits.online_window)
+        spec_rec = next(x for x in rec.spec.train.record_logits if tuple(x.window) == window)
+        out[r.run_id] = StoreOfRun(recorded_store(run_dir(sweep, rec.run_id), spec_rec.name), teacher_run_id=rec.run_id)
+    return out
