@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pdsweep.errors import UserError
-from pdsweep.run import launch, scheduler
+from pdsweep.run import launch, scheduler, worker
 from pdsweep.spec import expand
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +54,7 @@ def test_auto_takes_the_visible_gpus_and_falls_back_to_cpu(monkeypatch) -> None:
 
 @pytest.fixture()
 def quickstart_tasks(tmp_path, monkeypatch) -> tuple[str, list[scheduler.Task]]:
-    monkeypatch.setenv("PDSWEEP_WORKDIR", str(tmp_path))  # _command writes each task's run file
+    monkeypatch.setenv("PDSWEEP_WORKDIR", str(tmp_path))  # _task_file writes each task's file
     sweep = expand.load_sweep(ROOT / "sweeps" / "quickstart.yaml")
     runs = expand.expand(sweep, "sweeps/quickstart.yaml")
     return sweep.name, scheduler.build(sweep.name, runs)
@@ -71,11 +71,11 @@ def test_each_worker_runs_on_its_own_gpus(quickstart_tasks, monkeypatch) -> None
     t = _student(tasks)
     for slot, gpus in zip(sched.slots, (["0", "1"], ["2", "3"]), strict=True):
         assert sched._env(t, slot)["CUDA_VISIBLE_DEVICES"] == ",".join(gpus)
-        cmd = sched._command(t, slot)
-        assert cmd[cmd.index("--nproc") + 1] == "2"
-        assert cmd[cmd.index("--launcher") + 1] == "deepspeed"
+        task = worker.read(sched._task_file(t, slot))
+        assert isinstance(task, worker.TrainTask) and task.nproc == 2 and task.launcher == "deepspeed"
+        assert task.run_dir == t.dir and task.logits == t.logits and not task.track
     one = scheduler.Scheduler(name, tasks, workers=4, devices="cuda:0,1,2,3", track=False)
-    assert "--nproc" not in one._command(t, one.slots[3])
+    assert worker.read(one._task_file(t, one.slots[3])).nproc == 1
     assert one._env(t, one.slots[3])["CUDA_VISIBLE_DEVICES"] == "3"
 
 
@@ -89,7 +89,7 @@ def test_cpu_runs_hide_the_gpus_of_a_gpu_machine(quickstart_tasks, monkeypatch) 
 
 
 def test_deepspeed_gets_the_visible_gpus_as_include() -> None:
-    args = ["train", "run.yaml"]
+    args = ["pdsweep.run.worker", "task.json"]
     cmd, env = launch.launcher_command(args, 2, "deepspeed", None, {"CUDA_VISIBLE_DEVICES": "4,5"})
     assert "--include=localhost:4,5" in cmd
     assert not any(c.startswith("--num_gpus") for c in cmd)  # DeepSpeed refuses both
@@ -111,7 +111,9 @@ def test_a_hostfile_takes_the_workers_gpus_on_every_machine(tmp_path) -> None:
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("# two nodes\nnode1 slots=8\n\nnode2 slots=8  # spare\n")
     assert launch.hostfile_hosts(hostfile) == ["node1", "node2"]
-    cmd, env = launch.launcher_command(["train"], 2, "deepspeed", hostfile, {"CUDA_VISIBLE_DEVICES": "6,7"})
+    cmd, env = launch.launcher_command(
+        ["pdsweep.run.worker", "task.json"], 2, "deepspeed", hostfile, {"CUDA_VISIBLE_DEVICES": "6,7"}
+    )
     assert f"--hostfile={hostfile}" in cmd
     assert "--include=node1:6,7@node2:6,7" in cmd
     assert "CUDA_VISIBLE_DEVICES" not in env
@@ -122,13 +124,15 @@ def test_a_hostfile_takes_the_workers_gpus_on_every_machine(tmp_path) -> None:
 
 def test_the_launchers_accept_the_command(tmp_path) -> None:
     """The flags pdsweep builds parse in the real launchers (their --help after our flags)."""
-    cmd, _ = launch.launcher_command(["--help"], 2, "torchrun", None, {})
+    cmd, _ = launch.launcher_command(["pdsweep.run.worker", "--help"], 2, "torchrun", None, {})
     assert subprocess.run(cmd[:-3] + ["--help"], capture_output=True, timeout=120).returncode == 0
     parser = __import__("deepspeed.launcher.runner", fromlist=["parse_args"]).parse_args
-    cmd, _ = launch.launcher_command(["train", "x.yaml"], 2, "deepspeed", None, {"CUDA_VISIBLE_DEVICES": "4,5"})
+    cmd, _ = launch.launcher_command(
+        ["pdsweep.run.worker", "task.json"], 2, "deepspeed", None, {"CUDA_VISIBLE_DEVICES": "4,5"}
+    )
     args = parser(cmd[cmd.index("deepspeed.launcher.runner") + 1 :])
     assert args.include == "localhost:4,5" and args.num_gpus == -1
-    assert args.module and args.user_script == "pdsweep.cli" and args.user_args == ["train", "x.yaml"]
+    assert args.module and args.user_script == "pdsweep.run.worker" and args.user_args == ["task.json"]
 
 
 def test_a_bad_hostfile_is_one_clear_error_before_anything_runs(tmp_path, workdir) -> None:

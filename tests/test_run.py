@@ -330,7 +330,7 @@ def test_an_error_of_the_scheduler_itself_stops_cleanly_and_resumes(
 
     def broken(self: scheduler.Scheduler) -> None:
         original(self)
-        if any(t.proc is not None and t.step >= 4 for t in self.tasks):  # a checkpoint is written at step 3
+        if any(t.job is not None and t.step >= 4 for t in self.tasks):  # a checkpoint is written at step 3
             raise RuntimeError("a bug in the scheduler")
 
     monkeypatch.setattr(scheduler.Scheduler, "_rebalance", broken)

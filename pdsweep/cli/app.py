@@ -46,6 +46,15 @@ def _user_errors() -> Iterator[None]:
         raise typer.Exit(2) from None
 
 
+@contextlib.contextmanager
+def _exit_on_interrupt() -> Iterator[None]:
+    """Ctrl-C: exit 130 once what was running has stopped, without a traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"pdsweep {__version__}")
@@ -317,18 +326,10 @@ def logits_generate(
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Windows per teacher forward (default: teacher.batch_size).")
     ] = None,
-    for_runs: Annotated[
-        Path | None,
-        typer.Option(
-            help="JSON list of the runs the store serves ({seed, steps, global_batch, seq_len, heldout_tokens} each): only "
-            "the training windows they visit and the held-out positions they evaluate on are generated (pdsweep run writes it for each teacher pass)."
-        ),
-    ] = None,
 ) -> None:
     """Run the teacher over the run's tokenized corpus and store its top-p-k logits (resumable)."""
-    from pdsweep.data import batches, tokenized
-    from pdsweep.logits import teacher
-    from pdsweep.spec import expand, plan
+    from pdsweep.run import launch
+    from pdsweep.spec import expand
 
     bar, hook = views.progress_bar()
     with _user_errors():
@@ -336,59 +337,10 @@ def logits_generate(
         if spec.teacher is None:
             raise _spec_error(f"{file}: teacher: the run has no teacher")
         _writable_workdir()
-        t = teacher.load(spec.teacher)
-        tokens = tokenized.prepare(spec, progress=hook)
-        teacher.check_tokenizer(t, tokens, spec.teacher.source)
-        lg = spec.logits
-        train_windows = heldout_limit = None
-        if for_runs is not None:
-            import numpy as np
-
-            try:
-                served = json.loads(for_runs.read_text())
-                train_windows = np.unique(
-                    np.concatenate(
-                        [
-                            batches.windows_covering(
-                                batches.visited_windows(
-                                    len(tokens.train),
-                                    int(r["seq_len"]),
-                                    int(r["global_batch"]),
-                                    int(r["seed"]),
-                                    int(r["steps"]),
-                                ),
-                                int(r["seq_len"]),
-                                spec.data.seq_len,
-                            )
-                            for r in served
-                        ]
-                    )
-                )
-                heldout_limit = max(
-                    -(-int(r["heldout_tokens"]) // int(r["seq_len"])) * int(r["seq_len"]) for r in served
-                )
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise _spec_error(
-                    f"--for-runs: {for_runs}: not a JSON list of {{seed, steps, global_batch, seq_len, heldout_tokens}} ({e})"
-                ) from None
-        store = out or plan.default_store(t.fingerprint, tokens.manifest["corpus_fingerprint"], lg, limit)
         with bar:
-            result = teacher.generate(
-                t,
-                tokens,
-                store,
-                lg.top_p,
-                lg.top_k,
-                spec.data.seq_len,
-                batch_size=batch_size or spec.teacher.batch_size,
-                limit=limit,
-                progress=hook,
-                sampling_draws=lg.sampling.draws if lg.sampling else None,
-                train_windows=train_windows,
-                heldout_limit=heldout_limit,
-            )
+            result = launch.generate_pass(spec=spec, store=out, limit=limit, batch_size=batch_size, progress=hook)
     rate = f", {result['tokens_per_s']:,.0f} tokens/s" if result["tokens_per_s"] else ""
-    typer.echo(f"{store}: {result['positions']:,} positions ({result['generated']:,} generated now{rate})")
+    typer.echo(f"{result['store']}: {result['positions']:,} positions ({result['generated']:,} generated now{rate})")
 
 
 @logits_app.command("stats")
@@ -513,7 +465,7 @@ def train(
             *["--sweep", sweep, "--label", label or run_dir.name],
         ]
         with _user_errors():
-            rc = launch.relaunch(args, nproc, "deepspeed" if hostfile else launcher, hostfile)
+            rc = launch.relaunch(["pdsweep.cli", *args], nproc, "deepspeed" if hostfile else launcher, hostfile)
         raise typer.Exit(rc)
     raise typer.Exit(_train_one(spec, run_dir, logits, tracking_uri, track, sweep, label or run_dir.name))
 
@@ -695,7 +647,6 @@ def tune(
     out: Annotated[
         Path | None, typer.Option(help="With `status`: also write report.md and trials.csv to this directory.")
     ] = None,
-    worker_index: Annotated[int, typer.Option(hidden=True)] = -1,
 ) -> None:
     """Run an Optuna study over the sweep's search space (`pdsweep tune SWEEP`), or show one
     (`pdsweep tune status SWEEP`): trials are runs, pruned on their intermediate evaluations."""
@@ -717,33 +668,22 @@ def tune(
             raise _spec_error(f"{path}: search: the sweep has no search space")
         _writable_workdir()
         url = search.storage_url(storage)
-        if worker_index >= 0:  # one worker process of a `pdsweep tune --workers N`
-            _tune_worker(path, url, worker_index, tracking_uri, track, trials)
-            return
         search.create(sweep, str(path), url)  # once, before any worker
     if workers == 1:
         with _user_errors():
             _tune_worker(path, url, 0, tracking_uri, track, trials)
     else:
-        import subprocess
-
-        from pdsweep import settings
-
-        cores = settings.cores()
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, cores // workers)))}
-        args = [sys.executable, "-m", "pdsweep.cli", "tune", str(path), "--storage", url]
-        args += [
-            *(["--trials", str(trials)] if trials else []),
-            *(["--tracking-uri", tracking_uri] if tracking_uri else []),
-        ]
-        args += [] if track else ["--no-track"]
-        procs = [subprocess.Popen([*args, "--worker-index", str(i)], env=env) for i in range(workers)]
-        try:
-            codes = [p.wait() for p in procs]
-        except KeyboardInterrupt:
-            for p in procs:
-                p.wait()
-            raise typer.Exit(130) from None
+        with _user_errors(), _exit_on_interrupt():
+            codes = search.run_workers(
+                sweep=sweep,
+                sweep_file=path,
+                storage=url,
+                workers=workers,
+                trials=trials,
+                tracking_uri=tracking_uri,
+                track=track,
+                on_line=typer.echo,
+            )
         if any(codes):
             raise typer.Exit(max(codes))
     with _user_errors():
@@ -1011,7 +951,7 @@ def _train_one(  # noqa: ANN001 - spec is a RunSpec
     label: str | None = None,
 ) -> int:
     """Train in run_dir with progress bars; 0 when done, 1 when the run failed, 2 on bad input."""
-    from pdsweep.run import launch
+    from pdsweep.run import launch, worker
 
     bar, hook = views.progress_bar()
     quiet = int(os.environ.get("RANK", "0")) != 0  # one bar, on rank 0
@@ -1027,22 +967,7 @@ def _train_one(  # noqa: ANN001 - spec is a RunSpec
             sweep=sweep,
             label=label,
         )
-    if outcome.rank != 0:
-        return {"done": 0, "failed": 1}.get(outcome.status, 2)
-    if outcome.status == "failed":
-        typer.echo(f"failed: {outcome.reason}", err=True)
-        return 1
-    if outcome.status == "invalid":
-        for line in outcome.reason.splitlines():
-            typer.echo(f"error: {line}", err=True)
-        return 2
-    r = outcome.result
-    ev = f", held-out loss {r['heldout/loss']:.4f}" if "heldout/loss" in r else ""
-    ev += f", resumed at step {r['resumed_from']}" if r.get("resumed_from") else ""
-    typer.echo(
-        f"done: {run_dir} — {r['step']} steps, train loss {r['train/loss']:.4f}{ev} (unigram entropy {r['unigram_entropy_nats']:.3f})"
-    )
-    return 0
+    return worker.report(outcome, run_dir)
 
 
 def main() -> None:

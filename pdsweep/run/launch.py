@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pdsweep import files, proc, rundir, settings
-from pdsweep.data import tokenized
+from pdsweep.data import batches, tokenized
 from pdsweep.errors import UserError
 from pdsweep.logits import store as logits_store
 from pdsweep.logits import teacher
@@ -246,9 +246,9 @@ def _failed_by(e: Exception, run_dir: Path, rank: int, tracker: tracking.Tracker
 
 
 def launcher_command(
-    args: list[str], nproc: int, launcher: str, hostfile: Path | None, env: dict[str, str]
+    module_args: list[str], nproc: int, launcher: str, hostfile: Path | None, env: dict[str, str]
 ) -> tuple[list[str], dict[str, str]]:
-    """The command and environment that run `python -m pdsweep.cli ARGS` under torchrun (one
+    """The command and environment that run `python -m MODULE ARGS` under torchrun (one
     machine) or DeepSpeed's launcher (several machines through `hostfile`), `nproc` processes per
     machine, each with its share of the CPU threads.
 
@@ -261,7 +261,7 @@ def launcher_command(
     env = {**env, "OMP_NUM_THREADS": threads}
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-        return [*cmd, "-m", "pdsweep.cli", *args], env
+        return [*cmd, "-m", *module_args], env
     visible = [x.strip() for x in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
     resources = [f"--hostfile={hostfile}"] if hostfile is not None else []
     if visible:
@@ -273,7 +273,7 @@ def launcher_command(
     else:
         resources.append(f"--num_gpus={nproc}")  # an empty CUDA_VISIBLE_DEVICES (CPU) stays as it is
     cmd = [sys.executable, "-m", "deepspeed.launcher.runner", *resources]
-    cmd += ["--master_port", str(proc.free_port()), "--no_local_rank", "--module", "pdsweep.cli", *args]
+    cmd += ["--master_port", str(proc.free_port()), "--no_local_rank", "--module", *module_args]
     return cmd, env
 
 
@@ -292,16 +292,72 @@ def hostfile_hosts(hostfile: Path) -> list[str]:
     return hosts
 
 
-def relaunch(args: list[str], nproc: int, launcher: str, hostfile: Path | None) -> int:
-    """Run `python -m pdsweep.cli ARGS` over `nproc` processes per machine (launcher_command). The
+def relaunch(module_args: list[str], nproc: int, launcher: str, hostfile: Path | None) -> int:
+    """Run `python -m MODULE ARGS` over `nproc` processes per machine (launcher_command). The
     launcher dies with this process, and its workers with it."""
-    cmd, env = launcher_command(args, nproc, launcher, hostfile, dict(os.environ))
+    cmd, env = launcher_command(module_args, nproc, launcher, hostfile, dict(os.environ))
     return subprocess.run(cmd, env=env, preexec_fn=proc.die_with_parent).returncode  # noqa: PLW1509
 
 
 # ----------------------------------------------------------------------------------------------
-# Sweeps (executed by scheduler.py)
+# A teacher logits pass
 # ----------------------------------------------------------------------------------------------
+
+
+def generate_pass(
+    *,
+    spec: RunSpec,
+    store: Path | None = None,
+    limit: int | None = None,
+    batch_size: int | None = None,
+    serves: list[dict[str, int]] | None = None,
+    progress: Progress = lambda *a: None,
+) -> dict[str, Any]:
+    """Run `spec`'s teacher over its tokenized corpus into `store` (default: the teacher's store in the
+    work directory), resumably. With `serves` (each run's seed, steps, global_batch, seq_len and
+    heldout_tokens) only the training windows those runs visit and the held-out positions they
+    evaluate on are generated. Returns the pass's counts and the store's path."""
+    if spec.teacher is None:
+        raise UserError("teacher: the run has no teacher")
+    t = teacher.load(spec.teacher)
+    tokens = tokenized.prepare(spec, progress=progress)
+    teacher.check_tokenizer(t, tokens, spec.teacher.source)
+    lg = spec.logits
+    train_windows = heldout_limit = None
+    if serves:
+        import numpy as np
+
+        train_windows = np.unique(
+            np.concatenate(
+                [
+                    batches.windows_covering(
+                        batches.visited_windows(
+                            len(tokens.train), r["seq_len"], r["global_batch"], r["seed"], r["steps"]
+                        ),
+                        r["seq_len"],
+                        spec.data.seq_len,
+                    )
+                    for r in serves
+                ]
+            )
+        )
+        heldout_limit = max(-(-r["heldout_tokens"] // r["seq_len"]) * r["seq_len"] for r in serves)
+    store = store or plan.default_store(t.fingerprint, tokens.manifest["corpus_fingerprint"], lg, limit)
+    result = teacher.generate(
+        t,
+        tokens,
+        store,
+        lg.top_p,
+        lg.top_k,
+        spec.data.seq_len,
+        batch_size=batch_size or spec.teacher.batch_size,
+        limit=limit,
+        progress=progress,
+        sampling_draws=lg.sampling.draws if lg.sampling else None,
+        train_windows=train_windows,
+        heldout_limit=heldout_limit,
+    )
+    return {**result, "store": store}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -19,23 +19,27 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Literal
 
-import yaml
-
-from pdsweep import files, proc, rundir, settings
+from pdsweep import files, rundir, settings
 from pdsweep.errors import UserError
+from pdsweep.run import executors, worker
+from pdsweep.run.executors import Executor, Job
 from pdsweep.spec import expand, plan
 
 POLL_S = 0.5
 STOP_GRACE_S = 30.0
+
+
+TaskKind = Literal["train", "logits"]
+Role = Literal["teacher", "baseline", "student", "logits"]
+TaskStatus = Literal["pending", "waiting", "running", "done", "failed", "interrupted"]
+"""A run directory's statuses (rundir.Status) and `waiting`: another pdsweep process holds its lock."""
 
 
 @dataclass
@@ -43,25 +47,23 @@ class Task:
     """One node of the sweep's graph: a training run or a teacher logits pass."""
 
     key: str
-    kind: str  # "train" | "logits"
+    kind: TaskKind
     label: str
-    role: str  # teacher / baseline / student / logits
+    role: Role
     dir: Path
     deps: list[str]
     run: expand.PlannedRun | None = None
     pass_: plan.TeacherPass | None = None
     logits: Path | None = None  # the store a training run reads
     total_steps: int = 0
-    status: str = "pending"  # pending / waiting (another pdsweep holds it) / running / done / failed / interrupted
+    status: TaskStatus = "pending"
     reason: str = ""
     step: int = 0
     loss: float | None = None
     started: float = 0.0
     start_step: int = 0
     result: dict[str, Any] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-    lock: IO[str] | None = None
-    log: IO[bytes] | None = None
+    job: Job | None = None  # while the task's process runs (or its job is queued)
     slot: int = -1
     attempted: bool = False
     threads: int = 0  # the CPU threads last given to the running task (its `threads` file)
@@ -180,8 +182,10 @@ class Scheduler:
         hostfile: Path | None = None,
         parent_run: str | None = None,
         on_change: Callable[[list[Task]], None] = lambda tasks: None,
+        executor: Executor | None = None,
     ):
         self.sweep, self.tasks = sweep, tasks
+        self.executor: Executor = executor or executors.make("local")
         self.by_key = {t.key: t for t in tasks}
         self.slots = device_slots(devices, workers)
         self.free = list(range(len(self.slots)))
@@ -213,55 +217,43 @@ class Scheduler:
 
     # -- starting and finishing tasks ----------------------------------------------------------
 
-    def _command(self, t: Task, slot: str | None) -> list[str]:
-        base = [sys.executable, "-m", "pdsweep.cli"]
-        tracking = [
-            *(["--tracking-uri", self.tracking_uri] if self.tracking_uri else []),
-            *([] if self.track else ["--no-track"]),
-        ]
+    def _task_file(self, t: Task, slot: str | None) -> Path:
+        """The task file its worker process runs (worker.py): a training run, or a teacher pass with
+        the runs it serves (the pass stores only the windows they visit)."""
+        path = t.dir / "task.json"
         if t.kind == "logits":
-            assert t.pass_ is not None
             served = [
-                {
-                    "seed": r.spec.train.seed,
-                    "steps": r.spec.steps(),
-                    "global_batch": r.spec.train.global_batch,
-                    "seq_len": r.spec.data.seq_len,
-                    "heldout_tokens": r.spec.eval.heldout_tokens,
-                }
+                worker.ServedRun(
+                    seed=r.spec.train.seed,
+                    steps=r.spec.steps(),
+                    global_batch=r.spec.train.global_batch,
+                    seq_len=r.spec.data.seq_len,
+                    heldout_tokens=r.spec.eval.heldout_tokens,
+                )
                 for r in (x.run for x in self.tasks if x.logits == t.dir)
                 if r is not None
             ]
-            files.write_json(t.dir / "runs.json", served)  # the pass stores only the windows they visit
-            spec = str(self._pass_spec(t))
-            return [*base, "logits", "generate", spec, "--out", str(t.dir), "--for-runs", str(t.dir / "runs.json")]
+            return worker.write(path, worker.LogitsTask(store=t.dir, spec=self._pass_spec(t), serves=served))
         assert t.run is not None
-        run_file = t.dir / "run.yaml"
-        files.write_text(run_file, yaml.safe_dump(t.run.spec.model_dump(mode="json"), sort_keys=False))
         gpus = slot.split(",") if slot else []
-        parallel = ["--nproc", str(len(gpus)), "--launcher", "deepspeed"] if len(gpus) > 1 else []
-        if self.hostfile is not None:
-            parallel = [*parallel[:2], "--hostfile", str(self.hostfile), "--launcher", "deepspeed"]
-        return [
-            *base,
-            "train",
-            str(run_file),
-            "--out",
-            str(t.dir),
-            "--sweep",
-            self.sweep,
-            "--label",
-            t.label,
-            *(["--logits", str(t.logits)] if t.logits else []),
-            *parallel,
-            *tracking,
-        ]
+        task = worker.TrainTask(
+            run_dir=t.dir,
+            spec=t.run.spec.model_dump(mode="json"),
+            sweep=self.sweep,
+            label=t.label,
+            logits=t.logits,
+            tracking_uri=self.tracking_uri,
+            track=self.track,
+            nproc=len(gpus) if len(gpus) > 1 else 1,
+            launcher="deepspeed",
+            hostfile=self.hostfile,
+        )
+        return worker.write(path, task)
 
     def _env(self, t: Task, slot: str | None) -> dict[str, str]:
         """The task's environment: its lock, its CPU threads, its GPUs (CUDA_VISIBLE_DEVICES — the
         `train` command hands a multi-GPU set on to its launcher) and the sweep's parent MLflow run."""
         env = {
-            **os.environ,
             **rundir.handed_lock_env(t.dir),
             **({"PDSWEEP_MLFLOW_PARENT_RUN": self.parent_run} if self.parent_run else {}),
         }
@@ -279,7 +271,7 @@ class Scheduler:
     def _rebalance(self) -> None:
         """Share the cores among the tasks running now: a task whose neighbours ended gets their
         threads (a teacher pass that started beside LM-only runs speeds up when they finish)."""
-        running = [t for t in self.tasks if t.proc is not None and t.threads]
+        running = [t for t in self.tasks if t.job is not None and t.threads]
         for t in running:
             n = max(1, settings.cores() // len(running))
             if n != t.threads:
@@ -287,8 +279,8 @@ class Scheduler:
                 files.write_text(rundir.threads_file(t.dir), f"{n}\n")
                 _event(t, "threads", threads=n)
 
-    def _pass_spec(self, t: Task) -> Path:
-        """A run file that `pdsweep logits generate` turns into this pass's store."""
+    def _pass_spec(self, t: Task) -> dict[str, Any]:
+        """The RunSpec (as JSON) whose teacher, data and logits make this pass's store."""
         p = t.pass_
         assert p is not None
         example = next(task.run for task in self.tasks if task.run is not None and task.run.run_id in p.runs)
@@ -306,17 +298,14 @@ class Scheduler:
             "top_k": p.top_k,
             "sampling": {"draws": p.sampling_draws} if p.sampling_draws else None,
         }
-        t.dir.mkdir(parents=True, exist_ok=True)
-        path = t.dir / "pass.yaml"
-        files.write_text(path, yaml.safe_dump(spec, sort_keys=False))
-        return path
+        return spec
 
     def _threads_for(self, t: Task) -> int:
         """CPU threads for a task starting now: the cores shared among the tasks that will run beside
         it — all of them when it runs alone (a teacher pass every student waits for), cores/workers
         when every worker is busy."""
-        running = sum(1 for x in self.tasks if x.proc is not None)
-        others = sum(1 for x in self.tasks if x is not t and x.proc is None and self._candidate(x) and self._ready(x))
+        running = sum(1 for x in self.tasks if x.job is not None)
+        others = sum(1 for x in self.tasks if x is not t and x.job is None and self._candidate(x) and self._ready(x))
         sharing = 1 + running + min(others, len(self.free))
         return max(1, settings.cores() // min(len(self.slots), sharing))
 
@@ -334,25 +323,16 @@ class Scheduler:
         slot_index = self.free.pop(0)
         slot = self.slots[slot_index]
         env = self._env(t, slot)
-        log_path = rundir.log_file(t.dir, t.kind)
-        t.log = open(log_path, "ab")  # noqa: SIM115 - closed in _finish
-        t.proc = subprocess.Popen(  # noqa: S603
-            self._command(t, slot),
-            stdout=t.log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            pass_fds=(lock.fileno(),),
-            start_new_session=True,  # Ctrl-C reaches the scheduler, which stops its tasks in order
-            preexec_fn=proc.die_with_parent,  # noqa: PLW1509
-        )
-        t.lock, t.slot, t.status, t.reason, t.attempted = lock, slot_index, "running", "", True
+        job = Job(t.key, self._task_file(t, slot), t.dir, rundir.log_file(t.dir, t.kind), env, lock)
+        self.executor.submit(job)
+        t.job, t.slot, t.status, t.reason, t.attempted = job, slot_index, "running", "", True
         t.started, t.start_step = time.monotonic(), t.step
-        _event(t, "start", slot=slot or "cpu", attempt_pid=t.proc.pid)
+        _event(t, "start", slot=slot or "cpu", executor=self.executor.name)
         return True
 
     def _finish(self, t: Task, rc: int) -> None:
-        assert t.lock is not None and t.log is not None
-        log = rundir.log_file(t.dir, t.kind)
+        assert t.job is not None
+        log = self.executor.log(t.job)
         if t.kind == "logits":
             if rc == 0:
                 rundir.write_status(t.dir, "done")
@@ -370,9 +350,9 @@ class Scheduler:
             if t.status == "done" and (result := rundir.read_result(t.dir)) is not None:
                 t.result = result
         _event(t, "end", status=t.status, exit_code=rc)
-        t.lock.close()
-        t.log.close()
-        t.proc, t.lock, t.log = None, None, None
+        if t.job.lock is not None:
+            t.job.lock.close()
+        t.job = None
         self.free.append(t.slot)
         self.free.sort()
 
@@ -396,16 +376,16 @@ class Scheduler:
 
     def _candidate(self, t: Task) -> bool:
         """Should this invocation still (try to) run `t`? Each task is started at most once."""
-        if t.attempted or t.proc is not None or t.status == "done":
+        if t.attempted or t.job is not None or t.status == "done":
             return False
         return not (t.status == "failed" and not self.retry_failed)
 
     def _loop(self) -> None:
         while True:
             for t in self.tasks:
-                if t.proc is None:
+                if t.job is None:
                     continue
-                rc = t.proc.poll()
+                rc = self.executor.poll(t.job)
                 if rc is not None:
                     self._finish(t, rc)
                 else:
@@ -421,30 +401,34 @@ class Scheduler:
                     self._start(t)
             self._rebalance()
             self.on_change(self.tasks)
-            busy = any(t.proc is not None or t.status == "waiting" for t in self.tasks)
+            busy = any(t.job is not None or t.status == "waiting" for t in self.tasks)
             if not busy and not any(self._candidate(t) and self._ready(t) for t in self.tasks):
                 return
             time.sleep(POLL_S)
 
     def stop(self) -> None:
-        """Interrupt every running task (SIGINT to its process group), give them STOP_GRACE_S to
-        write their state, then kill what is left."""
-        running = [t for t in self.tasks if t.proc is not None]
+        """Cancel every running task (its process checkpoints and writes its state, as on Ctrl-C), give
+        them STOP_GRACE_S, then kill what is left."""
+        running = [t for t in self.tasks if t.job is not None]
         for t in running:
-            assert t.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(t.proc.pid, signal.SIGINT)
+            assert t.job is not None
+            self.executor.cancel(t.job)
         deadline = time.monotonic() + STOP_GRACE_S
+        ended: dict[str, int] = {}
+        while len(ended) < len(running):
+            for t in running:
+                if t.key not in ended and t.job is not None and (rc := self.executor.poll(t.job)) is not None:
+                    ended[t.key] = rc
+            if len(ended) < len(running):
+                if time.monotonic() > deadline:
+                    for t in running:
+                        if t.key not in ended and t.job is not None:
+                            self.executor.kill(t.job)
+                    deadline = float("inf")
+                time.sleep(0.05)
         for t in running:
-            assert t.proc is not None
-            try:
-                rc = t.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(t.proc.pid, signal.SIGKILL)
-                rc = t.proc.wait()
             with contextlib.suppress(OSError):  # stopping goes on when a file cannot be written (full disk)
-                self._finish(t, rc)
+                self._finish(t, ended[t.key])
                 if t.status == "failed" and t.reason.startswith("the process ended unexpectedly"):
                     t.status, t.reason = "interrupted", "stopped by Ctrl-C"
                     rundir.write_status(t.dir, "interrupted", reason=t.reason)

@@ -8,6 +8,7 @@ and logits stores:
     <run dir>/logits/<name>/                      a store a run records online (train.record_logits)
     <workdir>/runs/single/<run_id>/               `pdsweep train` of one run spec
     <workdir>/logits/<teacher>-<corpus>-<logits>  the default store of a single run's teacher
+    <workdir>/runs/<sweep>/tune/                  a study's worker task files and logs
     <workdir>/reports/<sweep>/                    `pdsweep report`'s default output
 """
 
@@ -167,6 +168,11 @@ def default_store(
     teacher_fingerprint: str, corpus_fingerprint: str, logits: S.LogitsSpec, first: int | None = None
 ) -> Path:
     return settings.workdir() / "logits" / store_name(teacher_fingerprint, corpus_fingerprint, logits, first)
+
+
+def tune_dir(sweep: str) -> Path:
+    """A study's worker task files and logs (`pdsweep tune --workers N`)."""
+    return sweep_dir(sweep) / "tune"
 
 
 def report_dir(sweep: str) -> Path:

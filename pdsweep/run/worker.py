@@ -1,0 +1,209 @@
+"""The one entry point of every process pdsweep starts for a task: `python -m pdsweep.run.worker TASK.json`.
+
+A task file is a typed, validated description of one unit of work — train a run, make a teacher
+logits pass, or work on an Optuna study — written by the scheduler or `pdsweep tune` and read here.
+It is the internal protocol between pdsweep and its subprocesses (and, through an executor, its
+cluster jobs), so the user's command line can change without breaking it:
+
+    {"kind": "train",  "run_dir": …, "spec": {RunSpec}, "sweep": …, "label": …, "logits": STORE|null,
+                       "tracking_uri": …, "track": true, "nproc": 1, "launcher": "torchrun", "hostfile": null}
+    {"kind": "logits", "store": …, "spec": {RunSpec of the pass}, "serves": [{seed, steps, global_batch,
+                       seq_len, heldout_tokens}, …]}
+    {"kind": "tune",   "sweep_file": …, "storage": URL, "index": 0, "trials": null, "tracking_uri": …, "track": true}
+
+The process prints its outcome as the last lines of its log — `done: …`, `failed: REASON` (the run
+failed) or `error: LINE` (input it refused) — which the scheduler shows as the task's reason, and
+exits 0 (done), 1 (failed) or 2 (refused input).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pdsweep import files
+from pdsweep.errors import UserError
+
+
+class _Task(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServedRun(_Task):
+    """What a teacher pass needs to know of a run it serves: which windows it visits, which held-out
+    positions it evaluates on."""
+
+    seed: int
+    steps: int
+    global_batch: int
+    seq_len: int
+    heldout_tokens: int
+
+
+class TrainTask(_Task):
+    kind: Literal["train"] = "train"
+    run_dir: Path
+    spec: dict[str, Any]
+    """The resolved RunSpec, as JSON."""
+    sweep: str = "single"
+    label: str
+    logits: Path | None = None
+    """The store the run reads (a pass of the sweep, or its teacher run's recorded store)."""
+    tracking_uri: str | None = None
+    track: bool = True
+    nproc: int = Field(default=1, ge=1)
+    launcher: Literal["torchrun", "deepspeed"] = "torchrun"
+    hostfile: Path | None = None
+
+
+class LogitsTask(_Task):
+    kind: Literal["logits"] = "logits"
+    store: Path
+    spec: dict[str, Any]
+    """A RunSpec whose teacher, data and logits (offline, the pass's largest p and k) define the pass."""
+    serves: list[ServedRun] = []
+    """The runs the pass serves: only the windows they visit are generated (all when empty)."""
+
+
+class TuneTask(_Task):
+    kind: Literal["tune"] = "tune"
+    sweep_file: Path
+    storage: str
+    index: int = Field(ge=0)
+    trials: int | None = None
+    tracking_uri: str | None = None
+    track: bool = True
+
+
+Task = Annotated[TrainTask | LogitsTask | TuneTask, Field(discriminator="kind")]
+
+
+def write(path: Path, task: TrainTask | LogitsTask | TuneTask) -> Path:
+    files.write_text(path, task.model_dump_json(indent=1) + "\n")
+    return path
+
+
+def read(path: Path) -> TrainTask | LogitsTask | TuneTask:
+    from pydantic import TypeAdapter, ValidationError
+
+    try:
+        raw = path.read_text()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the task file ({e.strerror})") from None
+    try:
+        return TypeAdapter(Task).validate_json(raw)  # type: ignore[no-any-return]
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise UserError(f"{path}: not a pdsweep task file ({where}: {first['msg']})") from None
+
+
+def command(task_file: Path) -> list[str]:
+    """The command line that runs a task file on this machine's Python."""
+    return [sys.executable, "-m", "pdsweep.run.worker", str(task_file)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a task
+# ----------------------------------------------------------------------------------------------
+
+
+def run(task_file: Path) -> int:
+    """Run the task a file describes; the exit code (0 done, 1 failed, 2 refused input)."""
+    task = read(task_file)
+    if isinstance(task, TrainTask):
+        return _train(task, task_file)
+    if isinstance(task, LogitsTask):
+        return _logits(task)
+    return _tune(task)
+
+
+def _train(task: TrainTask, task_file: Path) -> int:
+    from pdsweep.run import launch
+    from pdsweep.spec import RunSpec
+
+    if (task.nproc > 1 or task.hostfile is not None) and "RANK" not in os.environ:
+        launcher = "deepspeed" if task.hostfile else task.launcher
+        return launch.relaunch(["pdsweep.run.worker", str(task_file)], task.nproc, launcher, task.hostfile)
+    spec = RunSpec.model_validate(task.spec)
+    outcome = launch.run_one(
+        spec,
+        task.run_dir,
+        task.logits,
+        tracking_uri=task.tracking_uri,
+        track=task.track,
+        sweep=task.sweep,
+        label=task.label,
+    )
+    return report(outcome, task.run_dir)
+
+
+def report(outcome: Any, run_dir: Path) -> int:
+    """Print how a run ended (rank 0 only) and return its exit code."""
+    code = {"done": 0, "failed": 1}.get(outcome.status, 2)
+    if outcome.rank != 0:
+        return code
+    if outcome.status == "failed":
+        print(f"failed: {outcome.reason}", file=sys.stderr, flush=True)
+    elif outcome.status == "invalid":
+        for line in outcome.reason.splitlines():
+            print(f"error: {line}", file=sys.stderr, flush=True)
+    else:
+        r = outcome.result
+        ev = f", held-out loss {r['heldout/loss']:.4f}" if "heldout/loss" in r else ""
+        ev += f", resumed at step {r['resumed_from']}" if r.get("resumed_from") else ""
+        print(
+            f"done: {run_dir} — {r['step']} steps, train loss {r['train/loss']:.4f}{ev}"
+            f" (unigram entropy {r['unigram_entropy_nats']:.3f})",
+            flush=True,
+        )
+    return code
+
+
+def _logits(task: LogitsTask) -> int:
+    from pdsweep.run import launch
+    from pdsweep.spec import RunSpec
+
+    result = launch.generate_pass(
+        spec=RunSpec.model_validate(task.spec),
+        store=task.store,
+        serves=[r.model_dump() for r in task.serves] or None,
+    )
+    print(f"done: {task.store}: {result['positions']:,} positions ({result['generated']:,} generated now)", flush=True)
+    return 0
+
+
+def _tune(task: TuneTask) -> int:
+    from pdsweep.run import search
+
+    def show(o: Any) -> None:
+        value = f"{o.value:.6g}" if o.value is not None else o.reason or "-"
+        print(f"trial {o.number}: {o.state} {value}  {o.params}", flush=True)
+
+    search.work(
+        task.sweep_file, task.storage, task.index, task.tracking_uri, task.track, on_trial=show, trials=task.trials
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m pdsweep.run.worker TASK.json", file=sys.stderr)
+        return 2
+    try:
+        return run(Path(args[0]))
+    except UserError as e:
+        for line in e.problems:
+            print(f"error: {line}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
