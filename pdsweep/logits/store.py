@@ -396,6 +396,17 @@ class StoreReader:
         }
 
 
+def summary(
+    path: Path, top_p: list[float] | None = None, top_k: list[int] | None = None
+) -> tuple[list[float], list[int], list[dict[str, Any]], dict[str, Any]]:
+    """`logits stats`: the (p, k) grid (default: the usual values up to the store's own), the mean kept
+    entries and bytes per token at each, and the store's verified totals."""
+    reader = StoreReader(path)
+    ps = top_p or [p for p in (0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95) if p <= reader.top_p + 1e-9]
+    ks = top_k or [k for k in (1, 3, 5, 10, 20, 50, 100) if reader.top_k is None or k <= reader.top_k]
+    return ps, ks, stats(reader, ps, ks), reader.verify()
+
+
 def is_store(path: Path) -> bool:
     """Does `path` hold a store (a manifest; complete or being written)?"""
     return (path / "manifest.json").exists()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -237,3 +238,57 @@ def write(
     files.write_text(runs_csv, data.tidy.to_csv(index=False, float_format="%.6g"))
     written.append(runs_csv)
     return written
+
+
+@dataclass
+class Report:
+    """A sweep's report: its data, its table and the files written (none for `write=False`)."""
+
+    data: SweepData
+    table: Table
+    directory: Path | None
+    written: list[Path]
+
+    @property
+    def main(self) -> Path | None:
+        return next((p for p in self.written if p.suffix == ".html"), self.written[0] if self.written else None)
+
+
+FORMATS = ("md", "csv", "tex", "html")
+
+
+def report(
+    *,
+    sweep_file: Path,
+    out: Path | None = None,
+    tracking_uri: str | None = None,
+    metrics: Sequence[str] | None = None,
+    primary: str | None = None,
+    kinds: Sequence[str] | None = None,
+    plots: bool = True,
+    write_files: bool = True,
+) -> Report:
+    """The sweep's table from its MLflow runs — mean ± CI over seeds, Δ% vs LM-only — written in
+    every format to `out` (default: the work directory's reports/SWEEP) with its figures."""
+    from pdsweep.spec import expand, plan
+
+    kinds = list(kinds or FORMATS)
+    bad = [f for f in kinds if f not in FORMATS]
+    if bad:
+        raise UserError(f"--format: unknown format {bad[0]!r} (md, csv, tex, html)")
+    sweep = expand.load_sweep(sweep_file)
+    data = load(sweep_file, tracking_uri)
+    spec = sweep.report
+    table = build_table(
+        data.tidy,
+        metrics or spec.metrics,
+        primary or spec.primary,
+        spec.confidence,
+        spec.bootstrap,
+        title=sweep.name,
+        delta_interval=spec.delta_interval,
+    )
+    if not write_files:
+        return Report(data, table, None, [])
+    where = out or plan.report_dir(sweep.name)
+    return Report(data, table, where, write(data, table, where, kinds, plots))

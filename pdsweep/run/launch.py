@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pdsweep import files, proc, rundir, settings
 from pdsweep.data import batches, tokenized
@@ -33,6 +33,23 @@ def ensure_builtin_teacher(spec: RunSpec, progress: Progress = lambda *a: None) 
     """A builtin teacher's tokenizer is needed before tokenizing: fetch the teacher first."""
     if spec.teacher is not None and spec.teacher.kind == "builtin" and spec.data.tokenizer.kind == "teacher":
         teacher.builtin_dir(spec.teacher.ref, progress)
+
+
+def prepare_corpora(*, specs: list[RunSpec], progress: Progress = lambda *a: None) -> list[tokenized.TokenData]:
+    """Tokenize the corpus of every run (each distinct corpus and tokenizer once), training its
+    tokenizer if needed, and check the result."""
+    done: set[str] = set()
+    out = []
+    for spec in specs:
+        key = spec.data.model_dump_json(exclude={"seq_len", "tokens"})
+        if key in done:
+            continue
+        done.add(key)
+        ensure_builtin_teacher(spec, progress)
+        tokens = tokenized.prepare(spec, progress=progress)
+        tokenized.verify(tokens)
+        out.append(tokens)
+    return out
 
 
 def store_for(
@@ -109,10 +126,59 @@ class Outcome:
     """How a run ended: `done` (result), `failed` (reason, e.g. a non-finite loss) or `invalid`
     (its input was found wrong only while running, e.g. data shorter than seq_len)."""
 
-    status: str
+    status: Literal["done", "failed", "invalid"]
     rank: int
     result: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    run_dir: Path | None = None
+
+
+def train(
+    *,
+    spec_file: Path,
+    out: Path | None = None,
+    logits: Path | None = None,
+    nproc: int = 1,
+    launcher: str = "torchrun",
+    hostfile: Path | None = None,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    sweep: str = "single",
+    label: str | None = None,
+    progress: Progress = lambda *a: None,
+    callbacks: tuple[trainer.Callback, ...] = (),
+    check_workdir: Callable[[], None] = lambda: None,
+) -> Outcome | int:
+    """`pdsweep train`: one run of a run file in `out` (default: the work directory's runs/single/ID),
+    resuming. Over several processes (`nproc`, `hostfile`) the same command is started under the
+    launcher and its exit code returned; else the run's Outcome. UserError for bad input."""
+    import re
+
+    spec = expand.load_run(spec_file)
+    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", sweep):
+        raise UserError(f"--sweep: must be a sweep name (letters, digits, _ . -; at most 100), got {sweep[:60]!r}")
+    check_workdir()
+    run_dir = out or plan.single_run_dir(expand.run_id(spec))
+    if launcher not in ("torchrun", "deepspeed"):
+        raise UserError(f"--launcher: must be torchrun or deepspeed, got {launcher!r}")
+    if hostfile is not None and not hostfile.is_file():
+        raise UserError(f"--hostfile: {hostfile} does not exist")
+    if hostfile is not None:
+        hostfile_hosts(hostfile)
+    if (nproc > 1 or hostfile is not None) and "RANK" not in os.environ:
+        args = [
+            "pdsweep.cli",
+            "train",
+            str(spec_file),
+            "--out",
+            str(run_dir),
+            *(["--logits", str(logits)] if logits else []),
+            *(["--tracking-uri", tracking_uri] if tracking_uri else []),
+            *([] if track else ["--no-track"]),
+            *["--sweep", sweep, "--label", label or run_dir.name],
+        ]
+        return relaunch(args, nproc, "deepspeed" if hostfile else launcher, hostfile)
+    return run_one(spec, run_dir, logits, progress, callbacks, tracking_uri, track, sweep, label or run_dir.name)
 
 
 def run_one(
@@ -140,7 +206,7 @@ def run_one(
     if spec.train.record_logits and backend.world_size > 1:
         raise UserError("train.record_logits: online recording runs on one process for now")
     trainer.check_inputs(spec, tokens, backend.world_size, store)
-    tracker: tracking.Tracker = tracking.MlflowTracker(tracking_uri) if (track and rank0) else tracking.NullTracker()
+    tracker = tracking.make(tracking_uri, track and rank0)
     held = None
     if rank0:
         held = rundir.lock(run_dir)
@@ -148,7 +214,9 @@ def run_one(
         if rank0:
             rundir.check(run_dir, rid)  # again, under the lock
             rundir.write_spec(run_dir, rid, spec)
-        return _start_and_train(spec, run_dir, rid, tokens, backend, store, tracker, callbacks, label, sweep)
+        outcome = _start_and_train(spec, run_dir, rid, tokens, backend, store, tracker, callbacks, label, sweep)
+        outcome.run_dir = run_dir
+        return outcome
     finally:
         rundir.unlock(held)
 
@@ -312,13 +380,14 @@ def generate_pass(
     batch_size: int | None = None,
     serves: list[dict[str, int]] | None = None,
     progress: Progress = lambda *a: None,
+    source: str = "",
 ) -> dict[str, Any]:
     """Run `spec`'s teacher over its tokenized corpus into `store` (default: the teacher's store in the
     work directory), resumably. With `serves` (each run's seed, steps, global_batch, seq_len and
     heldout_tokens) only the training windows those runs visit and the held-out positions they
     evaluate on are generated. Returns the pass's counts and the store's path."""
     if spec.teacher is None:
-        raise UserError("teacher: the run has no teacher")
+        raise UserError(f"{source}: teacher: the run has no teacher" if source else "teacher: the run has no teacher")
     t = teacher.load(spec.teacher)
     tokens = tokenized.prepare(spec, progress=progress)
     teacher.check_tokenizer(t, tokens, spec.teacher.source)

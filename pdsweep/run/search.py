@@ -23,15 +23,14 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pdsweep import files, proc, rundir, settings
 from pdsweep.errors import UserError
-from pdsweep.run import executors, scheduler, worker
-from pdsweep.run.executors import Executor, Job
+from pdsweep.run import scheduler
 from pdsweep.spec import expand, plan
 from pdsweep.spec.sweep import ExplicitRun, SearchParam, SearchSpec, Sweep
 
@@ -336,76 +335,6 @@ def _run_trial(
         return Outcome(trial.number, "FAIL", None, params, run.run_id, reason)
     study.tell(trial, float(value))
     return Outcome(trial.number, "COMPLETE", float(value), params, run.run_id)
-
-
-def run_workers(
-    *,
-    sweep: Sweep,
-    sweep_file: Path,
-    storage: str,
-    workers: int,
-    trials: int | None = None,
-    tracking_uri: str | None = None,
-    track: bool = True,
-    on_line: Callable[[str], None] = print,
-    executor: Executor | None = None,
-) -> list[int]:
-    """`workers` worker processes on one study (`python -m pdsweep.run.worker` with a tune task each),
-    their output passed to `on_line` as it comes, prefixed with the worker's index; their exit codes.
-    Ctrl-C cancels them (each running trial checkpoints and is re-queued by the study)."""
-    executor = executor or executors.make("local")
-    where = plan.tune_dir(sweep.name)
-    threads = os.environ.get("OMP_NUM_THREADS", str(max(1, settings.cores() // workers)))
-    jobs = []
-    for i in range(workers):
-        task = worker.TuneTask(
-            sweep_file=sweep_file.resolve(),
-            storage=storage,
-            index=i,
-            trials=trials,
-            tracking_uri=tracking_uri,
-            track=track,
-        )
-        log = where / f"worker-{i}.log"
-        log.unlink(missing_ok=True)
-        job = Job(f"tune:{i}", worker.write(where / f"worker-{i}.json", task), where, log, {"OMP_NUM_THREADS": threads})
-        executor.submit(job)
-        jobs.append(job)
-    read = [0] * workers
-    codes: dict[int, int] = {}
-
-    def echo(i: int) -> None:
-        log = executor.log(jobs[i])
-        if log.exists():
-            with open(log, "rb") as f:
-                f.seek(read[i])
-                chunk = f.read()
-            complete = chunk[: chunk.rfind(b"\n") + 1]
-            read[i] += len(complete)
-            for line in complete.decode("utf-8", "replace").splitlines():
-                on_line(f"[worker {i}] {line}" if workers > 1 else line)
-
-    try:
-        while len(codes) < workers:
-            for i, job in enumerate(jobs):
-                if i not in codes and (rc := executor.poll(job)) is not None:
-                    codes[i] = rc
-                echo(i)
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        for i, job in enumerate(jobs):
-            if i not in codes:
-                executor.cancel(job)
-        deadline = time.monotonic() + 30
-        for i, job in enumerate(jobs):
-            while i not in codes and (rc := executor.poll(job)) is None:
-                if time.monotonic() > deadline:
-                    executor.kill(job)
-                time.sleep(0.1)
-        raise
-    for i in range(workers):
-        echo(i)
-    return [codes[i] for i in range(workers)]
 
 
 def _evaluations(run_dir: Path, key: str) -> list[tuple[int, float]]:

@@ -56,14 +56,24 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 class Tracker(Protocol):
+    def start_sweep(self, sweep: str, sweep_dir: Path, sweep_file: Path | None, runs: int) -> str | None: ...
     def start(self, spec: RunSpec, run_dir: Path, run_id: str, label: str, sweep: str) -> None: ...
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: Path) -> None: ...
     def finish(self, status: str, reason: str = "") -> None: ...
 
 
+def make(uri: str | None, track: bool = True) -> Tracker:
+    """The tracker of `--tracking-uri` (MlflowTracker, which fails here on an unreachable store), or a
+    NullTracker for `--no-track`: callers never branch on whether they track."""
+    return MlflowTracker(uri) if track else NullTracker()
+
+
 class NullTracker:
     """Tracks nothing (`--no-track`)."""
+
+    def start_sweep(self, sweep: str, sweep_dir: Path, sweep_file: Path | None, runs: int) -> str | None:
+        return None
 
     def start(self, spec: RunSpec, run_dir: Path, run_id: str, label: str, sweep: str) -> None:
         pass
@@ -267,6 +277,22 @@ def metric_history(uri: str, mlflow_run_id: str, key: str) -> list[tuple[int, fl
 
     hist = MlflowClient(tracking_uri=uri).get_metric_history(mlflow_run_id, key)
     return sorted((m.step, m.value) for m in hist)
+
+
+def ui_target(*, sweep_file: Path | None = None, tracking_uri: str | None = None) -> tuple[str, str]:
+    """The store `pdsweep ui` opens and the URL path of the sweep's runs table in it ("" without a
+    sweep): the UI would otherwise open on its GenAI overview. UserError when the store or the
+    sweep's experiment does not exist yet."""
+    from pdsweep.spec import expand
+
+    name = expand.load_sweep(sweep_file).name if sweep_file is not None else None
+    check_exists(tracking_uri or default_uri(), name)
+    tracker = MlflowTracker(tracking_uri)
+    exp = tracker.client.get_experiment_by_name(name) if name else None
+    if name and exp is None:
+        raise UserError(f"{sweep_file}: the sweep {name!r} has no experiment in {tracker.uri} yet (pdsweep run it)")
+    suffix = f"/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" if exp is not None else ""
+    return tracker.uri, suffix
 
 
 def start_ui(uri: str, port: int, timeout_s: float = 180.0) -> subprocess.Popen[bytes]:

@@ -139,10 +139,10 @@ def _train(task: TrainTask, task_file: Path) -> int:
         sweep=task.sweep,
         label=task.label,
     )
-    return report(outcome, task.run_dir)
+    return report(outcome)
 
 
-def report(outcome: Any, run_dir: Path) -> int:
+def report(outcome: Any) -> int:
     """Print how a run ended (rank 0 only) and return its exit code."""
     code = {"done": 0, "failed": 1}.get(outcome.status, 2)
     if outcome.rank != 0:
@@ -157,7 +157,7 @@ def report(outcome: Any, run_dir: Path) -> int:
         ev = f", held-out loss {r['heldout/loss']:.4f}" if "heldout/loss" in r else ""
         ev += f", resumed at step {r['resumed_from']}" if r.get("resumed_from") else ""
         print(
-            f"done: {run_dir} — {r['step']} steps, train loss {r['train/loss']:.4f}{ev}"
+            f"done: {outcome.run_dir} — {r['step']} steps, train loss {r['train/loss']:.4f}{ev}"
             f" (unigram entropy {r['unigram_entropy_nats']:.3f})",
             flush=True,
         )

@@ -45,6 +45,16 @@ def load_sweep(path: str | Path) -> Sweep:
     return validate(Sweep, data, prefix=f"{path}: ")
 
 
+def load_any(path: Path) -> tuple[Sweep | S.RunSpec, list[PlannedRun] | None]:
+    """A sweep file (it has any sweep key: `name:`, `base:`, `grid:`, ...) with its runs, or a
+    single-run file (runs None)."""
+    data = read_yaml(path)
+    if not isinstance(data, dict) or set(data) & (set(Sweep.model_fields) - set(S.RunSpec.model_fields)):
+        loaded = load_sweep(path)
+        return loaded, expand(loaded, str(path))
+    return load_run(path), None
+
+
 def load_run(path: str | Path) -> S.RunSpec:
     """Read and validate a single RunSpec file (for `pdsweep train`); dotted keys are allowed."""
     data = read_yaml(path)

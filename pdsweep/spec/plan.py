@@ -99,6 +99,14 @@ def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
     return passes
 
 
+def load(*, sweep_file: Path) -> tuple[Any, list[dict[str, Any]], dict[str, TeacherPass], list[PlannedRun]]:
+    """A sweep file's plan: (the Sweep, a row per run, its teacher passes, its planned runs)."""
+    sweep = expand.load_sweep(sweep_file)
+    runs = expand.expand(sweep, str(sweep_file))
+    rows, passes = plan_rows(runs)
+    return sweep, rows, passes, runs
+
+
 def plan_rows(runs: list[PlannedRun]) -> tuple[list[dict[str, Any]], dict[str, TeacherPass]]:
     """The table `pdsweep plan` prints: a row per run with its derived numbers."""
     passes = teacher_passes(runs)

@@ -1,0 +1,109 @@
+"""A whole sweep as `pdsweep run` and `pdsweep status` see it: load and check it, track it as one
+parent MLflow run, run its task graph through an executor, and say how it ended — or read what its
+run directories say now."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pdsweep import proc, rundir
+from pdsweep.errors import UserError
+from pdsweep.run import executors, launch, scheduler, tracking
+from pdsweep.run.scheduler import Task
+from pdsweep.spec import expand, plan
+
+
+@dataclass
+class Outcome:
+    """How `run` ended: every task's state, and whether it was interrupted (Ctrl-C) or stopped by an
+    error of its own (its running tasks were interrupted and keep their checkpoints)."""
+
+    sweep: str
+    tasks: list[Task]
+    slots: int
+    dry_run: bool = False
+    interrupted: bool = False
+    error: str | None = None
+    trained: list[Task] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return sum(t.status == "done" for t in self.trained)
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and self.error is None and self.done == len(self.trained)
+
+    @property
+    def directory(self) -> Path:
+        return plan.sweep_dir(self.sweep)
+
+
+def run(
+    *,
+    sweep_file: Path,
+    workers: int = 1,
+    devices: str = "cpu",
+    hostfile: Path | None = None,
+    tracking_uri: str | None = None,
+    track: bool = True,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+    executor: str = "local",
+    on_start: Callable[[str, int, int], None] = lambda sweep, runs, slots: None,
+    on_change: Callable[[list[Task]], None] = lambda tasks: None,
+    check_workdir: Callable[[], None] = lambda: None,
+) -> Outcome:
+    """Run a sweep's tasks in dependency order, `workers` at a time (resumable: done tasks are
+    skipped, killed ones resume). `on_start(sweep, runs, slots)` once everything is checked,
+    `on_change(tasks)` whenever a task changes state. UserError for bad input, before anything runs."""
+    sweep = expand.load_sweep(sweep_file)
+    runs = expand.expand(sweep, str(sweep_file))
+    if not dry_run:
+        check_workdir()
+    tasks = scheduler.build(sweep.name, runs)
+    if hostfile is not None and not hostfile.is_file():
+        raise UserError(f"--hostfile: {hostfile} does not exist")
+    if hostfile is not None:
+        launch.hostfile_hosts(hostfile)
+    slots = scheduler.device_slots(devices, workers)
+    ex = executors.make(executor)
+    if dry_run:
+        sched = scheduler.Scheduler(sweep.name, tasks, workers, devices, retry_failed=retry_failed, executor=ex)
+        return Outcome(sweep.name, sched.tasks, len(slots), dry_run=True)
+    tracker = tracking.make(tracking_uri, track)  # an unreachable store fails here, before any run
+    parent = tracker.start_sweep(sweep.name, plan.sweep_dir(sweep.name), sweep_file, len(runs))
+    sched = scheduler.Scheduler(
+        sweep.name, tasks, workers, devices, tracking_uri, track, retry_failed, hostfile, parent, executor=ex
+    )
+    on_start(sweep.name, len(runs), len(slots))
+    sched.on_change = on_change
+    outcome = Outcome(sweep.name, sched.tasks, len(slots), trained=[t for t in sched.tasks if t.kind == "train"])
+    try:
+        sched.run()
+    except KeyboardInterrupt:
+        tracker.finish("interrupted", "interrupted (Ctrl-C)")
+        outcome.interrupted = True
+        return outcome
+    except Exception as e:  # noqa: BLE001 - the scheduler's own failure: its tasks were stopped, resumable
+        outcome.error = proc.describe(e)
+        with contextlib.suppress(Exception):  # the store may be what failed
+            tracker.finish("failed", outcome.error)
+        return outcome
+    tracker.log_metrics({"runs_done": outcome.done, "runs_failed": len(outcome.trained) - outcome.done}, 0)
+    tracker.finish("done" if outcome.done == len(outcome.trained) else "failed")
+    return outcome
+
+
+def status(*, sweep_file: Path) -> tuple[str, list[Task]]:
+    """Every task of a sweep as its run directories say now; `running` only while a process holds its
+    lock (else `interrupted`). No MLflow needed."""
+    sweep = expand.load_sweep(sweep_file)
+    sched = scheduler.Scheduler(sweep.name, scheduler.build(sweep.name, expand.expand(sweep, str(sweep_file))))
+    for t in sched.tasks:
+        if rundir.read_status(t.dir)["status"] == "running":
+            t.status = "running" if rundir.is_locked(t.dir) else "interrupted"
+    return sweep.name, sched.tasks
