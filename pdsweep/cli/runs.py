@@ -184,7 +184,7 @@ def eval_(
     """Score a trained run or a model on the offline benchmarks, the way lm-evaluation-harness does
     (or with the harness itself: --harness)."""
     from pdsweep.eval import tasks
-    from pdsweep.run import launch
+    from pdsweep.run import evaluate
 
     named = tuple(harness_task or ())
     harness = harness or bool(named)
@@ -192,7 +192,7 @@ def eval_(
     suites = tuple(suite or default)
     bar, hook = views.progress_bar()
     with user_errors(), bar:
-        metrics, out = launch.evaluate_model(
+        metrics, out = evaluate.evaluate_model(
             target, suites, limit, batch_size, hook, tracking_uri, track, harness, named
         )
     if json_out:

@@ -29,7 +29,6 @@ from pdsweep.spec.pd import (
 )
 from pdsweep.spec.run import (
     BUILTIN_CORPORA,
-    PRESETS,
     BpeTokenizer,
     CosineLR,
     DataSpec,
@@ -37,9 +36,7 @@ from pdsweep.spec.run import (
     EvalSuite,
     FileTokenizer,
     LRScheduleSpec,
-    ModelSpec,
     OptimSpec,
-    PresetName,
     RecordLogitsSpec,
     RunSpec,
     TeacherTokenizer,
@@ -47,6 +44,7 @@ from pdsweep.spec.run import (
     TrainSpec,
     WsdLR,
 )
+from pdsweep.spec.sizes import PRESETS, ModelSpec, PresetName
 
 __all__ = [
     "AdaKDH",
