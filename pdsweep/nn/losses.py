@@ -31,10 +31,18 @@ the student at τ too, loss × τ²). Adaptive, per token (PAPER.md; formulas in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
 
 import torch
 import torch.nn.functional as F
+
+from pdsweep.spec import WTTM, AdaKDH, AdaKDSD, AdaptiveSpec, NoAdaptive, NormKD
+
+if TYPE_CHECKING:
+    from pdsweep.spec import RunSpec
+
+KDKind = Literal["nll", "kld", "mse", "rkl", "jsd"]
 
 NEG = -1e30  # a finite "minus infinity": keeps gradients free of NaN where entries are masked
 
@@ -53,32 +61,26 @@ def lm_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -10
 
 @dataclass(frozen=True)
 class KDConfig:
-    """The loss-relevant part of a RunSpec, as plain values (see spec.LogitsSpec and spec.LossSpec)."""
+    """The loss-relevant part of a RunSpec (spec.LogitsSpec and spec.LossSpec), with the adaptive
+    temperature as the spec's own tagged union: the loss matches on its kind."""
 
-    kind: str = "nll"
+    kind: KDKind = "nll"
     temperature: float = 1.0
-    temperature_on: str = "teacher"
-    adaptive: str = "none"
-    adaptive_params: tuple[tuple[str, float], ...] = ()
+    temperature_on: Literal["teacher", "both"] = "teacher"
+    adaptive: AdaptiveSpec = field(default_factory=NoAdaptive)
     renormalize: bool = True
-    mse_space: str = "logprob"
+    mse_space: Literal["logprob", "prob", "logit"] = "logprob"
 
     @classmethod
-    def from_spec(cls, spec) -> KDConfig:  # noqa: ANN001 - a RunSpec (spec.py is a sibling layer's)
-        a = spec.logits.adaptive
-        params = tuple((k, float(v)) for k, v in a.model_dump().items() if k != "kind")
+    def from_spec(cls, spec: RunSpec) -> KDConfig:
         return cls(
             spec.loss.kd,
             spec.logits.temperature,
             spec.logits.temperature_on,
-            a.kind,
-            params,
+            spec.logits.adaptive,
             spec.logits.renormalize,
             spec.loss.mse_space,
         )
-
-    def param(self, name: str) -> float:
-        return dict(self.adaptive_params)[name]
 
 
 def _masked_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,25 +108,23 @@ def teacher_targets(
     z = torch.where(mask, t_logprobs, torch.zeros_like(t_logprobs))  # logits up to a per-row constant
     ones = torch.ones(N, dtype=t_logprobs.dtype, device=t_logprobs.device)
     weight = ones
-    if cfg.adaptive == "none":
-        tau = ones * cfg.temperature
-    elif cfg.adaptive == "normkd":
-        tau = (cfg.param("c") * _masked_std(z, mask)).clamp(min=1e-2)
-    elif cfg.adaptive == "adakd_sd":
-        s = _masked_std(z, mask)
-        tau = (cfg.temperature * s / s.mean().clamp(min=1e-6)).clamp(cfg.param("tau_min"), cfg.param("tau_max"))
-    elif cfg.adaptive == "adakd_h":
-        p = torch.softmax(torch.where(mask, z, NEG), -1)
-        H = -(p * torch.log(p.clamp(min=1e-30))).sum(-1)
-        n = mask.sum(-1).float()
-        frac = torch.where(n > 1, H / torch.log(n.clamp(min=2)), torch.zeros_like(H))
-        tau = cfg.param("tau_min") + (cfg.param("tau_max") - cfg.param("tau_min")) * (1 - frac)
-    elif cfg.adaptive == "wttm":
-        gamma = cfg.param("gamma")
-        tau = ones / gamma  # q ∝ p^γ = softmax(z/τ) with τ = 1/γ
-        weight = cfg.param("beta") * (torch.exp(gamma * t_logprobs) * mask).sum(-1)
-    else:
-        raise ValueError(f"unknown adaptive temperature {cfg.adaptive!r}")
+    match cfg.adaptive:
+        case NoAdaptive():
+            tau = ones * cfg.temperature
+        case NormKD(c=c):
+            tau = (c * _masked_std(z, mask)).clamp(min=1e-2)
+        case AdaKDSD(tau_min=lo, tau_max=hi):
+            s = _masked_std(z, mask)
+            tau = (cfg.temperature * s / s.mean().clamp(min=1e-6)).clamp(lo, hi)
+        case AdaKDH(tau_min=lo, tau_max=hi):
+            p = torch.softmax(torch.where(mask, z, NEG), -1)
+            H = -(p * torch.log(p.clamp(min=1e-30))).sum(-1)
+            n = mask.sum(-1).float()
+            frac = torch.where(n > 1, H / torch.log(n.clamp(min=2)), torch.zeros_like(H))
+            tau = lo + (hi - lo) * (1 - frac)
+        case WTTM(gamma=gamma, beta=beta):
+            tau = ones / gamma  # q ∝ p^γ = softmax(z/τ) with τ = 1/γ
+            weight = beta * (torch.exp(gamma * t_logprobs) * mask).sum(-1)
     q = torch.softmax(torch.where(mask, z / tau[:, None], NEG), -1) * mask
     if cfg.renormalize:
         return q, torch.zeros_like(tau), tau, weight
@@ -192,9 +192,9 @@ def _kd_rows(
 
 def _student_temperature(logits: torch.Tensor, tau: torch.Tensor, cfg: KDConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(student τ per token, loss scale per token): NormKD's own τ_S and τ_T²; Hinton's τ and τ²."""
-    if cfg.adaptive == "normkd":
-        return (cfg.param("c") * logits.detach().float().std(dim=-1)).clamp(min=1e-2), tau**2
-    if cfg.temperature_on == "both" and cfg.adaptive == "none":
+    if isinstance(cfg.adaptive, NormKD):
+        return (cfg.adaptive.c * logits.detach().float().std(dim=-1)).clamp(min=1e-2), tau**2
+    if cfg.temperature_on == "both" and isinstance(cfg.adaptive, NoAdaptive):
         return tau, tau**2
     return torch.ones_like(tau), torch.ones_like(tau)
 
@@ -241,7 +241,7 @@ class _FusedPD(torch.autograd.Function):
         closed = (
             cfg.kind in ("nll", "kld")
             and cfg.renormalize
-            and cfg.adaptive in ("none", "adakd_sd", "adakd_h")
+            and isinstance(cfg.adaptive, NoAdaptive | AdaKDSD | AdaKDH)
             and cfg.temperature_on == "teacher"
         )
         for s in range(0, N, chunk_tokens):

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pdsweep.spec.suites import BENCHMARKS
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -39,27 +41,6 @@ class Metric:
     """A benchmark score: one of the columns the paper's Average is taken over."""
 
 
-_TASK_TITLES = {
-    "hellaswag": "HellaSwag",
-    "winogrande": "WinoGrande",
-    "piqa": "PIQA",
-    "arc_easy": "ARC-e",
-    "arc_challenge": "ARC-c",
-    "mmlu": "MMLU",
-    "lambada": "LAMBADA",
-    "gsm8k": "GSM8k",
-}
-PRIMARY_SCORE = {
-    "hellaswag": "acc_norm",
-    "winogrande": "acc",
-    "piqa": "acc_norm",
-    "arc_easy": "acc_norm",
-    "arc_challenge": "acc_norm",
-    "mmlu": "acc",
-    "lambada": "acc",
-    "gsm8k": "exact_match",
-}
-
 _FIXED = {
     "heldout/loss": Metric("heldout/loss", "held-out loss", False),
     "heldout/ppl": Metric("heldout/ppl", "held-out ppl", False, digits=2),
@@ -75,9 +56,9 @@ def metric(key: str) -> Metric:
     if key in _FIXED:
         return _FIXED[key]
     task, _, name = key.partition("/")
-    if task in _TASK_TITLES and name in ("acc", "acc_norm", "exact_match"):
-        suffix = "" if PRIMARY_SCORE[task] == name else f" {name}"
-        return Metric(key, _TASK_TITLES[task] + suffix, True, 100.0, 1, score=True)
+    if task in BENCHMARKS and name in ("acc", "acc_norm", "exact_match"):
+        b = BENCHMARKS[task]
+        return Metric(key, b.title + ("" if b.primary == name else f" {name}"), True, 100.0, 1, score=True)
     lower = any(part in _LOWER for part in key.split("/"))
     return Metric(key, key, not lower)
 
@@ -91,7 +72,7 @@ def default_metrics(keys: Sequence[str]) -> list[str]:
         for k in ("heldout/loss", "heldout/bits_per_byte", "teacher_agreement/top1", "teacher_agreement/kl")
         if k in present
     ]
-    out += [f"{t}/{m}" for t, m in PRIMARY_SCORE.items() if f"{t}/{m}" in present]
+    out += [f"{b.name}/{b.primary}" for b in BENCHMARKS.values() if f"{b.name}/{b.primary}" in present]
     return out
 
 

@@ -36,6 +36,7 @@ from pdsweep.spec.pd import (
     WsdBeta,
 )
 from pdsweep.spec.sizes import ModelSpec
+from pdsweep.spec.suites import SUITES
 
 """Bumped when the meaning of an existing field changes (it is part of every run_id)."""
 """RunSpec paths that accept a one-word (or one-number) value, and the mapping it stands for."""
@@ -236,18 +237,7 @@ class TrainSpec(SpecModel):
         return self
 
 
-EvalSuite = Literal[
-    "heldout",
-    "teacher_agreement",
-    "hellaswag",
-    "winogrande",
-    "piqa",
-    "mmlu",
-    "arc_easy",
-    "arc_challenge",
-    "lambada",
-    "gsm8k",
-]
+EvalSuite = Literal[SUITES]  # type: ignore[valid-type] # the registry's names (suites.py)
 
 
 class EvalSpec(SpecModel):
