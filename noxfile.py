@@ -13,7 +13,7 @@ nox.options.reuse_existing_virtualenvs = True
 TORCH = "torch==2.13.0"
 
 
-def install(session: nox.Session, extras: str = "dev,hf") -> None:
+def install(session: nox.Session, extras: str = "dev,hf,deepspeed,postgres") -> None:
     session.install(TORCH)
     session.install("-e", f".[{extras}]")
 

@@ -1,5 +1,5 @@
-"""Small process helpers every layer uses: a free TCP port, the parent-death signal, and the one
-line of an exception a user is shown."""
+"""Small process helpers every layer uses: a free TCP port, the parent-death signal, the one
+line of an exception a user is shown, and the check for an optional dependency (an extra)."""
 
 from __future__ import annotations
 
@@ -33,3 +33,17 @@ def describe(e: BaseException, limit: int = 300) -> str:
     """`Type: first line` — how a failure's reason reads in status.json, MLflow and the terminal."""
     first = first_line(e, limit)
     return first if first == type(e).__name__ else f"{type(e).__name__}: {first}"
+
+
+def require(module: str, extra: str, what: str) -> None:
+    """UserError naming the extra to install when an optional dependency is missing."""
+    import importlib.util
+
+    from pdsweep.errors import UserError
+
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise UserError(f"{what} needs {module}, which is pdsweep's {extra} extra: pip install 'pdsweep[{extra}]'")

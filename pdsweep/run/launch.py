@@ -330,6 +330,7 @@ def launcher_command(
     if launcher == "torchrun":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         return [*cmd, "-m", *module_args], env
+    proc.require("deepspeed", "deepspeed", "the deepspeed launcher")
     visible = [x.strip() for x in env.get("CUDA_VISIBLE_DEVICES", "").split(",") if x.strip()]
     resources = [f"--hostfile={hostfile}"] if hostfile is not None else []
     if visible:

@@ -55,6 +55,9 @@ def _storage(url: str, create: bool = False) -> Any:
     """The study storage; `create` makes a sqlite file's directory (the work directory by default)."""
     import optuna
 
+    scheme = url.split(":", 1)[0]
+    if scheme.startswith("postgresql"):  # SQLAlchemy's default driver is psycopg (3)
+        proc.require("psycopg2" if scheme.endswith("+psycopg2") else "psycopg", "postgres", "a PostgreSQL --storage")
     file = settings.sqlite_file(url)
     if file is not None and create:
         try:

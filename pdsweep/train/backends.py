@@ -266,6 +266,7 @@ def make(spec: RunSpec) -> Backend:
         many = int(os.environ.get("WORLD_SIZE", "1")) > 1 or torch.cuda.device_count() > 1
         kind = "deepspeed" if many else "torch"
     if kind == "deepspeed":
+        proc.require("deepspeed", "deepspeed", f"train.backend {spec.train.backend} (DeepSpeed ZeRO)")
         if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ:
             proc.die_with_parent()  # started by torchrun / the deepspeed launcher
         return DeepSpeedBackend(spec)
