@@ -1,4 +1,6 @@
-"""Shared test helpers: running the real `pdsweep` command in a subprocess."""
+"""Shared test helpers: running the real `pdsweep` command in a subprocess, the session's work
+directory and corpus, builders of tiny runs and sweeps (TINY_RUN, lm_sweep, pd_sweep), a free
+port, and Poison (a callback that makes a run's loss non-finite)."""
 
 from __future__ import annotations
 
@@ -6,9 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
+
+from pdsweep.train import trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 SWEEPS = ROOT / "sweeps"
@@ -55,11 +61,12 @@ def pytest_collection_modifyitems(config, items):  # noqa: ANN001 - pytest hook
 
 
 @pytest.fixture(scope="session")
-def workdir(tmp_path_factory) -> Path:
+def workdir(tmp_path_factory) -> Iterator[Path]:
     """One pdsweep work directory for the session (tokenized corpora are shared by tests)."""
     path = tmp_path_factory.mktemp("pdsweep-work")
-    os.environ["PDSWEEP_WORKDIR"] = str(path)
-    return path
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PDSWEEP_WORKDIR", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")
@@ -99,16 +106,60 @@ def lm_sweep(name: str, steps: int = 8, lrs: tuple[float, ...] = (0.003, 0.01), 
     }
 
 
+def pd_sweep(
+    name: str,
+    steps: int,
+    teacher_steps: int,
+    top_p: float = 0.95,
+    top_k: int = 20,
+    vocab_size: int = 2048,
+    corpus: str | None = None,
+    seeds: int = 2,
+    eval: dict | None = None,
+    **extra: object,
+) -> dict:
+    """A PD sweep of tiny runs: a `run:teacher` trained `teacher_steps`, students of `steps` (KLD,
+    α = 0.5, top-p-k) and their LM-only baselines, `seeds` seeds each; `extra` adds sweep keys."""
+    data = {"tokenizer": {"kind": "bpe", "vocab_size": vocab_size}, "seq_len": 64, "tokens": 64 * 16 * steps}
+    return {
+        "name": name,
+        "base": {
+            "student": "tiny-xs",
+            "teacher": "run:teacher",
+            "loss": {"kd": "kld", "alpha": 0.5},
+            "logits": {"top_p": top_p, "top_k": top_k},
+            "data": {"corpus": corpus, **data} if corpus else data,
+            "train": {"global_batch": 16, "micro_batch": 16, "backend": "torch"},
+            "eval": eval or {"interval": 1000, "heldout_tokens": 2048},
+        },
+        "teachers": {"teacher": {"data.tokens": 64 * 16 * teacher_steps}},
+        **extra,
+        "seeds": seeds,
+    }
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    from pdsweep import proc
+
+    return proc.free_port()
+
+
+class Poison(trainer.Callback):
+    """Fills one weight with NaN at the start: the run's loss is non-finite at step 0."""
+
+    def on_start(self, state, net) -> None:  # noqa: ANN001
+        with torch.no_grad():
+            net.layers[0].mlp.up_proj.weight.fill_(float("nan"))
+
+
 def start_mlflow_server(db: Path, log: Path) -> tuple[subprocess.Popen, str]:
     """A real `mlflow server` on a free 127.0.0.1 port, in its own process group (stop with
     stop_mlflow_server); returns once it answers."""
-    import socket
     import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}"]

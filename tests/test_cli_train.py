@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import yaml
@@ -57,7 +56,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", list(BAD))
-def test_bad_input_is_one_line_exit_2(case: str, tmp_path) -> None:
+def test_bad_input_is_one_line_exit_2(case: str, tmp_path, monkeypatch) -> None:
     (tmp_path / "empty.txt").write_text("\n\n   \n")
     (tmp_path / "latin1.txt").write_bytes("Ophélie et Hamlet\n".encode("latin-1"))
     (tmp_path / "short.txt").write_text("A short play in one act.\n\nThe end.\n")
@@ -68,15 +67,8 @@ def test_bad_input_is_one_line_exit_2(case: str, tmp_path) -> None:
     spec_file = tmp_path / "run.yaml"
     spec_file.write_text(yaml.safe_dump(spec))
     env_work = tmp_path / "work"
-    old = os.environ.get("PDSWEEP_WORKDIR")
-    os.environ["PDSWEEP_WORKDIR"] = str(env_work)
-    try:
-        out = pdsweep("train", spec_file, "--out", tmp_path / "run")
-    finally:  # the session's work directory (conftest) must survive this test
-        if old is None:
-            del os.environ["PDSWEEP_WORKDIR"]
-        else:
-            os.environ["PDSWEEP_WORKDIR"] = old
+    monkeypatch.setenv("PDSWEEP_WORKDIR", str(env_work))  # the session's stays untouched
+    out = pdsweep("train", spec_file, "--out", tmp_path / "run")
     assert out.returncode == 2, out.stderr[-2000:]
     assert "Traceback" not in out.stderr
     lines = [ln for ln in out.stderr.strip().splitlines() if ln.startswith("error:")]

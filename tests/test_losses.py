@@ -144,9 +144,7 @@ def test_gradients_are_finite_for_extreme_logits(kind, tau, adaptive) -> None:
         "adakd_sd": AdaKDSD(tau_min=0.5, tau_max=4.0),
         "adakd_h": AdaKDH(tau_min=0.5, tau_max=4.0),
     }[adaptive]
-    loss, _ = losses.kd_loss(
-        s, kept.ids, kept.logprobs, mask, KDConfig(kind, temperature=tau, adaptive=params)
-    )
+    loss, _ = losses.kd_loss(s, kept.ids, kept.logprobs, mask, KDConfig(kind, temperature=tau, adaptive=params))
     (grad,) = torch.autograd.grad(loss, s)
     assert torch.isfinite(loss) and torch.isfinite(grad).all()
 

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 import yaml
 
-from tests.conftest import lm_sweep, pdsweep, start_mlflow_server, stop_mlflow_server
+from tests.conftest import free_port, lm_sweep, pdsweep, start_mlflow_server, stop_mlflow_server
 
 
 @pytest.fixture(scope="module")
@@ -120,15 +120,12 @@ def test_a_sweep_logged_to_a_server_is_in_its_ui_with_runs_and_params(
 def test_pdsweep_ui_serves_the_embedded_store_on_localhost(tmp_path, workdir, shakespeare) -> None:
     """`pdsweep ui` on the default sqlite store: the UI answers on 127.0.0.1 at the printed URL with
     the sweep's runs, and Ctrl-C stops it and its workers."""
-    import socket
 
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(lm_sweep("ui-sweep", steps=4, lrs=(0.003,), seeds=1)))
     out = pdsweep("run", path, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "pdsweep.cli", "ui", str(path), "--port", str(port)],
         stdout=subprocess.PIPE,

@@ -14,7 +14,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from pdsweep.report import build, figures, formats, stats
-from tests.conftest import pdsweep
+from tests.conftest import pd_sweep, pdsweep
 
 STEPS = 10
 
@@ -23,22 +23,14 @@ STEPS = 10
 def done_sweep(tmp_path_factory, workdir, shakespeare):
     """The sweep file, its tracking URI and the report directory, after `pdsweep run --report`."""
     where = tmp_path_factory.mktemp("report")
-    sweep = {
-        "name": "report-test",
-        "description": "LM-only vs PD (α = 0.5, 0.9), two seeds each.",
-        "base": {
-            "student": "tiny-xs",
-            "teacher": "run:teacher",
-            "loss": {"kd": "kld", "alpha": 0.5},
-            "logits": {"top_p": 0.95, "top_k": 20},
-            "data": {"tokenizer": {"kind": "bpe", "vocab_size": 2048}, "seq_len": 64, "tokens": 64 * 16 * STEPS},
-            "train": {"global_batch": 16, "micro_batch": 16, "backend": "torch"},
-            "eval": {"suites": ["heldout", "teacher_agreement"], "interval": 5, "heldout_tokens": 2048},
-        },
-        "teachers": {"teacher": {"data.tokens": 64 * 16 * 20}},
-        "grid": {"loss.alpha": [0.5, 0.9]},
-        "seeds": 2,
-    }
+    sweep = pd_sweep(
+        "report-test",
+        STEPS,
+        20,
+        description="LM-only vs PD (α = 0.5, 0.9), two seeds each.",
+        eval={"suites": ["heldout", "teacher_agreement"], "interval": 5, "heldout_tokens": 2048},
+        grid={"loss.alpha": [0.5, 0.9]},
+    )
     path = where / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     uri = f"sqlite:///{where / 'mlflow.db'}"

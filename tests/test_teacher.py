@@ -327,14 +327,10 @@ def hamlet(shakespeare, tmp_path_factory):
     t_dir = work / "teacher"
     t_dir.mkdir()
     (t_dir / "spec.yaml").write_text(yaml.safe_dump({"run_id": "t", **t_spec.model_dump(mode="json")}))
-    import os
-
-    os.environ["PDSWEEP_WORKDIR"], old = str(work), os.environ.get("PDSWEEP_WORKDIR", "")
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # a module-scoped fixture: its own monkeypatch
+        mp.setenv("PDSWEEP_WORKDIR", str(work))
         trainer.train(t_spec, t_dir, tokens, backends.TorchBackend(t_spec))
         t = teacher.load(TeacherSpec(source=f"ckpt:{t_dir}"))
-    finally:
-        os.environ["PDSWEEP_WORKDIR"] = old
     teacher.generate(t, tokens, work / "store", 0.95, 50, 64)
     return base, tokens, logits_store.StoreReader(work / "store", expect=teacher.store_info(t, tokens, 0.95, 50))
 

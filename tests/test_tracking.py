@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
@@ -15,7 +14,7 @@ from pdsweep.errors import UserError
 from pdsweep.run import launch
 from pdsweep.spec import RunSpec
 from pdsweep.train import trainer
-from tests.conftest import TINY_RUN, pdsweep
+from tests.conftest import TINY_RUN, Poison, pdsweep
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +49,6 @@ def test_a_trained_run_is_one_mlflow_run_even_when_run_again(tmp_path, shakespea
     ]  # spec + final evaluation
     # Artifacts live beside the sqlite store, not in ./mlruns of the current directory.
     assert run.info.artifact_uri.startswith(Path(store_uri.removeprefix("sqlite:///")).parent.as_uri())
-
-
-class Poison(trainer.Callback):
-    def on_start(self, state, net) -> None:
-        with torch.no_grad():
-            net.layers[0].mlp.up_proj.weight.fill_(float("nan"))
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ import yaml
 from pdsweep import rundir
 from pdsweep.spec import RunSpec
 from pdsweep.train import backends, trainer
-from tests.conftest import ROOT, TINY_RUN
+from tests.conftest import ROOT, TINY_RUN, Poison
 
 
 def run(spec: RunSpec, run_dir, tokens, callbacks=()) -> dict:
@@ -71,12 +71,6 @@ def test_checkpoints_are_complete_and_pruned(shakespeare, tmp_path) -> None:
     assert ckpts == ["LATEST", "step_00000020", "step_00000030"]
     assert (tmp_path / "checkpoints" / "LATEST").read_text() == "step_00000030"
     assert not list((tmp_path / "checkpoints").glob(".*tmp"))
-
-
-class Poison(trainer.Callback):
-    def on_start(self, state, net) -> None:
-        with torch.no_grad():
-            net.layers[0].mlp.up_proj.weight.fill_(float("nan"))
 
 
 def test_non_finite_loss_fails_the_run_with_step_and_reason(shakespeare, tmp_path) -> None:

@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from pdsweep.run import search
 from pdsweep.spec import expand
-from tests.conftest import pdsweep
+from tests.conftest import free_port, pdsweep
 
 
 def _tune_sweep(name: str, trials: int, steps: int = 10, interval: int = 3) -> dict:
@@ -214,9 +213,7 @@ def postgres():
     subprocess.run(
         [*user, initdb, "-D", str(data), "-U", "pdsweep", "--auth", "trust"], check=True, capture_output=True
     )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     opts = f"-h 127.0.0.1 -p {port} -k {where}"
     subprocess.run(
         [*user, pg_ctl, "-D", str(data), "-o", opts, "-l", str(where / "log"), "-w", "start"],
