@@ -84,7 +84,7 @@ def test_custom_preset_needs_dimensions() -> None:
         ({"loss": {"alpha": 0.5}}, "teacher is required"),
         (
             {"teacher": "http://x", "loss": {"alpha": 0.5}},
-            "teacher.source: must look like run:NAME",
+            "teacher: must look like run:NAME",
         ),
         ({"teacher": "builtin:gpt5"}, "unknown builtin teacher 'gpt5'"),
         (

@@ -15,7 +15,7 @@ from pdsweep.errors import UserError
 from pdsweep.logits import store as logits_store
 from pdsweep.logits import teacher
 from pdsweep.nn import model
-from pdsweep.spec import RunSpec, TeacherSpec
+from pdsweep.spec import RunSpec, teacher_spec
 from pdsweep.train import backends, trainer
 from tests.conftest import TINY_RUN, pdsweep
 
@@ -43,7 +43,7 @@ class StopAfter:
 
 @pytest.mark.slow
 def test_checkpoint_teacher_generates_a_resumable_store(tiny_teacher, shakespeare, tmp_path) -> None:
-    t = teacher.load(TeacherSpec(source=f"ckpt:{tiny_teacher}"))
+    t = teacher.load(teacher_spec(f"ckpt:{tiny_teacher}"))
     teacher.check_tokenizer(t, shakespeare, "ckpt")
     whole = teacher.generate(t, shakespeare, tmp_path / "a", 0.9, 20, 64, batch_size=4, shard_positions=256, limit=2000)
     with pytest.raises(KeyboardInterrupt):
@@ -83,7 +83,7 @@ def test_a_teacher_with_another_tokenizer_is_refused(tmp_path, shakespeare) -> N
     other_tok = tokenized.train_bpe(iter(["a completely different corpus " * 50]), 300)
     other_tok.save(str(tmp_path / "tok.json"))
     hf.export(net.state_dict(), net.cfg, tmp_path / "hf", tokenizer_json=tmp_path / "tok.json")
-    t = teacher.load(TeacherSpec(source=f"hf:{tmp_path / 'hf'}"))
+    t = teacher.load(teacher_spec(f"hf:{tmp_path / 'hf'}"))
     with pytest.raises(UserError, match=r"its tokenizer \(\w{12}, vocabulary 2048\) is not the corpus tokenizer"):
         teacher.check_tokenizer(t, shakespeare, "hf:x")
 
@@ -330,7 +330,7 @@ def hamlet(shakespeare, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:  # a module-scoped fixture: its own monkeypatch
         mp.setenv("PDSWEEP_WORKDIR", str(work))
         trainer.train(t_spec, t_dir, tokens, backends.TorchBackend(t_spec))
-        t = teacher.load(TeacherSpec(source=f"ckpt:{t_dir}"))
+        t = teacher.load(teacher_spec(f"ckpt:{t_dir}"))
     teacher.generate(t, tokens, work / "store", 0.95, 50, 64)
     return base, tokens, logits_store.StoreReader(work / "store", expect=teacher.store_info(t, tokens, 0.95, 50))
 
@@ -374,7 +374,7 @@ def test_sampled_targets_are_stored_and_train_a_student(hamlet, tmp_path) -> Non
     ids and counts (an unbiased estimate of the full teacher distribution), and a student reads
     them all; a store of another kind is refused."""
     base, tokens, topk_store = hamlet
-    t = teacher.load(TeacherSpec(source=f"ckpt:{topk_store.path.parent / 'teacher'}"))
+    t = teacher.load(teacher_spec(f"ckpt:{topk_store.path.parent / 'teacher'}"))
     info = teacher.store_info(t, tokens, 1.0, None, sampling_draws=32)
     teacher.generate(t, tokens, tmp_path / "sampled", 0.95, 50, 64, limit=4096, sampling_draws=32, seed=1)
     store = logits_store.StoreReader(tmp_path / "sampled", expect=info)
@@ -422,7 +422,7 @@ def test_teacher_agreement_of_a_teacher_with_its_own_store(hamlet) -> None:
     from pdsweep.nn import model
 
     base, tokens, store = hamlet
-    t = teacher.load(TeacherSpec(source=f"ckpt:{store.path.parent / 'teacher'}"))
+    t = teacher.load(teacher_spec(f"ckpt:{store.path.parent / 'teacher'}"))
     m = heldout.teacher_agreement(t.module, torch.device("cpu"), tokens, store, 64, 8, 2048)
     n = min(batches.num_windows(len(tokens.heldout), 64), 2048 // 64) * 64  # the held-out positions scored
     assert n > 0

@@ -13,7 +13,7 @@ from pdsweep.errors import UserError
 from pdsweep.logits import teacher
 from pdsweep.run import tracking
 from pdsweep.run.launch import Progress
-from pdsweep.spec import TeacherSpec
+from pdsweep.spec import teacher_spec
 
 
 def evaluate_model(
@@ -48,7 +48,7 @@ def evaluate_model(
     if unknown:
         raise UserError(f"--suite: {', '.join(unknown)}: not a benchmark (one of {', '.join(tasks.TASKS)})")
     tasks.fetch_benchmarks(progress)
-    t = teacher.load(TeacherSpec(source=source))
+    t = teacher.load(teacher_spec(source))
     if run_dir is not None:
         spec = rundir.read_run_spec(run_dir, str(path))
         tokens = tokenized.prepare(spec)

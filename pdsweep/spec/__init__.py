@@ -1,7 +1,6 @@
 """What a run and a sweep say: the RunSpec models (re-exported here), sweep files, expansion and the plan."""
 
 from pdsweep.spec.base import (
-    SHORTHANDS,
     SPEC_VERSION,
     SpecModel,
     number_label,
@@ -13,8 +12,11 @@ from pdsweep.spec.pd import (
     AdaKDSD,
     AdaptiveSpec,
     AlphaSpec,
+    BuiltinTeacher,
+    CkptTeacher,
     ConstantAlpha,
     DecayShape,
+    HfTeacher,
     LinearDecAlpha,
     LinearIncAlpha,
     LogitsSpec,
@@ -22,13 +24,17 @@ from pdsweep.spec.pd import (
     NoAdaptive,
     NormKD,
     PeriodAlpha,
+    RunTeacher,
     SamplingSpec,
     TeacherSpec,
     WsdAlpha,
     WsdBeta,
+    parse_teacher,
+    teacher_spec,
 )
 from pdsweep.spec.run import (
     BUILTIN_CORPORA,
+    SHORTHANDS,
     BpeTokenizer,
     CosineLR,
     DataSpec,
@@ -47,6 +53,12 @@ from pdsweep.spec.run import (
 from pdsweep.spec.sizes import PRESETS, ModelSpec, PresetName
 
 __all__ = [
+    "parse_teacher",
+    "teacher_spec",
+    "BuiltinTeacher",
+    "HfTeacher",
+    "CkptTeacher",
+    "RunTeacher",
     "AdaKDH",
     "AdaKDSD",
     "AdaptiveSpec",

