@@ -214,7 +214,7 @@ def _type_text(annotation: Any) -> str:
         members = typing.get_args(annotation)
         kinds = [_tag(m) for m in models_in(annotation)]
         if kinds and all(k is not None for k in kinds):
-            rest = [_type_text(m) for m in members if not (isinstance(m, type) and issubclass(m, BaseModel))]
+            rest = [_type_text(m) for m in members if not models_in(m)]
             return "a mapping with kind: " + " | ".join(kinds) + "".join(f" | {r}" for r in rest)
         return " | ".join(_type_text(m) for m in members)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
