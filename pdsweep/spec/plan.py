@@ -22,7 +22,7 @@ from typing import Any
 
 from pdsweep import settings
 from pdsweep import spec as S
-from pdsweep.spec import expand
+from pdsweep.spec import expand, labels
 from pdsweep.spec.expand import PlannedRun, flatten_overrides
 
 # ----------------------------------------------------------------------------------------------
@@ -124,7 +124,7 @@ def plan_rows(runs: list[PlannedRun]) -> tuple[list[dict[str, Any]], dict[str, T
                 "role": r.role,
                 "label": r.label,
                 "seed": r.seed,
-                "axes": {p: expand.lookup(s, p) for p in varied},
+                "axes": {p: labels.lookup(s, p) for p in varied},
                 "params": s.student.num_params(vocab) if vocab else None,
                 "vocab_size": vocab,
                 "tokens": s.data.tokens,
