@@ -67,6 +67,7 @@ def run(
     hostfile: Annotated[
         Path | None, typer.Option(help="DeepSpeed hostfile: every run trains on these machines.")
     ] = None,
+    executor: Annotated[str, typer.Option(help="Where tasks run: local (processes on this machine).")] = "local",
     tracking_uri: TrackingUri = None,
     track: Track = True,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
@@ -96,6 +97,7 @@ def run(
                 track=track,
                 retry_failed=retry_failed,
                 dry_run=dry_run,
+                executor=executor,
                 on_start=started,
                 on_change=view.update,
                 check_workdir=writable_workdir,
