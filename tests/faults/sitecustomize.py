@@ -1,15 +1,29 @@
 """Fault injection for the tests, from outside pdsweep: a test that puts this directory on PYTHONPATH
 and sets PDSWEEP_TEST_NAN="<run dir name prefix>@<step>" makes the training process of that run
-compute a NaN loss at that (0-based) optimiser step — the real failure path, with no hook in pdsweep."""
+compute a NaN loss at that (0-based) optimiser step — the real failure path, with no hook in pdsweep.
+The training process is `pdsweep train RUN --out DIR` or a worker of `pdsweep run` (its task file)."""
 
+import json
 import os
 import sys
 from pathlib import Path
 
+
+def _run_dir() -> str | None:
+    if "train" in sys.argv and "--out" in sys.argv:
+        return sys.argv[sys.argv.index("--out") + 1]
+    task = next((a for a in sys.argv[1:] if a.endswith("task.json")), None)
+    if task is not None:
+        spec = json.loads(Path(task).read_text())
+        return spec.get("run_dir") if spec.get("kind") == "train" else None
+    return None
+
+
 _target = os.environ.get("PDSWEEP_TEST_NAN", "")
-if _target and "train" in sys.argv and "--out" in sys.argv:
+_dir = _run_dir() if _target else None
+if _dir is not None:
     _prefix, _, _step = _target.partition("@")
-    if Path(sys.argv[sys.argv.index("--out") + 1]).name.startswith(_prefix):
+    if Path(_dir).name.startswith(_prefix):
         from pdsweep.nn import losses
 
         _real, _calls = losses.pd_loss, [0]
