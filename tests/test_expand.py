@@ -8,6 +8,7 @@ from pdsweep import spec as S
 from pdsweep.errors import UserError
 from pdsweep.spec import expand
 from pdsweep.spec.sweep import Sweep
+from tests.conftest import ROOT
 
 BASE = {"student": "tiny-xs", "teacher": "hf:/models/teacher", "loss": {"alpha": 1.0}}
 
@@ -300,3 +301,18 @@ def test_online_students_make_their_teacher_run_record_logits() -> None:
     # One store per window, at the largest p and k that window's students read; offline runs add none.
     assert records == {((0.0, 0.2), 0.95, 50), ((0.8, 1.0), 0.95, 80)}
     assert not teacher.spec.uses_teacher
+
+
+def test_run_ids_stay_what_they_were() -> None:
+    """A run id is the hash of the written spec: a refactor that changes how a spec is written would
+    re-run every done run of every user's sweep. The teacher union is written as {source, batch_size,
+    run_id}, as before it was a union."""
+    sweep = expand.load_sweep(ROOT / "sweeps" / "quickstart.yaml")
+    runs = expand.expand(sweep, "sweeps/quickstart.yaml")
+    assert [r.run_id for r in runs[:4]] == ["b0fa2a1c2904", "c97a2b34021c", "4afaaa1053d9", "76691483e50e"]
+    student = next(r for r in runs if r.role == "student")
+    assert student.spec.model_dump(mode="json")["teacher"] == {
+        "source": "run:teacher",
+        "batch_size": 8,
+        "run_id": "b0fa2a1c2904",
+    }

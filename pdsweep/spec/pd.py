@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     Field,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -39,6 +40,8 @@ def parse_teacher(value: Any) -> Any:
         if m.group(1) == "builtin" and m.group(2) not in BUILTIN_TEACHERS:
             raise ValueError(f"unknown builtin teacher {m.group(2)!r}; known: {', '.join(BUILTIN_TEACHERS)}")
         rest = {k: v for k, v in value.items() if k != "source"}
+        if m.group(1) != "run" and rest.pop("run_id", None) is not None:
+            raise ValueError(f"run_id names a teacher run of a sweep; {source} is not one (remove run_id)")
         return {"kind": m.group(1), _REF_FIELD[m.group(1)]: m.group(2), **rest}
     return value
 
@@ -55,6 +58,12 @@ class _Teacher(SpecModel):
     def source(self) -> str:
         """The `kind:ref` shorthand that names this teacher (`builtin:smollm2-135m`)."""
         return f"{self.kind}:{self.ref}"  # type: ignore[attr-defined]
+
+    @model_serializer
+    def _as_source(self) -> dict[str, Any]:
+        """Written as `{source, batch_size, run_id}`, the form specs had before the union: stored
+        specs read back, and run ids (hashes of the written spec) stay what they were."""
+        return {"source": self.source, "batch_size": self.batch_size, "run_id": getattr(self, "run_id", None)}
 
 
 class RunTeacher(_Teacher):
