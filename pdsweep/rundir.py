@@ -11,6 +11,10 @@
     checkpoints/      `step_NNNNNNNN/` directories, complete when they exist, and `LATEST` naming one
     logits/<name>/    logits stores the run recorded online (named by spec/plan.py)
     tracking.json     the MLflow run this directory's run logs to
+    eval.json         `pdsweep eval`'s benchmark results (eval-harness.json: the harness's), also
+                      inside a checkpoint directory for that checkpoint
+    hf/               the run exported as a Hugging Face model (for lm-evaluation-harness)
+    task.json         the task file its worker process runs (run/worker.py)
     threads, events.jsonl, train.log / generate.log   the scheduler's view of the task's process
 
 The same layout serves a logits pass's directory (status, lock, log, the store itself). Everything
@@ -294,6 +298,19 @@ def run_dir_of(checkpoint: Path) -> Path:
 # ----------------------------------------------------------------------------------------------
 # The scheduler's files beside a task
 # ----------------------------------------------------------------------------------------------
+
+
+def eval_file(directory: Path, harness: bool = False) -> Path:
+    """Where `pdsweep eval` keeps a run's (or a checkpoint's) benchmark results."""
+    return directory / ("eval-harness.json" if harness else "eval.json")
+
+
+def hf_export_dir(run_dir: Path) -> Path:
+    return run_dir / "hf"
+
+
+def task_file(run_dir: Path) -> Path:
+    return run_dir / "task.json"
 
 
 def log_file(run_dir: Path, kind: str) -> Path:

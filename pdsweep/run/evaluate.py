@@ -75,7 +75,7 @@ def evaluate_model(
             model_dir = hf.export(
                 t.module.state_dict(),
                 dataclasses.replace(cfg, max_seq_len=max_len),  # its trained context
-                run_dir / "hf",
+                rundir.hf_export_dir(run_dir),
                 tokenizer_json=tokens.tokenizer_path,
                 eos_token=tok.id_to_token(eos),
                 eos_token_id=eos,
@@ -92,7 +92,7 @@ def evaluate_model(
         return metrics, None
     # A checkpoint's results stay with the checkpoint, at its step; a run's go beside its result.
     where = checkpoint if checkpoint is not None else run_dir
-    out = where / ("eval-harness.json" if use_harness else "eval.json")
+    out = rundir.eval_file(where, use_harness)
     previous = files.read_json(out) if out.exists() else {}
     files.write_json(out, {**previous, **metrics})
     state = rundir.tracking_file(run_dir)

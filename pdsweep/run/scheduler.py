@@ -220,7 +220,7 @@ class Scheduler:
     def _task_file(self, t: Task, slot: str | None) -> Path:
         """The task file its worker process runs (worker.py): a training run, or a teacher pass with
         the runs it serves (the pass stores only the windows they visit)."""
-        path = t.dir / "task.json"
+        path = rundir.task_file(t.dir)
         if t.kind == "logits":
             served = [
                 worker.ServedRun(
