@@ -316,7 +316,7 @@ def test_an_error_of_the_scheduler_itself_stops_cleanly_and_resumes(
             raise RuntimeError("a bug in the scheduler")
 
     monkeypatch.setattr(scheduler.Scheduler, "_rebalance", broken)
-    out = CliRunner().invoke(app.app, ["run", str(path), "--no-track"])
+    out = CliRunner().invoke(app, ["run", str(path), "--no-track"])
     assert out.exit_code == 1, out.output
     assert (
         "error: pdsweep run stopped (RuntimeError: a bug in the scheduler); the running tasks were interrupted"
