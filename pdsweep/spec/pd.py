@@ -63,7 +63,7 @@ class _Teacher(SpecModel):
     def _as_source(self) -> dict[str, Any]:
         """Written as `{source, batch_size, run_id}`, the form specs had before the union: stored
         specs read back, and run ids (hashes of the written spec) stay what they were."""
-        return {"source": self.source, "batch_size": self.batch_size, "run_id": getattr(self, "run_id", None)}
+        return {"source": self.source, "batch_size": self.batch_size, "run_id": self.__dict__.get("run_id")}
 
 
 class RunTeacher(_Teacher):
