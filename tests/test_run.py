@@ -119,13 +119,14 @@ def _alive(pid: int) -> bool:
         return f.read().split(") ")[-1][0] != "Z"
 
 
-def _run_process(path, uri, *extra, env=None) -> subprocess.Popen:
+def _run_process(path, uri, *extra, env=None, preexec_fn=None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "pdsweep.cli", "run", str(path), "--tracking-uri", uri, *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         env={**os.environ, **(env or {})},
+        preexec_fn=preexec_fn,  # noqa: PLW1509 - the test's own child
     )
 
 
@@ -219,18 +220,23 @@ def test_two_concurrent_runs_execute_each_run_once_and_a_nan_run_fails_alone(tmp
 
 
 @pytest.mark.slow
-def test_ctrl_c_stops_the_sweep_cleanly_and_leaves_it_resumable(tmp_path, workdir, shakespeare) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_the_sweep_cleanly_and_leaves_it_resumable(tmp_path, workdir, shakespeare, sig) -> None:
+    """Ctrl-C (SIGINT), or SIGTERM to a `pdsweep run` started as a script's background job (which
+    ignores SIGINT): the running task checkpoints, is left interrupted, and the same command resumes it."""
+    name = f"stop-{sig.name.lower()}-test"
     path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(lm_sweep("ctrl-c-test", steps=400, lrs=(0.003,), seeds=1, checkpoint_every=20)))
+    path.write_text(yaml.safe_dump(lm_sweep(name, steps=400, lrs=(0.003,), seeds=1, checkpoint_every=20)))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (rid,) = _plan_ids(path)
-    run_dir = workdir / "runs" / "ctrl-c-test" / rid
-    proc = _run_process(path, uri)
+    run_dir = workdir / "runs" / name / rid
+    background = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sig == signal.SIGTERM else None
+    proc = _run_process(path, uri, preexec_fn=background)
     deadline = time.monotonic() + 300
     while not (run_dir / "checkpoints" / "LATEST").exists() and time.monotonic() < deadline:
         time.sleep(0.2)
     child = json.loads((run_dir / "status.json").read_text())["pid"]
-    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    proc.send_signal(sig)  # SIGINT is what Ctrl-C sends
     out = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130 and "run the same command again to resume" in out, out[-3000:]
     assert not _alive(child)
@@ -239,7 +245,7 @@ def test_ctrl_c_stops_the_sweep_cleanly_and_leaves_it_resumable(tmp_path, workdi
     client = MlflowClient(tracking_uri=uri)
     (run,) = [
         r
-        for r in client.search_runs([client.get_experiment_by_name("ctrl-c-test").experiment_id])
+        for r in client.search_runs([client.get_experiment_by_name(name).experiment_id])
         if "pdsweep.run_id" in r.data.tags
     ]
     assert run.info.status == "KILLED" and run.data.tags["pdsweep.status"] == "interrupted"

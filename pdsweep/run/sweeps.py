@@ -5,7 +5,7 @@ run directories say now."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +83,8 @@ def run(
     sched.on_change = on_change
     outcome = Outcome(sweep.name, sched.tasks, len(slots), trained=[t for t in sched.tasks if t.kind == "train"])
     try:
-        sched.run()
+        with _stop_on_sigterm():
+            sched.run()
     except KeyboardInterrupt:
         tracker.finish("interrupted", "interrupted (Ctrl-C)")
         outcome.interrupted = True
@@ -96,6 +97,28 @@ def run(
     tracker.log_metrics({"runs_done": outcome.done, "runs_failed": len(outcome.trained) - outcome.done}, 0)
     tracker.finish("done" if outcome.done == len(outcome.trained) else "failed")
     return outcome
+
+
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
+    """SIGTERM (`kill PID`, a batch system ending the job) stops the sweep the way Ctrl-C does: every
+    running task checkpoints and is left interrupted, resumable. (SIGINT keeps its own disposition: a
+    background job of a script ignores it, as the shell intends.)"""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def status(*, sweep_file: Path) -> tuple[str, list[Task]]:

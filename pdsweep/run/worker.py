@@ -19,6 +19,7 @@ exits 0 (done), 1 (failed) or 2 (refused input).
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -192,6 +193,11 @@ def _tune(task: TuneTask) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    # SIGINT is how pdsweep asks its task to stop (checkpoint, then interrupted): honour it even when
+    # `pdsweep run` itself was started with SIGINT ignored (a script's background job), which every
+    # process would otherwise inherit. A task runs in its own session: a terminal's Ctrl-C reaches
+    # `pdsweep run`, never the task directly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     if len(args) != 1:
         print("usage: python -m pdsweep.run.worker TASK.json", file=sys.stderr)
         return 2
