@@ -92,3 +92,22 @@ class ThreadBudget:
             return None
         self.current = n
         return n
+
+
+def check_workdir() -> None:
+    """The work directory (PDSWEEP_WORKDIR) is a directory this process can write: checked before
+    a command that writes there does anything, so a wrong one is one line, not a traceback."""
+    import tempfile
+
+    from pdsweep.errors import UserError
+
+    path = workdir()
+    where = f"work directory {path} (PDSWEEP_WORKDIR)"
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{where}: is a file, not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check."):
+            pass
+    except OSError as e:
+        raise UserError(f"{where}: cannot write there ({e.strerror or e})") from None

@@ -1,5 +1,5 @@
 """What every command shares: its options (declared once, as Annotated types), how bad input is
-shown (one line per problem, exit code 2, no traceback), Ctrl-C, the work-directory check, and a
+shown (one line per problem, exit code 2, no traceback), Ctrl-C, and a
 command group with a default sub-command (`pdsweep tune SWEEP` is `pdsweep tune run SWEEP`)."""
 
 from __future__ import annotations
@@ -47,26 +47,6 @@ def exit_on_interrupt() -> Iterator[None]:
         yield
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
-
-
-def writable_workdir() -> None:
-    """The work directory (PDSWEEP_WORKDIR) is a directory this process can write: checked before
-    a command that writes there does anything, so a wrong one is one line, not a traceback."""
-    import tempfile
-
-    from pdsweep import settings
-    from pdsweep.errors import UserError
-
-    path = settings.workdir()
-    where = f"work directory {path} (PDSWEEP_WORKDIR)"
-    if path.exists() and not path.is_dir():
-        raise UserError(f"{where}: is a file, not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-check."):
-            pass
-    except OSError as e:
-        raise UserError(f"{where}: cannot write there ({e.strerror or e})") from None
 
 
 def console(min_width: int = 100) -> Any:

@@ -10,8 +10,9 @@ from typing import Annotated
 
 import typer
 
+from pdsweep import settings
 from pdsweep.cli import views
-from pdsweep.cli.common import Json, StoreDir, user_errors, writable_workdir
+from pdsweep.cli.common import Json, StoreDir, user_errors
 
 data_app = typer.Typer(help="Fetch corpora and tokenize them.", no_args_is_help=True)
 logits_app = typer.Typer(help="Teacher logits stores: generate, inspect, verify.", no_args_is_help=True)
@@ -45,7 +46,7 @@ def data_prepare(file: Annotated[Path, typer.Argument(help="A run or sweep YAML 
     bar, hook = views.progress_bar()
     with user_errors():
         spec_or_sweep, runs = expand.load_any(file)
-        writable_workdir()
+        settings.check_workdir()
         with bar:
             prepared = launch.prepare_corpora(
                 specs=[spec_or_sweep] if runs is None else [r.spec for r in runs],  # type: ignore[list-item]
@@ -81,7 +82,7 @@ def logits_generate(
     bar, hook = views.progress_bar()
     with user_errors():
         spec = expand.load_run(file)
-        writable_workdir()
+        settings.check_workdir()
         with bar:
             result = launch.generate_pass(
                 spec=spec, store=out, limit=limit, batch_size=batch_size, progress=hook, source=str(file)

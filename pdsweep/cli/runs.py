@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from pdsweep.cli import views
-from pdsweep.cli.common import Hostfile, Json, RunFile, SweepFile, Track, TrackingUri, user_errors, writable_workdir
+from pdsweep.cli.common import Hostfile, Json, RunFile, SweepFile, Track, TrackingUri, user_errors
 
 
 def train(
@@ -55,7 +55,6 @@ def train(
             label=label,
             progress=hook,
             callbacks=(views.train_bar(bar),),
-            check_workdir=writable_workdir,
         )
     raise typer.Exit(outcome if isinstance(outcome, int) else worker.report(outcome))
 
@@ -100,7 +99,6 @@ def run(
                 executor=executor,
                 on_start=started,
                 on_change=view.update,
-                check_workdir=writable_workdir,
             )
     finally:
         view.__exit__(None, None, None)

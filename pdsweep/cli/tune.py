@@ -17,7 +17,6 @@ from pdsweep.cli.common import (
     console,
     exit_on_interrupt,
     user_errors,
-    writable_workdir,
 )
 
 tune_app = typer.Typer(
@@ -55,7 +54,6 @@ def tune_run(
             track=track,
             on_trial=show,
             on_line=typer.echo,
-            check_workdir=writable_workdir,
         )
     if any(codes):
         raise typer.Exit(max(codes))

@@ -147,7 +147,6 @@ def train(
     label: str | None = None,
     progress: Progress = lambda *a: None,
     callbacks: tuple[trainer.Callback, ...] = (),
-    check_workdir: Callable[[], None] = lambda: None,
 ) -> Outcome | int:
     """`pdsweep train`: one run of a run file in `out` (default: the work directory's runs/single/ID),
     resuming. Over several processes (`nproc`, `hostfile`) the same command is started under the
@@ -157,7 +156,7 @@ def train(
     spec = expand.load_run(spec_file)
     if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$", sweep):
         raise UserError(f"--sweep: must be a sweep name (letters, digits, _ . -; at most 100), got {sweep[:60]!r}")
-    check_workdir()
+    settings.check_workdir()
     run_dir = out or plan.single_run_dir(expand.run_id(spec))
     if launcher not in ("torchrun", "deepspeed"):
         raise UserError(f"--launcher: must be torchrun or deepspeed, got {launcher!r}")

@@ -290,8 +290,7 @@ class Scheduler:
             teacher_run = next(x for x in self.tasks if x.role == "teacher" and x.run and x.run.name == source[4:])
             source = f"ckpt:{teacher_run.dir}"
         spec = example.spec.model_dump(mode="json")
-        batch = (spec["teacher"] or {}).get("batch_size", 8)
-        spec["teacher"] = {"source": source, "batch_size": batch}  # a teacher run's pass reads it as ckpt:DIR
+        spec["teacher"] = {**spec["teacher"], "source": source, "run_id": None}  # a teacher run is read as ckpt:DIR
         spec["logits"] = {
             **spec["logits"],
             "mode": "offline",

@@ -51,7 +51,7 @@ def _search(sweep: Sweep, source: str) -> SearchSpec:
     return sweep.search
 
 
-def _storage(url: str, create: bool = False) -> Any:
+def open_storage(url: str, create: bool = False) -> Any:
     """The study storage; `create` makes a sqlite file's directory (the work directory by default)."""
     import optuna
 
@@ -152,10 +152,10 @@ def create(sweep: Sweep, source: str, url: str) -> Any:
     import optuna
 
     search = _search(sweep, source)
-    with _quiet():
+    with quiet():
         return optuna.create_study(
             study_name=sweep.name,
-            storage=_storage(url, create=True),
+            storage=open_storage(url, create=True),
             sampler=optuna.samplers.RandomSampler(),  # each worker sets its own (seeded per worker)
             direction=search.direction,
             load_if_exists=True,
@@ -163,7 +163,7 @@ def create(sweep: Sweep, source: str, url: str) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet() -> Iterator[None]:
     """Optuna without its per-trial INFO lines and its warnings about the features used on purpose
     here: heartbeats with ask/tell (pdsweep records them itself), grouped multivariate TPE."""
     import warnings
@@ -246,8 +246,8 @@ def work(
     source = str(sweep_path)
     search = _search(sweep, source)
     outcomes: list[Outcome] = []
-    with _quiet():
-        storage = _storage(url)
+    with quiet():
+        storage = open_storage(url)
         study = optuna.load_study(study_name=sweep.name, storage=storage)
         # Workers draw different streams (two workers with one seed would propose the same trials).
         study.sampler = sampler(search, seed=(os.getpid() * 1_000_003 + 1000 * worker + sweep.seeds[0]) % 2**31)

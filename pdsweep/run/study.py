@@ -52,7 +52,6 @@ def tune(
     track: bool = True,
     on_trial: Callable[[search.Outcome], None] = lambda o: None,
     on_line: Callable[[str], None] = print,
-    check_workdir: Callable[[], None] = lambda: None,
 ) -> tuple[StudyStatus, list[int]]:
     """Create the sweep's study (once) and work on it with `workers` processes (this one when 1):
     the study's status afterwards and the workers' exit codes. UserError for bad input."""
@@ -61,7 +60,7 @@ def tune(
     sweep = expand.load_sweep(sweep_file)
     if sweep.search is None:
         raise UserError(f"{sweep_file}: search: the sweep has no search space")
-    check_workdir()
+    settings.check_workdir()
     url = search.storage_url(storage)
     search.create(sweep, str(sweep_file), url)  # once, before any worker
     if workers == 1:
@@ -165,8 +164,8 @@ def status(*, sweep_file: Path, storage: str | None = None, trials: int | None =
     if file is not None and not file.exists():
         raise UserError(no_study)  # nothing is created by looking
     try:
-        with search._quiet():
-            study = optuna.load_study(study_name=sweep.name, storage=search._storage(url))
+        with search.quiet():
+            study = optuna.load_study(study_name=sweep.name, storage=search.open_storage(url))
     except KeyError:
         raise UserError(no_study) from None
     n, failed = search.counted(study)

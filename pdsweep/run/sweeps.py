@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdsweep import proc, rundir
+from pdsweep import proc, rundir, settings
 from pdsweep.errors import UserError
 from pdsweep.run import executors, launch, scheduler, tracking
 from pdsweep.run.scheduler import Task
@@ -55,7 +55,6 @@ def run(
     executor: str = "local",
     on_start: Callable[[str, int, int], None] = lambda sweep, runs, slots: None,
     on_change: Callable[[list[Task]], None] = lambda tasks: None,
-    check_workdir: Callable[[], None] = lambda: None,
 ) -> Outcome:
     """Run a sweep's tasks in dependency order, `workers` at a time (resumable: done tasks are
     skipped, killed ones resume). `on_start(sweep, runs, slots)` once everything is checked,
@@ -63,7 +62,7 @@ def run(
     sweep = expand.load_sweep(sweep_file)
     runs = expand.expand(sweep, str(sweep_file))
     if not dry_run:
-        check_workdir()
+        settings.check_workdir()
     tasks = scheduler.build(sweep.name, runs)
     if hostfile is not None and not hostfile.is_file():
         raise UserError(f"--hostfile: {hostfile} does not exist")

@@ -6,6 +6,7 @@ logits are processed (top-p-k, temperature, adaptive τ, sampling, online or off
 from __future__ import annotations
 
 import re
+from abc import abstractmethod
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -51,8 +52,9 @@ class _Teacher(SpecModel):
     """Sequences per teacher forward pass when generating offline logits."""
 
     @property
+    @abstractmethod
     def ref(self) -> str:
-        raise NotImplementedError
+        """The part after `kind:` (a name or a path)."""
 
     @property
     def source(self) -> str:

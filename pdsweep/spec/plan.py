@@ -208,8 +208,9 @@ def stores(sweep: str, runs: list[PlannedRun], passes: dict[str, TeacherPass] | 
         for rid in p.runs:
             if p.mode != "online":
                 out[rid] = StoreOfRun(pass_dir(sweep, p.pass_id), pass_id=p.pass_id)
+    online = {rid: p for p in passes.values() if p.mode == "online" for rid in p.runs}
     for r in runs:
-        pass_ = next((p for p in passes.values() if r.run_id in p.runs and p.mode == "online"), None)
+        pass_ = online.get(r.run_id)
         if pass_ is None or r.role == "teacher":
             continue
         rec = teachers[pass_.teacher.removeprefix("run:")]
