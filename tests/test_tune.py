@@ -48,7 +48,7 @@ def _write(tmp_path: Path, sweep: dict) -> Path:
 
 
 def _study(name: str, url: str) -> optuna.Study:
-    with search._quiet():
+    with search.quiet():
         return optuna.load_study(study_name=name, storage=url)
 
 
