@@ -1,5 +1,6 @@
 """Small process helpers every layer uses: a free TCP port, the parent-death signal, the one
-line of an exception a user is shown, and the check for an optional dependency (an extra)."""
+line of an exception a user is shown, the check for an optional dependency (an extra), and a
+process's pending stop request (a batch system's warning that the job will end soon)."""
 
 from __future__ import annotations
 
@@ -47,3 +48,18 @@ def require(module: str, extra: str, what: str) -> None:
         found = False
     if not found:
         raise UserError(f"{what} needs {module}, which is pdsweep's {extra} extra: pip install 'pdsweep[{extra}]'")
+
+
+_stop_reason: str | None = None
+
+
+def request_stop(reason: str) -> None:
+    """Ask this process to stop at its next safe point — a training run writes a checkpoint after the
+    step it is in and ends as interrupted (set from a signal handler: a Slurm job's warning signal)."""
+    global _stop_reason
+    _stop_reason = reason
+
+
+def stop_requested() -> str | None:
+    """Why this process was asked to stop, or None."""
+    return _stop_reason

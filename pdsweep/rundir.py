@@ -15,6 +15,8 @@
                       inside a checkpoint directory for that checkpoint
     hf/               the run exported as a Hugging Face model (for lm-evaluation-harness)
     task.json         the task file its worker process runs (run/worker.py)
+    job.json          the cluster job that runs the task (`{"executor": "slurm", "job_id": …}`): a second
+                      `pdsweep run` finds it pending or running and submits nothing
     threads, events.jsonl, train.log / generate.log   the scheduler's view of the task's process
 
 The same layout serves a logits pass's directory (status, lock, log, the store itself). Everything
@@ -184,6 +186,17 @@ def lock(run_dir: Path) -> IO[str] | None:
     return f
 
 
+@contextlib.contextmanager
+def held(directory: Path) -> Iterator[None]:
+    """The directory's lock, held for a block (waiting for it)."""
+    import fcntl
+
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / LOCK, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def unlock(held: IO[str] | None) -> None:
     if held is not None and held in _held:
         _held.remove(held)
@@ -315,6 +328,23 @@ def task_file(run_dir: Path) -> Path:
 
 def log_file(run_dir: Path, kind: str) -> Path:
     return run_dir / ("train.log" if kind == "train" else "generate.log")
+
+
+def job_file(run_dir: Path) -> Path:
+    return run_dir / "job.json"
+
+
+def read_job(run_dir: Path) -> dict[str, Any] | None:
+    """The cluster job recorded for the task (executor, job_id, submitted), if any."""
+    try:
+        data = json.loads(job_file(run_dir).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and "job_id" in data else None
+
+
+def write_job(run_dir: Path, executor: str, job_id: str, **fields: Any) -> None:
+    files.write_json(job_file(run_dir), {"executor": executor, "job_id": job_id, **fields})
 
 
 def threads_file(run_dir: Path) -> Path:

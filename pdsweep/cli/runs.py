@@ -66,7 +66,15 @@ def run(
     hostfile: Annotated[
         Path | None, typer.Option(help="DeepSpeed hostfile: every run trains on these machines.")
     ] = None,
-    executor: Annotated[str, typer.Option(help="Where tasks run: local (processes on this machine).")] = "local",
+    executor: Annotated[
+        str, typer.Option(help="Where tasks run: local (processes on this machine) or slurm (a batch job each).")
+    ] = "local",
+    cluster: Annotated[
+        Path | None, typer.Option(help="Slurm cluster profile (YAML; default: the sweep's cluster: section).")
+    ] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", help="Slurm: submit the sweep's jobs and return (pdsweep status follows them).")
+    ] = False,
     tracking_uri: TrackingUri = None,
     track: Track = True,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
@@ -82,8 +90,9 @@ def run(
     view = views.LiveTasks("")
 
     def started(sweep: str, runs: int, slots: int) -> None:
-        view.title = f"{sweep}: {runs} runs, {slots} worker(s)"
-        view.__enter__()
+        view.title = f"{sweep}: {runs} runs, " + ("Slurm jobs" if executor == "slurm" else f"{slots} worker(s)")
+        if not detach:
+            view.__enter__()
 
     try:
         with user_errors():
@@ -97,6 +106,8 @@ def run(
                 retry_failed=retry_failed,
                 dry_run=dry_run,
                 executor=executor,
+                cluster=cluster,
+                detach=detach,
                 on_start=started,
                 on_change=view.update,
             )
@@ -106,6 +117,15 @@ def run(
         views.print_tasks(
             outcome.tasks, title=f"{outcome.sweep}: {len(outcome.tasks)} tasks on {outcome.slots} worker(s), dry run"
         )
+        raise typer.Exit(0)
+    if outcome.detached:
+        jobs = [t for t in outcome.tasks if t.job is not None]
+        new = [t for t in jobs if not t.job.adopted]  # type: ignore[union-attr]
+        views.print_tasks(
+            outcome.tasks,
+            title=f"{outcome.sweep}: {len(new)} job(s) submitted, {len(jobs) - len(new)} already queued or running",
+        )
+        typer.echo(f"{outcome.sweep}: follow it with pdsweep status {file}; stop it with pdsweep cancel {file}")
         raise typer.Exit(0)
     if outcome.interrupted:
         views.print_tasks(outcome.tasks, title=f"{outcome.sweep}: interrupted")
@@ -147,6 +167,11 @@ def status(file: SweepFile, json_out: Json = False) -> None:
                 "loss": t.loss,
                 "reason": t.reason,
                 "dir": str(t.dir),
+                **(
+                    {"job": {"id": t.job_id, "state": t.job_state, "node": t.node, "elapsed": t.elapsed}}
+                    if t.job_id
+                    else {}
+                ),
                 **({"result": t.result} if t.result else {}),
             }
             for t in tasks
@@ -155,6 +180,16 @@ def status(file: SweepFile, json_out: Json = False) -> None:
         return
     counts = collections.Counter(t.status for t in tasks)
     views.print_tasks(tasks, title=f"{name}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+
+
+def cancel(file: SweepFile) -> None:
+    """Cancel a sweep's Slurm jobs: queued ones are removed, running ones end as interrupted and keep
+    their checkpoints (pdsweep run resumes them)."""
+    from pdsweep.run import sweeps
+
+    with user_errors():
+        name, cancelled = sweeps.cancel(sweep_file=file)
+    typer.echo(f"{name}: cancelled {len(cancelled)} job(s)" + (f" ({', '.join(cancelled)})" if cancelled else ""))
 
 
 def eval_(
@@ -216,4 +251,5 @@ def register(app: typer.Typer) -> None:
     app.command()(train)
     app.command()(run)
     app.command()(status)
+    app.command()(cancel)
     app.command("eval")(eval_)

@@ -146,15 +146,21 @@ def task_table(tasks, title: str):  # noqa: ANN001, ANN202 - scheduler Tasks →
 
     from pdsweep.run import scheduler
 
-    colors = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "waiting": "magenta"}
+    colors = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "waiting": "magenta",
+              "queued": "blue"}  # fmt: skip
+    jobs = any(t.job_id for t in tasks)  # cluster jobs: the batch system's view beside pdsweep's
     table = Table(title=title, title_justify="left")
-    for col in ("run", "label", "role", "status", "step", "loss", "ETA", "note"):
-        table.add_column(col, justify="right" if col in ("step", "loss", "ETA") else "left", no_wrap=col != "note")
+    cols = ["run", "label", "role", "status", "step", "loss", "ETA"]
+    cols += ["job", "Slurm state", "node", "elapsed"] if jobs else []
+    for col in [*cols, "note"]:
+        table.add_column(
+            col, justify="right" if col in ("step", "loss", "ETA", "elapsed") else "left", no_wrap=col != "note"
+        )
     for t in tasks:
         c = colors.get(t.status, "white")
         heldout = t.result.get("heldout/loss")
         note = f"held-out loss {heldout:.4f}" if heldout is not None else t.reason
-        table.add_row(
+        row = [
             t.key[:12] if t.kind == "train" else t.key,
             t.label,
             t.role,
@@ -162,8 +168,9 @@ def task_table(tasks, title: str):  # noqa: ANN001, ANN202 - scheduler Tasks →
             f"{t.step}/{t.total_steps}" if t.kind == "train" else "",
             f"{t.loss:.4f}" if t.loss is not None else "",
             scheduler.fmt_eta(t.eta_s),
-            note,
-        )
+        ]
+        row += [t.job_id, t.job_state, t.node, t.elapsed] if jobs else []
+        table.add_row(*row, note)
     return table
 
 

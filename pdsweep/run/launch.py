@@ -270,10 +270,11 @@ def _train_and_record(
     rank0 = backend.rank == 0
     try:
         result = trainer.train(spec, run_dir, tokens, backend, callbacks, store=store)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
+        reason = e.reason if isinstance(e, trainer.Stopped) else "interrupted (Ctrl-C)"
         if rank0:
-            rundir.write_status(run_dir, "interrupted", reason="interrupted (Ctrl-C)")
-        tracker.finish("interrupted", "interrupted (Ctrl-C)")
+            rundir.write_status(run_dir, "interrupted", reason=reason)
+        tracker.finish("interrupted", reason)
         raise
     except trainer.TrainingFailed as e:
         if rank0:

@@ -38,8 +38,9 @@ STOP_GRACE_S = 30.0
 
 TaskKind = Literal["train", "logits"]
 Role = Literal["teacher", "baseline", "student", "logits"]
-TaskStatus = Literal["pending", "waiting", "running", "done", "failed", "interrupted"]
-"""A run directory's statuses (rundir.Status) and `waiting`: another pdsweep process holds its lock."""
+TaskStatus = Literal["pending", "waiting", "queued", "running", "done", "failed", "interrupted"]
+"""A run directory's statuses (rundir.Status), `waiting` (another pdsweep process holds its lock) and
+`queued` (its cluster job waits in the batch system's queue)."""
 
 
 @dataclass
@@ -67,6 +68,10 @@ class Task:
     slot: int = -1
     attempted: bool = False
     threads: int = 0  # the CPU threads last given to the running task (its `threads` file)
+    job_id: str = ""  # its cluster job (job.json), with the batch system's view of it:
+    job_state: str = ""
+    node: str = ""
+    elapsed: str = ""
 
     @property
     def eta_s(self) -> float | None:
@@ -183,11 +188,14 @@ class Scheduler:
         parent_run: str | None = None,
         on_change: Callable[[list[Task]], None] = lambda tasks: None,
         executor: Executor | None = None,
+        detach: bool = False,
     ):
         self.sweep, self.tasks = sweep, tasks
         self.executor: Executor = executor or executors.make("local")
+        self.graph = self.executor.submits_graph  # a batch system holds the graph: no slots, no locks here
+        self.detach, self.stopping = detach, False
         self.by_key = {t.key: t for t in tasks}
-        self.slots = device_slots(devices, workers)
+        self.slots = [None] * max(1, len(tasks)) if self.graph else device_slots(devices, workers)
         self.free = list(range(len(self.slots)))
         self.tracking_uri, self.track, self.retry_failed = tracking_uri, track, retry_failed
         self.hostfile, self.parent_run, self.on_change = hostfile, parent_run, on_change
@@ -213,6 +221,8 @@ class Scheduler:
         deps = [self.by_key[d] for d in t.deps]
         if any(d.status in ("failed",) for d in deps):
             return None
+        if self.graph:  # submitted after its dependencies' jobs, which the batch system waits for
+            return all(d.status == "done" or d.job is not None for d in deps)
         return all(d.status == "done" for d in deps)
 
     # -- starting and finishing tasks ----------------------------------------------------------
@@ -253,10 +263,10 @@ class Scheduler:
     def _env(self, t: Task, slot: str | None) -> dict[str, str]:
         """The task's environment: its lock, its CPU threads, its GPUs (CUDA_VISIBLE_DEVICES — the
         `train` command hands a multi-GPU set on to its launcher) and the sweep's parent MLflow run."""
-        env = {
-            **rundir.handed_lock_env(t.dir),
-            **({"PDSWEEP_MLFLOW_PARENT_RUN": self.parent_run} if self.parent_run else {}),
-        }
+        env = {**({"PDSWEEP_MLFLOW_PARENT_RUN": self.parent_run} if self.parent_run else {})}
+        if self.graph:  # a cluster job: its own lock, and the devices and threads Slurm gives it
+            return env
+        env.update(rundir.handed_lock_env(t.dir))
         if slot is not None:
             env["CUDA_VISIBLE_DEVICES"] = slot
         elif "CUDA_VISIBLE_DEVICES" not in os.environ:
@@ -311,6 +321,8 @@ class Scheduler:
 
     def _start(self, t: Task) -> bool:
         """Start `t` if its lock is free; False when another pdsweep process holds it."""
+        if self.graph:
+            return self._submit(t)
         lock = rundir.try_lock(t.dir)
         if lock is None:
             t.status = "waiting"
@@ -323,32 +335,63 @@ class Scheduler:
         slot_index = self.free.pop(0)
         slot = self.slots[slot_index]
         env = self._env(t, slot)
-        job = Job(t.key, self._task_file(t, slot), t.dir, rundir.log_file(t.dir, t.kind), env, lock)
+        job = Job(
+            t.key, self._task_file(t, slot), t.dir, rundir.log_file(t.dir, t.kind), env, lock, None, t.label, t.role
+        )
         self.executor.submit(job)
         t.job, t.slot, t.status, t.reason, t.attempted = job, slot_index, "running", "", True
         t.started, t.start_step = time.monotonic(), t.step
         _event(t, "start", slot=slot or "cpu", executor=self.executor.name)
         return True
 
+    def _submit(self, t: Task) -> bool:
+        """Submit `t` to the batch system after its dependencies' jobs (or adopt its job when an earlier
+        pdsweep submitted it and it is queued or running). The job takes the task's lock itself."""
+        self._refresh_from_disk(t)
+        if t.status == "done" or (t.status == "failed" and not self.retry_failed):
+            t.attempted = True
+            return True
+        after = [d.job for d in (self.by_key[k] for k in t.deps) if d.job is not None]
+        job = Job(t.key, rundir.task_file(t.dir), t.dir, rundir.log_file(t.dir, t.kind), self._env(t, None), None,
+                  None, t.label, t.role, after)  # fmt: skip
+        self._task_file(t, None)
+        self.executor.submit(job)
+        t.job, t.slot, t.status, t.reason, t.attempted = job, self.free.pop(0), "queued", "", True
+        t.job_id, t.started, t.start_step = str(job.handle), time.monotonic(), t.step
+        _event(t, "adopt" if job.adopted else "submit", executor=self.executor.name, job=t.job_id)
+        return True
+
     def _finish(self, t: Task, rc: int) -> None:
         assert t.job is not None
         log = self.executor.log(t.job)
-        if t.kind == "logits":
+        if t.kind == "logits" and rundir.read_status(t.dir)["status"] in ("running", "pending") and not self.stopping:
             if rc == 0:
                 rundir.write_status(t.dir, "done")
-            else:
-                reason = logged_error(log) or f"exit code {rc} (see {log})"
+            elif (reason := logged_error(log)) is not None:
                 rundir.write_status(t.dir, "failed", reason=reason)
         state = rundir.read_status(t.dir)
         t.status, t.reason = state["status"], state.get("reason", "")
         if t.status in ("running", "pending"):  # the process ended without writing why
+            slurm = self.executor.reason(t.job)
             t.status = "failed"
-            t.reason = logged_error(log) or f"the process ended unexpectedly with exit code {rc} (see {log})"
-            rundir.write_status(t.dir, "failed", reason=t.reason)
-        if t.kind == "train":
-            self._refresh_progress(t)
-            if t.status == "done" and (result := rundir.read_result(t.dir)) is not None:
-                t.result = result
+            t.reason = (
+                "stopped by Ctrl-C"
+                if self.stopping
+                else logged_error(log) or slurm or f"the process ended unexpectedly with exit code {rc} (see {log})"
+            )
+            never_ran = state["status"] == "pending" and self.graph
+            if self.stopping:
+                t.status = "interrupted"
+            if not never_ran:  # a queued job cancelled (its dependency failed, Ctrl-C) leaves no trace
+                rundir.write_status(t.dir, t.status, reason=t.reason)
+            if slurm and t.kind == "train" and not never_ran:
+                with contextlib.suppress(Exception):  # its MLflow run says so too, as far as the store answers
+                    from pdsweep.run import tracking
+
+                    tracking.end_run(t.dir, t.status, t.reason)
+        self._refresh_progress(t)
+        if t.kind == "train" and t.status == "done" and (result := rundir.read_result(t.dir)) is not None:
+            t.result = result
         _event(t, "end", status=t.status, exit_code=rc)
         if t.job.lock is not None:
             t.job.lock.close()
@@ -360,6 +403,12 @@ class Scheduler:
         m = rundir.last_metrics(t.dir)
         if m:
             t.step, t.loss = int(m["step"]), m.get("loss")
+        if self.graph and t.job is not None:
+            s = self.executor.state(t.job)
+            if s is not None:
+                t.job_state, t.node, t.elapsed = s.state, s.node, s.elapsed
+                if s.live:
+                    t.status = "running" if s.state in ("RUNNING", "COMPLETING") else "queued"
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -390,17 +439,21 @@ class Scheduler:
                     self._finish(t, rc)
                 else:
                     self._refresh_progress(t)
-            for t in self.tasks:  # in dependency order, so a failure propagates in one pass
-                if not self._candidate(t):
-                    continue
-                ready = self._ready(t)
-                if ready is None:
-                    failed = next(d for d in t.deps if self.by_key[d].status == "failed")
-                    t.status, t.reason, t.attempted = "failed", f"{self.by_key[failed].label} did not finish", True
-                elif ready and self.free:
-                    self._start(t)
+            with rundir.held(plan.sweep_dir(self.sweep)) if self.graph else contextlib.nullcontext():
+                # one pdsweep at a time submits a sweep's jobs: a second finds them recorded, and adopts them
+                for t in self.tasks:  # in dependency order, so a failure propagates in one pass
+                    if not self._candidate(t):
+                        continue
+                    ready = self._ready(t)
+                    if ready is None:
+                        failed = next(d for d in t.deps if self.by_key[d].status == "failed")
+                        t.status, t.reason, t.attempted = "failed", f"{self.by_key[failed].label} did not finish", True
+                    elif ready and self.free:
+                        self._start(t)
             self._rebalance()
             self.on_change(self.tasks)
+            if self.detach:
+                return
             busy = any(t.job is not None or t.status == "waiting" for t in self.tasks)
             if not busy and not any(self._candidate(t) and self._ready(t) for t in self.tasks):
                 return
@@ -409,6 +462,7 @@ class Scheduler:
     def stop(self) -> None:
         """Cancel every running task (its process checkpoints and writes its state, as on Ctrl-C), give
         them STOP_GRACE_S, then kill what is left."""
+        self.stopping = True
         running = [t for t in self.tasks if t.job is not None]
         for t in running:
             assert t.job is not None
@@ -429,9 +483,6 @@ class Scheduler:
         for t in running:
             with contextlib.suppress(OSError):  # stopping goes on when a file cannot be written (full disk)
                 self._finish(t, ended[t.key])
-                if t.status == "failed" and t.reason.startswith("the process ended unexpectedly"):
-                    t.status, t.reason = "interrupted", "stopped by Ctrl-C"
-                    rundir.write_status(t.dir, "interrupted", reason=t.reason)
         self.on_change(self.tasks)
 
 

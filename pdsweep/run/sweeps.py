@@ -26,6 +26,7 @@ class Outcome:
     slots: int
     dry_run: bool = False
     interrupted: bool = False
+    detached: bool = False
     error: str | None = None
     trained: list[Task] = field(default_factory=list)
 
@@ -53,6 +54,8 @@ def run(
     retry_failed: bool = False,
     dry_run: bool = False,
     executor: str = "local",
+    cluster: Path | None = None,
+    detach: bool = False,
     on_start: Callable[[str, int, int], None] = lambda sweep, runs, slots: None,
     on_change: Callable[[list[Task]], None] = lambda tasks: None,
 ) -> Outcome:
@@ -68,15 +71,32 @@ def run(
         raise UserError(f"--hostfile: {hostfile} does not exist")
     if hostfile is not None:
         launch.hostfile_hosts(hostfile)
-    slots = scheduler.device_slots(devices, workers)
-    ex = executors.make(executor)
+    profile = sweep.cluster
+    if cluster is not None:
+        from pdsweep.spec import cluster as cluster_spec
+
+        profile = cluster_spec.load(cluster)
+    if executor != "slurm" and (cluster is not None or detach):
+        raise UserError(f"--{'cluster' if cluster is not None else 'detach'}: needs --executor slurm")
+    ex = executors.make(executor, profile, sweep.name)
+    slots = [None] if ex.submits_graph else scheduler.device_slots(devices, workers)
     if dry_run:
         sched = scheduler.Scheduler(sweep.name, tasks, workers, devices, retry_failed=retry_failed, executor=ex)
         return Outcome(sweep.name, sched.tasks, len(slots), dry_run=True)
     tracker = tracking.make(tracking_uri, track)  # an unreachable store fails here, before any run
     parent = tracker.start_sweep(sweep.name, plan.sweep_dir(sweep.name), sweep_file, len(runs))
     sched = scheduler.Scheduler(
-        sweep.name, tasks, workers, devices, tracking_uri, track, retry_failed, hostfile, parent, executor=ex
+        sweep.name,
+        tasks,
+        workers,
+        devices,
+        tracking_uri,
+        track,
+        retry_failed,
+        hostfile,
+        parent,
+        executor=ex,
+        detach=detach,
     )
     on_start(sweep.name, len(runs), len(slots))
     sched.on_change = on_change
@@ -88,10 +108,16 @@ def run(
         tracker.finish("interrupted", "interrupted (Ctrl-C)")
         outcome.interrupted = True
         return outcome
+    except UserError:
+        tracker.finish("failed", "refused")
+        raise
     except Exception as e:  # noqa: BLE001 - the scheduler's own failure: its tasks were stopped, resumable
         outcome.error = proc.describe(e)
         with contextlib.suppress(Exception):  # the store may be what failed
             tracker.finish("failed", outcome.error)
+        return outcome
+    if detach:  # the batch system runs the sweep; its parent MLflow run stays open for the jobs' runs
+        outcome.detached = True
         return outcome
     tracker.log_metrics({"runs_done": outcome.done, "runs_failed": len(outcome.trained) - outcome.done}, 0)
     tracker.finish("done" if outcome.done == len(outcome.trained) else "failed")
@@ -125,7 +151,60 @@ def status(*, sweep_file: Path) -> tuple[str, list[Task]]:
     lock (else `interrupted`). No MLflow needed."""
     sweep = expand.load_sweep(sweep_file)
     sched = scheduler.Scheduler(sweep.name, scheduler.build(sweep.name, expand.expand(sweep, str(sweep_file))))
+    jobs = _jobs(sched.tasks)
+    live = _job_states(jobs)
     for t in sched.tasks:
-        if rundir.read_status(t.dir)["status"] == "running":
+        state = live.get(jobs.get(t.key, ""))
+        on_disk = rundir.read_status(t.dir)["status"]
+        if state is not None:
+            t.job_id, t.job_state, t.node, t.elapsed = state.job_id, state.state, state.node, state.elapsed
+        if state is not None and state.live and t.status != "done":
+            t.status = "running" if state.state == "RUNNING" else "queued"
+        elif on_disk == "running":
             t.status = "running" if rundir.is_locked(t.dir) else "interrupted"
+        if (
+            state is not None
+            and not state.live
+            and t.status in ("pending", "interrupted")
+            and state.state != "COMPLETED"
+        ):
+            from pdsweep.run.executors import slurm
+
+            t.reason = t.reason or slurm.explain(state)
     return sweep.name, sched.tasks
+
+
+def _jobs(tasks: list[Task]) -> dict[str, str]:
+    """Each task's recorded cluster job id (job.json), by task key."""
+    out = {}
+    for t in tasks:
+        job = rundir.read_job(t.dir)
+        if job is not None and job.get("executor") == "slurm":
+            out[t.key] = str(job["job_id"])
+    return out
+
+
+def _job_states(jobs: dict[str, str]) -> dict[str, executors.JobState]:
+    if not jobs:
+        return {}
+    from pdsweep.run.executors import slurm
+
+    try:
+        return slurm.states(list(jobs.values()))
+    except UserError:  # no Slurm here (the run directories were made on the cluster): pdsweep's view only
+        return {}
+
+
+def cancel(*, sweep_file: Path) -> tuple[str, list[str]]:
+    """Cancel every queued or running cluster job of a sweep (each running run ends as interrupted,
+    keeping its checkpoints); the job ids cancelled."""
+    sweep = expand.load_sweep(sweep_file)
+    tasks = scheduler.build(sweep.name, expand.expand(sweep, str(sweep_file)))
+    jobs = _jobs(tasks)
+    if not jobs:
+        return sweep.name, []
+    from pdsweep.run.executors import slurm
+
+    live = [j for j, s in slurm.states(list(jobs.values())).items() if s.live]
+    slurm.cancel(live)
+    return sweep.name, sorted(live, key=int)

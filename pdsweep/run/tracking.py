@@ -224,6 +224,18 @@ class MlflowTracker:
         self.client.set_terminated(self.run, status={"done": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
 
 
+def end_run(run_dir: Path, status: str, reason: str) -> None:
+    """End the MLflow run a run directory logs to (tracking.json) as `status` with `reason` — for a run
+    whose process could not say how it ended (a cluster job killed for memory or time)."""
+    state_file = rundir.tracking_file(run_dir)
+    known = files.read_json(state_file) if state_file.exists() else {}
+    if not known.get("mlflow_run_id"):
+        return
+    tracker = MlflowTracker(known["uri"])
+    tracker.run = known["mlflow_run_id"]
+    tracker.finish(status, reason)
+
+
 @dataclass(frozen=True)
 class TrackedRun:
     """One pdsweep run as its MLflow store has it."""

@@ -166,14 +166,30 @@ def report(outcome: Any) -> int:
 
 
 def _logits(task: LogitsTask) -> int:
+    """A teacher pass; its state goes to the store directory's status.json (pdsweep status reads it
+    there, whether the pass ran under `pdsweep run` or as a cluster job)."""
+    from pdsweep import proc, rundir
     from pdsweep.run import launch
     from pdsweep.spec import RunSpec
 
-    result = launch.generate_pass(
-        spec=RunSpec.model_validate(task.spec),
-        store=task.store,
-        serves=[r.model_dump() for r in task.serves] or None,
-    )
+    rundir.write_status(task.store, "running", pid=os.getpid())
+    try:
+        result = launch.generate_pass(
+            spec=RunSpec.model_validate(task.spec),
+            store=task.store,
+            serves=[r.model_dump() for r in task.serves] or None,
+        )
+    except KeyboardInterrupt:
+        rundir.write_status(task.store, "interrupted", reason=proc.stop_requested() or "interrupted (Ctrl-C)")
+        raise
+    except UserError as e:
+        rundir.write_status(task.store, "failed", reason="; ".join(e.problems))
+        raise
+    except Exception as e:
+        rundir.write_status(task.store, "failed", reason=proc.describe(e))
+        print(f"failed: {proc.describe(e)}", file=sys.stderr, flush=True)
+        raise
+    rundir.write_status(task.store, "done")
     print(f"done: {task.store}: {result['positions']:,} positions ({result['generated']:,} generated now)", flush=True)
     return 0
 
@@ -191,24 +207,80 @@ def _tune(task: TuneTask) -> int:
     return 0
 
 
+REQUEUE_EXIT = 75
+"""The exit code of a task that stopped on its batch system's warning (a checkpoint written): its job
+script requeues the job, which resumes from that checkpoint."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _warned(signum: int, frame: object) -> None:
+    """SIGUSR1, a Slurm job's warning before its time limit or a preemption (`--signal=USR1@…`): a
+    training run checkpoints after its current step and stops; other tasks (a teacher pass, which
+    keeps every finished chunk) stop now."""
+    from pdsweep import proc
+
+    proc.request_stop("stopped on the batch system's warning (time limit or preemption); resumes when requeued")
+    if not _checkpoints_on_stop:
+        raise KeyboardInterrupt
+
+
+_checkpoints_on_stop = False
+
+
+def slurm_ranks(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """The torch.distributed variables of one process of a multi-process Slurm step (`srun -n N`):
+    rank, world size, local rank and size from Slurm's, the rendezvous on the step's first node (the
+    job script exports MASTER_ADDR and MASTER_PORT). Empty outside such a step or under a launcher."""
+    if "RANK" in env or "SLURM_STEP_ID" not in env or int(env.get("SLURM_STEP_NUM_TASKS", "1")) <= 1:
+        return {}
+    per_node: list[int] = []
+    for part in env.get("SLURM_STEP_TASKS_PER_NODE", "1").split(","):
+        count, _, times = part.partition("(x")
+        per_node += [int(count)] * int(times.rstrip(")") or 1)
+    node = int(env.get("SLURM_NODEID", "0"))
+    out = {
+        "RANK": env["SLURM_PROCID"],
+        "WORLD_SIZE": env["SLURM_STEP_NUM_TASKS"],
+        "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+        "LOCAL_WORLD_SIZE": str(per_node[node] if node < len(per_node) else 1),
+    }
+    if "MASTER_ADDR" not in env:
+        out["MASTER_ADDR"] = "127.0.0.1"
+    if "MASTER_PORT" not in env:
+        out["MASTER_PORT"] = str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    global _checkpoints_on_stop
     args = sys.argv[1:] if argv is None else argv
     # SIGINT is how pdsweep asks its task to stop (checkpoint, then interrupted): honour it even when
     # `pdsweep run` itself was started with SIGINT ignored (a script's background job), which every
     # process would otherwise inherit. A task runs in its own session: a terminal's Ctrl-C reaches
-    # `pdsweep run`, never the task directly.
+    # `pdsweep run`, never the task directly. SIGTERM (scancel, a batch system ending the job) stops
+    # it the same way; SIGUSR1 (a Slurm job's warning) checkpoints first.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGUSR1, _warned)
     if len(args) != 1:
         print("usage: python -m pdsweep.run.worker TASK.json", file=sys.stderr)
         return 2
+    os.environ.update(slurm_ranks(os.environ))
     try:
+        _checkpoints_on_stop = isinstance(read(Path(args[0])), TrainTask)
         return run(Path(args[0]))
     except UserError as e:
-        for line in e.problems:
-            print(f"error: {line}", file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # every rank refuses the same input: say it once
+            for line in e.problems:
+                print(f"error: {line}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
-        return 130
+        from pdsweep import proc
+
+        return REQUEUE_EXIT if proc.stop_requested() else 130
 
 
 if __name__ == "__main__":

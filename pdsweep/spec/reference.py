@@ -37,7 +37,10 @@ def markdown(prefix: str = "") -> str:
             out.append(at + name)
             subs = [m for m in getattr(info.annotation, "__args__", (info.annotation,)) if isinstance(m, type)]
             out += [
-                p for m in subs if m in (sweep.ReportSpec, sweep.SearchSpec) for p in sweep_paths(m, f"{at}{name}.")
+                p
+                for m in subs
+                if m in (sweep.ReportSpec, sweep.SearchSpec, sweep.ClusterSpec)
+                for p in sweep_paths(m, f"{at}{name}.")
             ]
         return out
 

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from pdsweep.spec import SpecModel
+from pdsweep.spec.cluster import ClusterSpec
 
 Overrides = dict[str, Any]
 """A mapping of dotted RunSpec paths (or nested sections) to values."""
@@ -147,6 +148,8 @@ class Sweep(SpecModel):
     """Optuna search space for `pdsweep tune`."""
     report: ReportSpec = Field(default_factory=ReportSpec)
     """The table `pdsweep report` prints: its columns, the Δ column, the confidence level."""
+    cluster: ClusterSpec | None = None
+    """The Slurm resources of the sweep's jobs (`pdsweep run --executor slurm`); `--cluster FILE` replaces it."""
 
     @field_validator("seeds", mode="before")
     @classmethod

@@ -151,6 +151,23 @@ class MetricsFile(Callback):
 KEEP_CHECKPOINTS = 2
 
 
+class Stopped(KeyboardInterrupt):
+    """The run was asked to stop (proc.request_stop: a batch system's warning before the time limit
+    or a preemption) and wrote a checkpoint at the step it reached; it resumes from there."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _stop_agreed(backend: Backend) -> bool:
+    """Whether any rank was asked to stop: every rank stops (and checkpoints) at the same step."""
+    asked = proc.stop_requested() is not None
+    if backend.world_size == 1:
+        return asked
+    return backend.mean(1.0 if asked else 0.0) > 0
+
+
 def save_checkpoint(backend: Backend, state: TrainState) -> Path:
     """All ranks write into a temporary directory; rank 0 renames it into place and moves LATEST,
     so a checkpoint directory that exists is always complete."""
@@ -400,6 +417,12 @@ def train(
             path = save_checkpoint(backend, state)
             for cb in callbacks:
                 cb.on_checkpoint(state, path)
+        if state.step < total and _stop_agreed(backend):
+            if state.step % tr.checkpoint_every:
+                path = save_checkpoint(backend, state)
+                for cb in callbacks:
+                    cb.on_checkpoint(state, path)
+            raise Stopped(proc.stop_requested() or f"stopped at step {state.step}: another rank was asked to stop")
 
     loop_seconds = time.perf_counter() - loop_started - eval_seconds
     eval_started = time.perf_counter()

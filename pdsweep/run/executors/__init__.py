@@ -4,6 +4,8 @@ cancel and read logs — so a local process pool and a cluster scheduler are int
 
     submit(job)   start the job's worker (or queue it); the job's lock, when given, is held for it
     poll(job)     None while it runs (or waits in a queue), else its exit code
+    reason(job)   why an ended job ended when its process could not say (killed for memory or time)
+    state(job)    the batch system's view of it (None for a local process)
     cancel(job)   ask it to stop: it writes its checkpoint and state, and ends as interrupted
     kill(job)     end it now (after a cancel that took too long)
     log(job)      the file its output goes to
@@ -17,7 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from pdsweep.spec.cluster import ClusterSpec
 
 
 @dataclass
@@ -34,10 +39,37 @@ class Job:
     """The task's lock, taken by the scheduler; an executor hands it to the job's process (local) or
     releases it for the job to take itself (a cluster job on another machine)."""
     handle: Any = None
+    name: str = ""
+    """What a person calls the task (its label); a cluster job is named after it."""
+    kind: str = ""
+    """The task's role (teacher, logits, baseline, student): a cluster profile's resources per kind."""
+    after: list[Job] = field(default_factory=list)
+    """Jobs it must wait for: a cluster executor makes them its batch system's dependencies (the
+    scheduler only submits it once they are submitted); the local executor never sees any."""
+    adopted: bool = False
+    """The executor found this task's job already queued or running (submitted by an earlier pdsweep)."""
+
+
+@dataclass(frozen=True)
+class JobState:
+    """A batch system's view of a job: its state (Slurm's words: PENDING, RUNNING, COMPLETED, …),
+    node, elapsed time, exit code and the scheduler's reason."""
+
+    job_id: str
+    state: str
+    live: bool
+    """Queued, running or requeued: not ended."""
+    node: str = ""
+    elapsed: str = ""
+    exit_code: int = 0
+    reason: str = ""
 
 
 class Executor(Protocol):
     name: str
+    submits_graph: bool
+    """True: a task is submitted as soon as the tasks it depends on are (they are its `after`), and its
+    batch system holds it; False: only once they are done."""
 
     def submit(self, job: Job) -> None: ...
 
@@ -47,15 +79,24 @@ class Executor(Protocol):
 
     def kill(self, job: Job) -> None: ...
 
+    def reason(self, job: Job) -> str | None: ...
+
+    def state(self, job: Job) -> JobState | None: ...
+
     def log(self, job: Job) -> Path: ...
 
 
-def make(name: str) -> Executor:
-    """The executor called `name` (`local`)."""
+def make(name: str, cluster: ClusterSpec | None = None, sweep: str = "") -> Executor:
+    """The executor called `name`: `local`, or `slurm` with a cluster profile (its defaults when none)."""
     from pdsweep.errors import UserError
 
     if name == "local":
         from pdsweep.run.executors.local import LocalExecutor
 
         return LocalExecutor()
-    raise UserError(f"--executor: {name!r} is not an executor (local)")
+    if name == "slurm":
+        from pdsweep.run.executors.slurm import SlurmExecutor
+        from pdsweep.spec.cluster import ClusterSpec
+
+        return SlurmExecutor(cluster or ClusterSpec(), sweep)
+    raise UserError(f"--executor: {name!r} is not an executor (local, slurm)")

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from pdsweep import proc
 from pdsweep.run import worker
-from pdsweep.run.executors import Job
+from pdsweep.run.executors import Job, JobState
 
 
 class LocalExecutor:
     name = "local"
+    submits_graph = False
 
     def submit(self, job: Job) -> None:
         job.directory.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,12 @@ class LocalExecutor:
     def kill(self, job: Job) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.pid(job), signal.SIGKILL)
+
+    def reason(self, job: Job) -> str | None:
+        return None  # the process's own log says why (scheduler.logged_error)
+
+    def state(self, job: Job) -> JobState | None:
+        return None
 
     def log(self, job: Job) -> Path:
         return job.log
