@@ -329,3 +329,27 @@ def pdsweep_cmd() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "pdsweep.cli"]
+
+
+@pytest.mark.slow
+def test_tune_with_two_slurm_workers_runs_each_trial_once(tmp_path, workdir, shakespeare, slurm_cluster) -> None:
+    import optuna
+
+    from pdsweep.run import search
+
+    sweep = lm_sweep("slurm-tune", steps=10, seeds=1, checkpoint_every=5)
+    sweep["baseline"] = None
+    sweep["grid"] = {}
+    sweep["search"] = {"params": {"optim.lr": {"type": "float", "low": 0.001, "high": 0.03, "log": True}}, "trials": 3,
+                       "sampler": "random"}  # fmt: skip
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    out = pdsweep("tune", path, "--storage", url, "--workers", "2", "--executor", "slurm", "--no-track", timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    with search.quiet():
+        trials = optuna.load_study(study_name="slurm-tune", storage=url).get_trials()
+    assert len(trials) == 3 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials), trials
+    homes = sorted((workdir / "runs" / "slurm-tune" / "tune").glob("worker-*/job.json"))
+    assert len(homes) == 2 and len({json.loads(h.read_text())["job_id"] for h in homes}) == 2
+    assert "[worker 1]" in out.stdout

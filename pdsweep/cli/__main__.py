@@ -2,4 +2,5 @@
 
 from pdsweep.cli.app import main
 
-main()
+if __name__ == "__main__":  # not when a forked worker re-imports the main module (multiprocessing)
+    main()

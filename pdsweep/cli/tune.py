@@ -32,10 +32,16 @@ Trials = Annotated[int | None, typer.Option(min=1, help="Trials in the study (de
 def tune_run(
     file: SweepFile,
     trials: Trials = None,
-    workers: Annotated[int, typer.Option(min=1, help="Trials at a time on this machine.")] = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Trials at a time (processes, or Slurm jobs).")] = 1,
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     track: Track = True,
+    executor: Annotated[
+        str, typer.Option(help="Where study workers run: local (processes) or slurm (a batch job each).")
+    ] = "local",
+    cluster: Annotated[
+        Path | None, typer.Option(help="Slurm cluster profile (YAML; default: the sweep's cluster: section).")
+    ] = None,
 ) -> None:
     """Run the sweep's study: trials are runs, pruned on their intermediate evaluations."""
     from pdsweep.run import study
@@ -54,6 +60,8 @@ def tune_run(
             track=track,
             on_trial=show,
             on_line=typer.echo,
+            executor=executor,
+            cluster=cluster,
         )
     if any(codes):
         raise typer.Exit(max(codes))

@@ -52,8 +52,11 @@ def tune(
     track: bool = True,
     on_trial: Callable[[search.Outcome], None] = lambda o: None,
     on_line: Callable[[str], None] = print,
+    executor: str = "local",
+    cluster: Path | None = None,
 ) -> tuple[StudyStatus, list[int]]:
-    """Create the sweep's study (once) and work on it with `workers` processes (this one when 1):
+    """Create the sweep's study (once) and work on it with `workers` processes (this one when 1 and
+    local; with `executor` slurm, `workers` batch jobs with the cluster profile's student resources):
     the study's status afterwards and the workers' exit codes. UserError for bad input."""
     if not sweep_file.exists():
         raise UserError(f"{sweep_file}: no such sweep file")
@@ -61,9 +64,17 @@ def tune(
     if sweep.search is None:
         raise UserError(f"{sweep_file}: search: the sweep has no search space")
     settings.check_workdir()
+    profile = sweep.cluster
+    if cluster is not None:
+        from pdsweep.spec import cluster as cluster_spec
+
+        profile = cluster_spec.load(cluster)
+    if executor != "slurm" and cluster is not None:
+        raise UserError("--cluster: needs --executor slurm")
+    ex = executors.make(executor, profile, sweep.name)
     url = search.storage_url(storage)
     search.create(sweep, str(sweep_file), url)  # once, before any worker
-    if workers == 1:
+    if workers == 1 and executor == "local":
         search.work(sweep_file, url, 0, tracking_uri, track, on_trial=on_trial, trials=trials)
         codes = [0]
     else:
@@ -76,6 +87,7 @@ def tune(
             tracking_uri=tracking_uri,
             track=track,
             on_line=on_line,
+            executor=ex,
         )
     return status(sweep_file=sweep_file, storage=url, trials=trials), codes
 
@@ -92,9 +104,10 @@ def run_workers(
     on_line: Callable[[str], None] = print,
     executor: Executor | None = None,
 ) -> list[int]:
-    """`workers` worker processes on one study (`python -m pdsweep.run.worker` with a tune task each),
-    their output passed to `on_line` as it comes, prefixed with the worker's index; their exit codes.
-    Ctrl-C cancels them (each running trial checkpoints and is re-queued by the study)."""
+    """`workers` worker processes (or batch jobs) on one study (`python -m pdsweep.run.worker` with a
+    tune task each, in `tune/<sweep>/worker-<i>/`), their output passed to `on_line` as it comes,
+    prefixed with the worker's index; their exit codes. Ctrl-C cancels them (each running trial
+    checkpoints and is re-queued by the study)."""
     executor = executor or executors.make("local")
     where = plan.tune_dir(sweep.name)
     threads = os.environ.get("OMP_NUM_THREADS", str(max(1, settings.cores() // workers)))
@@ -108,9 +121,13 @@ def run_workers(
             tracking_uri=tracking_uri,
             track=track,
         )
-        log = where / f"worker-{i}.log"
-        log.unlink(missing_ok=True)
-        job = Job(f"tune:{i}", worker.write(where / f"worker-{i}.json", task), where, log, {"OMP_NUM_THREADS": threads})
+        home = where / f"worker-{i}"
+        log = home / "worker.log"
+        if not executor.submits_graph:
+            log.unlink(missing_ok=True)
+        env = {} if executor.submits_graph else {"OMP_NUM_THREADS": threads}
+        name = f"tune-worker-{i}"
+        job = Job(f"tune:{i}", worker.write(home / "task.json", task), home, log, env, name=name, kind="student")
         executor.submit(job)
         jobs.append(job)
     read = [0] * workers

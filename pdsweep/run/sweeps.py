@@ -83,6 +83,10 @@ def run(
     if dry_run:
         sched = scheduler.Scheduler(sweep.name, tasks, workers, devices, retry_failed=retry_failed, executor=ex)
         return Outcome(sweep.name, sched.tasks, len(slots), dry_run=True)
+    if ex.name == "local":
+        from pdsweep.run.executors import local
+
+        local.warm_up()
     tracker = tracking.make(tracking_uri, track)  # an unreachable store fails here, before any run
     parent = tracker.start_sweep(sweep.name, plan.sweep_dir(sweep.name), sweep_file, len(runs))
     sched = scheduler.Scheduler(

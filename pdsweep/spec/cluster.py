@@ -62,6 +62,11 @@ class Resources(SpecModel):
             raise ValueError(f"must be a Slurm time limit (MM, HH:MM:SS or D-HH:MM:SS), got {v!r}")
         return v
 
+    @field_validator("mem", mode="before")
+    @classmethod
+    def _mem_number(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v  # `mem: 0` (all of it)
+
     @field_validator("mem")
     @classmethod
     def _mem(cls, v: str | None) -> str | None:

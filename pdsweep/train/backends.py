@@ -307,5 +307,23 @@ def peak_flops(device: torch.device) -> float | None:
         name = torch.cuda.get_device_name(device)
         return next((v for k, v in GPU_PEAK_BF16.items() if k in name), None)
     if _cpu_peak is None:
-        _cpu_peak = measure_cpu_matmul_flops()
+        _cpu_peak = _cached_cpu_peak()
     return _cpu_peak
+
+
+def _cached_cpu_peak() -> float:
+    """The CPU's matmul peak at this thread count, measured once per machine (0.5 s) and kept in the
+    cache directory: every run on the machine reports its MFU against the same peak."""
+    from pdsweep import files, settings
+
+    path = settings.cache_dir() / "cpu-matmul-peak.json"
+    key = f"{settings.machine()} | {torch.get_num_threads()} threads | torch {torch.__version__}"
+    known: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        known = files.read_json(path)
+    if isinstance(known.get(key), float):
+        return float(known[key])
+    peak = measure_cpu_matmul_flops()
+    with contextlib.suppress(OSError):  # a read-only cache still gets the measured value
+        files.write_json(path, {**known, key: peak})
+    return peak

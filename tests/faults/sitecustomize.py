@@ -20,17 +20,21 @@ def _run_dir() -> str | None:
 
 
 _target = os.environ.get("PDSWEEP_TEST_NAN", "")
-_dir = _run_dir() if _target else None
-if _dir is not None:
+if _target:
+    # Decided at the first loss, not at start-up: a worker of `pdsweep run` is forked from a warm
+    # process that started before it knew its task (its sys.argv is set to the task file then).
+    from pdsweep.nn import losses
+
     _prefix, _, _step = _target.partition("@")
-    if Path(_dir).name.startswith(_prefix):
-        from pdsweep.nn import losses
+    _real, _calls, _armed = losses.pd_loss, [0], []
 
-        _real, _calls = losses.pd_loss, [0]
+    def _poisoned(*args, **kwargs):  # one call per step at one micro-batch per step
+        if not _armed:
+            _dir = _run_dir()
+            _armed.append(_dir is not None and Path(_dir).name.startswith(_prefix))
+        loss, parts = _real(*args, **kwargs)
+        _calls[0] += 1
+        poison = _armed[0] and _calls[0] == int(_step) + 1
+        return (loss * float("nan"), parts) if poison else (loss, parts)
 
-        def _poisoned(*args, **kwargs):  # one call per step at one micro-batch per step
-            loss, parts = _real(*args, **kwargs)
-            _calls[0] += 1
-            return (loss * float("nan"), parts) if _calls[0] == int(_step) + 1 else (loss, parts)
-
-        losses.pd_loss = _poisoned
+    losses.pd_loss = _poisoned
