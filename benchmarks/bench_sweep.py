@@ -70,6 +70,38 @@ def measure(work: Path, name: str, *flags: str, warm: bool = True) -> dict:
     return {"overhead": overhead, "train": train, "per_run_sweep": (wall - sum(train)) / RUNS}
 
 
+def slurm_latency(work: Path) -> dict | None:
+    """Submit-to-start latency of Slurm jobs on this machine's cluster (scripts/slurm-cluster): the
+    sweep submitted with --detach, each job's start read from the line its script prints first,
+    against the submit event pdsweep recorded. None when no Slurm answers here."""
+    import datetime as dt
+    import shutil
+
+    if shutil.which("sinfo") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
+        return None
+    name = "slurm-latency"
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(sweep(name)))
+    env = {**os.environ, "PDSWEEP_WORKDIR": str(work)}
+    cmd = [sys.executable, "-m", "pdsweep.cli", "run", str(path), "--no-track", "--executor", "slurm"]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - started
+    latency, overhead = [], []
+    for run_dir in (work / "runs" / name).iterdir():
+        if not (run_dir / "result.json").exists():
+            continue
+        events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+        submitted = next(e["time"] for e in events if e["event"] == "submit")
+        line = next(x for x in (run_dir / "train.log").read_text().splitlines() if x.startswith("pdsweep: job "))
+        at = line.split(" at ", 1)[1].split(",", 1)[0]
+        start = dt.datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.timezone.utc).timestamp()
+        latency.append(start - submitted)
+        result = json.loads((run_dir / "result.json").read_text())
+        overhead.append(events[-1]["time"] - start - result["train_seconds"])
+    return {"latency": latency, "overhead": overhead, "wall_per_run": wall / len(latency)}
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -85,6 +117,7 @@ def main() -> None:
         tracked = measure(work, "tracked")
         untracked = measure(work, "untracked", "--no-track")
         fresh = measure(work, "fresh", warm=False)
+        slurm = slurm_latency(work)
     t, u, train = summary(tracked["overhead"]), summary(untracked["overhead"]), summary(tracked["train"])
     f = summary(fresh["overhead"])
     write(
@@ -107,6 +140,25 @@ def main() -> None:
                 "time (start to exit) − training loop time; tasks forked from a warm worker (fresh: a new "
                 "interpreter per task, side by side in the same run)",
             },
+            *(
+                [
+                    {
+                        "metric": "slurm_submit_to_start_s",
+                        "value": round(summary(slurm["latency"])["median"], 2),
+                        "unit": "s/job",
+                        "goal": "report",
+                        "spread": summary(slurm["latency"]),
+                        "slurm_job_overhead_s": round(summary(slurm["overhead"])["median"], 2),
+                        "slurm_wall_per_run_s": round(slurm["wall_per_run"], 2),
+                        "note": f"the same {RUNS} runs through pdsweep run --executor slurm (untracked) on the "
+                        "single-node test cluster of scripts/slurm-cluster (all submitted at once, 1-core jobs); "
+                        "latency = the job script's first line − pdsweep's submit event; job overhead = job start "
+                        "to pdsweep's end event − training loop (a fresh interpreter per job)",
+                    }
+                ]
+                if slurm
+                else []
+            ),
             {
                 "metric": "tiny_run_train_s",
                 "value": round(train["median"], 2),

@@ -94,6 +94,17 @@ def run(
         if not detach:
             view.__enter__()
 
+    if executor == "slurm" and track and not dry_run:
+        from pdsweep import settings
+        from pdsweep.run import tracking
+
+        uri = tracking_uri or tracking.default_uri()
+        if settings.sqlite_file(uri) is not None:
+            typer.echo(
+                f"note: jobs track to the SQLite file {settings.shown_uri(uri)}: safe on a local disk of one node;"
+                " for jobs on several nodes use an MLflow server (--tracking-uri http://…, docs/gpu-cluster.md)",
+                err=True,
+            )
     try:
         with user_errors():
             outcome = sweeps.run(

@@ -63,6 +63,16 @@ def _received_fd(dup: Any) -> int:
 def _run_forked(task_file: str, log: str, env: dict[str, str], lock_fd: int | None) -> None:
     """A job's process, forked from the warm worker: its own session, its output to its log, its
     environment, then the task — as `python -m pdsweep.run.worker TASK.json` would run it."""
+    from multiprocessing import forkserver
+
+    # Every process forked by a fork server holds the write end of its "alive" pipe, which keeps the
+    # server running while any of them lives: a job must not, or killing pdsweep would not end the
+    # server and, with it (PR_SET_PDEATHSIG), the job. A job that runs tasks of its own (a study
+    # worker) starts a fork server of its own.
+    server: Any = forkserver._forkserver  # its private state: Python has no API for this
+    if server._forkserver_alive_fd is not None:
+        os.close(server._forkserver_alive_fd)
+    server._forkserver_alive_fd = server._forkserver_address = server._forkserver_pid = None
     os.setsid()
     proc.die_with_parent()  # the fork server, which ends with pdsweep
     out = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -157,7 +157,7 @@ class SlurmExecutor:
             'export MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
             'export MASTER_PORT="$((20000 + SLURM_JOB_ID % 20000))"',
             'export OMP_NUM_THREADS="${SLURM_CPUS_PER_TASK:-1}"',
-            'echo "pdsweep: job $SLURM_JOB_ID on $(hostname), attempt $((${SLURM_RESTART_COUNT:-0} + 1))"',
+            'echo "pdsweep: job $SLURM_JOB_ID on $(hostname) at $(date -u +%FT%T.%3NZ), attempt $((${SLURM_RESTART_COUNT:-0} + 1))"',
             f"srun --kill-on-bad-exit=1 {shlex.quote(self.python)} -m pdsweep.run.worker {shlex.quote(str(job.task_file))}",
             "rc=$?",
             f'if [ "$rc" -eq {requeue} ]; then',
