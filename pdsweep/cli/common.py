@@ -25,6 +25,12 @@ Storage = Annotated[
 ]
 Hostfile = Annotated[Path | None, typer.Option(help="DeepSpeed hostfile: train on several machines.")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output (JSON).")]
+Executor = Annotated[
+    str, typer.Option(help="Where tasks run: local (processes on this machine) or slurm (a batch job each).")
+]
+ClusterFile = Annotated[
+    Path | None, typer.Option("--cluster", help="Slurm cluster profile (YAML; default: the sweep's cluster: section).")
+]
 
 
 @contextlib.contextmanager

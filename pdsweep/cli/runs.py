@@ -13,7 +13,17 @@ from typing import Annotated
 import typer
 
 from pdsweep.cli import views
-from pdsweep.cli.common import Hostfile, Json, RunFile, SweepFile, Track, TrackingUri, user_errors
+from pdsweep.cli.common import (
+    ClusterFile,
+    Executor,
+    Hostfile,
+    Json,
+    RunFile,
+    SweepFile,
+    Track,
+    TrackingUri,
+    user_errors,
+)
 
 
 def train(
@@ -66,12 +76,8 @@ def run(
     hostfile: Annotated[
         Path | None, typer.Option(help="DeepSpeed hostfile: every run trains on these machines.")
     ] = None,
-    executor: Annotated[
-        str, typer.Option(help="Where tasks run: local (processes on this machine) or slurm (a batch job each).")
-    ] = "local",
-    cluster: Annotated[
-        Path | None, typer.Option(help="Slurm cluster profile (YAML; default: the sweep's cluster: section).")
-    ] = None,
+    executor: Executor = "local",
+    cluster: ClusterFile = None,
     detach: Annotated[
         bool, typer.Option("--detach", help="Slurm: submit the sweep's jobs and return (pdsweep status follows them).")
     ] = False,

@@ -9,7 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from pdsweep.cli.common import (
+    ClusterFile,
     DefaultGroup,
+    Executor,
     Storage,
     SweepFile,
     Track,
@@ -36,12 +38,8 @@ def tune_run(
     storage: Storage = None,
     tracking_uri: TrackingUri = None,
     track: Track = True,
-    executor: Annotated[
-        str, typer.Option(help="Where study workers run: local (processes) or slurm (a batch job each).")
-    ] = "local",
-    cluster: Annotated[
-        Path | None, typer.Option(help="Slurm cluster profile (YAML; default: the sweep's cluster: section).")
-    ] = None,
+    executor: Executor = "local",
+    cluster: ClusterFile = None,
 ) -> None:
     """Run the sweep's study: trials are runs, pruned on their intermediate evaluations."""
     from pdsweep.run import study

@@ -16,6 +16,7 @@ from pdsweep import files, settings
 from pdsweep.errors import UserError
 from pdsweep.run import executors, search, worker
 from pdsweep.run.executors import Executor, Job
+from pdsweep.spec import cluster as cluster_spec
 from pdsweep.spec import expand, plan
 from pdsweep.spec.sweep import Sweep
 
@@ -64,11 +65,7 @@ def tune(
     if sweep.search is None:
         raise UserError(f"{sweep_file}: search: the sweep has no search space")
     settings.check_workdir()
-    profile = sweep.cluster
-    if cluster is not None:
-        from pdsweep.spec import cluster as cluster_spec
-
-        profile = cluster_spec.load(cluster)
+    profile = cluster_spec.chosen(sweep.cluster, cluster)
     if executor != "slurm" and cluster is not None:
         raise UserError("--cluster: needs --executor slurm")
     ex = executors.make(executor, profile, sweep.name)

@@ -13,6 +13,7 @@ from pdsweep import proc, rundir, settings
 from pdsweep.errors import UserError
 from pdsweep.run import executors, launch, scheduler, tracking
 from pdsweep.run.scheduler import Task
+from pdsweep.spec import cluster as cluster_spec
 from pdsweep.spec import expand, plan
 
 
@@ -71,11 +72,7 @@ def run(
         raise UserError(f"--hostfile: {hostfile} does not exist")
     if hostfile is not None:
         launch.hostfile_hosts(hostfile)
-    profile = sweep.cluster
-    if cluster is not None:
-        from pdsweep.spec import cluster as cluster_spec
-
-        profile = cluster_spec.load(cluster)
+    profile = cluster_spec.chosen(sweep.cluster, cluster)
     if executor != "slurm" and (cluster is not None or detach):
         raise UserError(f"--{'cluster' if cluster is not None else 'detach'}: needs --executor slurm")
     ex = executors.make(executor, profile, sweep.name)

@@ -141,3 +141,8 @@ def load(path: Path) -> ClusterSpec:
     if not isinstance(data, dict):
         raise UserError(f"{path}: a cluster profile must be a mapping (partition:, time:, …)")
     return validate(ClusterSpec, data, prefix=f"{path}: ")  # type: ignore[no-any-return]
+
+
+def chosen(section: ClusterSpec | None, given: Path | None) -> ClusterSpec | None:
+    """The profile a command uses: the file given (`--cluster FILE`) over the sweep's `cluster:` section."""
+    return load(given) if given is not None else section
