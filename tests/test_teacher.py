@@ -440,3 +440,28 @@ def test_teacher_agreement_of_a_teacher_with_its_own_store(hamlet) -> None:
     assert set(both) == set(alone) | set(other)
     for key, value in (alone | other).items():
         assert both[key] == pytest.approx(value, rel=1e-6), key
+
+
+def test_the_pass_truncates_chunk_by_chunk_exactly_as_over_whole_logits() -> None:
+    """Teacher.sparse runs the output head and the truncation on a few positions at a time: the same
+    entries, counts and log-sum-exps as truncating the whole batch's logits at once, for chunk sizes
+    that do and do not divide the batch."""
+    from pdsweep.logits import truncation
+
+    spec = RunSpec.model_validate(TINY_RUN)
+    net = model.build(spec.student, 512, 64, seed=0).eval()
+    t = teacher.Teacher(net, 512, "test", None)
+    x = torch.randint(0, 512, (3, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = truncation.top_p_k(t.logits(x).reshape(-1, 512).float(), 0.9, 20)
+        for chunk in (192, 50, 1):
+            parts = t.sparse(x, lambda z: truncation.top_p_k(z, 0.9, 20), chunk)
+            assert len(parts) == -(-192 // chunk)
+            ids, logprobs, count, lse, cuts = truncation.concat(parts)
+            assert np.array_equal(count, whole.count.numpy()) and np.array_equal(cuts, whole.cuts.numpy())
+            assert np.array_equal(ids[:, : whole.ids.shape[1]], whole.ids.numpy())
+            np.testing.assert_allclose(lse, whole.lse.numpy(), rtol=1e-6)
+            finite = np.isfinite(whole.logprobs.numpy())
+            np.testing.assert_allclose(
+                logprobs[:, : whole.ids.shape[1]][finite], whole.logprobs.numpy()[finite], atol=1e-5
+            )
