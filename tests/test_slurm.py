@@ -353,3 +353,17 @@ def test_tune_with_two_slurm_workers_runs_each_trial_once(tmp_path, workdir, sha
     homes = sorted((workdir / "runs" / "slurm-tune" / "tune").glob("worker-*/job.json"))
     assert len(homes) == 2 and len({json.loads(h.read_text())["job_id"] for h in homes}) == 2
     assert "[worker 1]" in out.stdout
+
+
+@pytest.mark.slow
+def test_a_job_that_fails_before_pdsweep_starts_says_so(tmp_path, workdir, slurm_cluster) -> None:
+    sweep = {**lm_sweep("slurm-setup", steps=4, lrs=(0.003,), seeds=1), "baseline": None}
+    sweep["cluster"] = {"setup": ["echo 'no such module: cuda/99' >&2", "exit 3"]}  # a broken environment line
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    out = pdsweep("run", path, "--executor", "slurm", "--no-track", timeout=300)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    (run_dir,) = [d for d in (workdir / "runs" / "slurm-setup").iterdir() if d.is_dir()]
+    state = json.loads((run_dir / "status.json").read_text())
+    assert state["status"] == "failed" and state["reason"].startswith("the job failed with exit code 3 (job "), state
+    assert "no such module: cuda/99" in (run_dir / "train.log").read_text()

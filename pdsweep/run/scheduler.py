@@ -379,10 +379,11 @@ class Scheduler:
                 if self.stopping
                 else logged_error(log) or slurm or f"the process ended unexpectedly with exit code {rc} (see {log})"
             )
-            never_ran = state["status"] == "pending" and self.graph
+            job = self.executor.state(t.job)
+            never_ran = state["status"] == "pending" and job is not None and job.state == "CANCELLED"
             if self.stopping:
                 t.status = "interrupted"
-            if not never_ran:  # a queued job cancelled (its dependency failed, Ctrl-C) leaves no trace
+            if not never_ran:  # a queued job cancelled (a dependency failed, Ctrl-C) leaves no trace
                 rundir.write_status(t.dir, t.status, reason=t.reason)
             if slurm and t.kind == "train" and not never_ran:
                 with contextlib.suppress(Exception):  # its MLflow run says so too, as far as the store answers
