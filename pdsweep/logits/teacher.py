@@ -218,8 +218,21 @@ def fingerprint(teacher: TeacherSpec) -> str:
     return _weights_fingerprint(_model_weights(_model_dir(teacher)))
 
 
+def pass_device() -> str:
+    """Where a teacher pass runs: the first visible GPU, else the CPU (`--devices cpu` hides the GPUs)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
-    """Load a teacher for inference (eval mode, fp32 on CPU)."""
+    """Load a teacher for inference: eval mode, fp32 on CPU, bf16 on a GPU (the pass takes the
+    log-sum-exp and the cut in float32, chunk by chunk: Teacher.sparse)."""
+    t = _load(teacher)
+    if device != "cpu":
+        t.module.to(device=device, dtype=torch.bfloat16)
+    return t
+
+
+def _load(teacher: TeacherSpec) -> Teacher:
     if teacher.kind == "run":
         raise UserError(f"teacher {teacher.source}: a teacher run is resolved by `pdsweep run` (use ckpt:RUN_DIR here)")
     if teacher.kind == "ckpt":
@@ -235,7 +248,7 @@ def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
     safetensors = sorted(path.glob("*.safetensors"))
     if config.get("model_type") == "llama" and safetensors:
         net, cfg = hf.load(path)
-        return Teacher(net.eval().to(device), cfg.vocab_size, _weights_fingerprint(safetensors), tokenizer_json)
+        return Teacher(net.eval(), cfg.vocab_size, _weights_fingerprint(safetensors), tokenizer_json)
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
@@ -245,7 +258,7 @@ def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
     if ggufs and not safetensors:
         kwargs["gguf_file"] = ggufs[0].name
     try:
-        net = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval().to(device)
+        net = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"teacher {teacher.source}: transformers cannot load {path}: {proc.first_line(e)}") from None
     return Teacher(net, int(net.config.vocab_size), _weights_fingerprint(_model_weights(path)), tokenizer_json)

@@ -64,7 +64,7 @@ def store_for(
     assert spec.teacher is not None
     if spec.teacher.kind == "run":
         raise UserError(f"teacher: {spec.teacher.source} is a teacher run of a sweep; give its store with --logits")
-    t = teacher.load(spec.teacher)
+    t = teacher.load(spec.teacher, teacher.pass_device())
     teacher.check_tokenizer(t, tokens, spec.teacher.source)
     lg = spec.logits
     draws = lg.sampling.draws if lg.sampling else None
@@ -389,7 +389,7 @@ def generate_pass(
     evaluate on are generated. Returns the pass's counts and the store's path."""
     if spec.teacher is None:
         raise UserError(f"{source}: teacher: the run has no teacher" if source else "teacher: the run has no teacher")
-    t = teacher.load(spec.teacher)
+    t = teacher.load(spec.teacher, teacher.pass_device())
     tokens = tokenized.prepare(spec, progress=progress)
     teacher.check_tokenizer(t, tokens, spec.teacher.source)
     lg = spec.logits
