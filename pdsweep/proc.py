@@ -4,8 +4,10 @@ process's pending stop request (a batch system's warning that the job will end s
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sys
+from collections.abc import Iterator
 
 
 def free_port() -> int:
@@ -51,15 +53,43 @@ def require(module: str, extra: str, what: str) -> None:
 
 
 _stop_reason: str | None = None
+_requeue = False
+_deferred = False
 
 
-def request_stop(reason: str) -> None:
+def request_stop(reason: str, requeue: bool = False) -> None:
     """Ask this process to stop at its next safe point — a training run writes a checkpoint after the
-    step it is in and ends as interrupted (set from a signal handler: a Slurm job's warning signal)."""
-    global _stop_reason
-    _stop_reason = reason
+    step it is in and ends as interrupted. `requeue`: a batch system's warning (the job is requeued
+    and resumes) rather than a request to stop for good."""
+    global _stop_reason, _requeue
+    if _stop_reason is None or requeue:
+        _stop_reason, _requeue = reason, requeue
 
 
 def stop_requested() -> str | None:
     """Why this process was asked to stop, or None."""
     return _stop_reason
+
+
+def requeue_requested() -> bool:
+    return _requeue
+
+
+def interrupt(reason: str, requeue: bool = False) -> None:
+    """A signal handler's stop: a training loop in progress (`deferred_interrupts`) stops at its next
+    step, with a checkpoint; anything else is interrupted at once (KeyboardInterrupt)."""
+    request_stop(reason, requeue)
+    if not _deferred:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[None]:
+    """Within the block, `interrupt` only records the request (the block checks `stop_requested`):
+    a stop never lands in the middle of a step, a checkpoint or a write to the tracking store."""
+    global _deferred
+    before, _deferred = _deferred, True
+    try:
+        yield
+    finally:
+        _deferred = before

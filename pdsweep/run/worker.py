@@ -213,21 +213,19 @@ script requeues the job, which resumes from that checkpoint."""
 
 
 def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+    """SIGINT (pdsweep stopping its tasks, Ctrl-C) and SIGTERM (scancel, a batch system ending the job):
+    a training run stops after its current step, with a checkpoint; anything else stops at once."""
+    from pdsweep import proc
+
+    proc.interrupt("interrupted (Ctrl-C)" if signum == signal.SIGINT else "interrupted (SIGTERM)")
 
 
 def _warned(signum: int, frame: object) -> None:
-    """SIGUSR1, a Slurm job's warning before its time limit or a preemption (`--signal=USR1@…`): a
-    training run checkpoints after its current step and stops; other tasks (a teacher pass, which
-    keeps every finished chunk) stop now."""
+    """SIGUSR1, a Slurm job's warning before its time limit or a preemption (`--signal=USR1@…`): as
+    `_interrupt`, and the job script requeues the job when the task exits with REQUEUE_EXIT."""
     from pdsweep import proc
 
-    proc.request_stop("stopped on the batch system's warning (time limit or preemption); resumes when requeued")
-    if not _checkpoints_on_stop:
-        raise KeyboardInterrupt
-
-
-_checkpoints_on_stop = False
+    proc.interrupt("stopped on the batch system's warning (time limit or preemption); resumes when requeued", True)
 
 
 def slurm_ranks(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -255,14 +253,13 @@ def slurm_ranks(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global _checkpoints_on_stop
     args = sys.argv[1:] if argv is None else argv
     # SIGINT is how pdsweep asks its task to stop (checkpoint, then interrupted): honour it even when
     # `pdsweep run` itself was started with SIGINT ignored (a script's background job), which every
     # process would otherwise inherit. A task runs in its own session: a terminal's Ctrl-C reaches
     # `pdsweep run`, never the task directly. SIGTERM (scancel, a batch system ending the job) stops
     # it the same way; SIGUSR1 (a Slurm job's warning) checkpoints first.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGUSR1, _warned)
     if len(args) != 1:
@@ -270,7 +267,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.environ.update(slurm_ranks(os.environ))
     try:
-        _checkpoints_on_stop = isinstance(read(Path(args[0])), TrainTask)
         return run(Path(args[0]))
     except UserError as e:
         if os.environ.get("RANK", "0") == "0":  # every rank refuses the same input: say it once
@@ -280,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         from pdsweep import proc
 
-        return REQUEUE_EXIT if proc.stop_requested() else 130
+        return REQUEUE_EXIT if proc.requeue_requested() else 130
 
 
 if __name__ == "__main__":

@@ -356,73 +356,83 @@ def train(
     engine.train()
     loop_started = time.perf_counter()
     eval_seconds = 0.0
-    while state.step < total:
-        step = state.step
-        started = time.perf_counter()
-        lr = spec.optim.lr * lr_at(step, total, spec.optim.lr_schedule)
-        alpha = alpha_at(step, total, spec.loss.alpha, spec.optim.lr_schedule) if spec.uses_teacher else 0.0
-        backend.set_lr(lr)
-        batch = batches.batch_at(
-            tokens.train, t.seq_len, tr.global_batch, tr.seed, step, backend.rank, backend.world_size, windows=windows
-        )
-        sums: dict[str, float] = {}
-        for m in range(accum):
-            rows = slice(m * tr.micro_batch, (m + 1) * tr.micro_batch)
-            inputs = torch.from_numpy(batch.inputs[rows]).to(backend.device)
-            targets = torch.from_numpy(batch.targets[rows]).to(backend.device)
-            with backend.autocast():
-                logits = engine(inputs)
-            for cb in wants_logits:
-                cb.on_logits(state, batch.positions[rows], logits.detach())
-            t_ids = t_logprobs = t_mask = None
-            if alpha > 0:
-                assert store is not None
-                t_ids, t_logprobs, t_mask = (
-                    x.to(backend.device) for x in store.truncated(batch.positions[rows], read_p, read_k)
+    with proc.deferred_interrupts():  # a stop request (a signal) ends the loop after a step, with a checkpoint
+        while state.step < total:
+            step = state.step
+            started = time.perf_counter()
+            lr = spec.optim.lr * lr_at(step, total, spec.optim.lr_schedule)
+            alpha = alpha_at(step, total, spec.loss.alpha, spec.optim.lr_schedule) if spec.uses_teacher else 0.0
+            backend.set_lr(lr)
+            batch = batches.batch_at(
+                tokens.train,
+                t.seq_len,
+                tr.global_batch,
+                tr.seed,
+                step,
+                backend.rank,
+                backend.world_size,
+                windows=windows,
+            )
+            sums: dict[str, float] = {}
+            for m in range(accum):
+                rows = slice(m * tr.micro_batch, (m + 1) * tr.micro_batch)
+                inputs = torch.from_numpy(batch.inputs[rows]).to(backend.device)
+                targets = torch.from_numpy(batch.targets[rows]).to(backend.device)
+                with backend.autocast():
+                    logits = engine(inputs)
+                for cb in wants_logits:
+                    cb.on_logits(state, batch.positions[rows], logits.detach())
+                t_ids = t_logprobs = t_mask = None
+                if alpha > 0:
+                    assert store is not None
+                    t_ids, t_logprobs, t_mask = (
+                        x.to(backend.device) for x in store.truncated(batch.positions[rows], read_p, read_k)
+                    )
+                loss, parts = losses.pd_loss(
+                    logits, targets, alpha, t_ids, t_logprobs, t_mask, kd, spec.loss.chunk_tokens
                 )
-            loss, parts = losses.pd_loss(logits, targets, alpha, t_ids, t_logprobs, t_mask, kd, spec.loss.chunk_tokens)
-            backend.backward(loss)
-            sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / accum
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value / accum
-        grad_norm = backend.step()
-        step_loss = backend.mean(sums["loss"])
-        if not math.isfinite(step_loss):
-            raise TrainingFailed(step, f"non-finite loss ({step_loss}) at step {step}")
-        state.step += 1
-        state.tokens_seen += tokens_per_step
-        elapsed = time.perf_counter() - started
-        tps = tokens_per_step / elapsed
-        metrics = {
-            "loss": step_loss,
-            **{k: backend.mean(v) for k, v in sums.items() if k != "loss"},  # lm_loss, kd_loss, alpha, tau
-            "lr": lr,
-            "grad_norm": grad_norm,
-            "tokens_per_s": tps,
-            "tokens_seen": float(state.tokens_seen),
-            "cpu_threads": float(torch.get_num_threads()),
-        }
-        if peak:
-            metrics["mfu"] = flops_per_token * tps / (peak * backend.world_size)
-        state.metrics = metrics
-        for cb in callbacks:
-            cb.on_step(state, metrics)
-        if state.step % spec.eval.interval == 0 and state.step < total:
-            eval_started = time.perf_counter()
-            ev = evaluation(engine, backend, tokens, spec, store, final=False)
-            eval_seconds += time.perf_counter() - eval_started
+                backend.backward(loss)
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / accum
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + value / accum
+            grad_norm = backend.step()
+            step_loss = backend.mean(sums["loss"])
+            if not math.isfinite(step_loss):
+                raise TrainingFailed(step, f"non-finite loss ({step_loss}) at step {step}")
+            state.step += 1
+            state.tokens_seen += tokens_per_step
+            elapsed = time.perf_counter() - started
+            tps = tokens_per_step / elapsed
+            metrics = {
+                "loss": step_loss,
+                **{k: backend.mean(v) for k, v in sums.items() if k != "loss"},  # lm_loss, kd_loss, alpha, tau
+                "lr": lr,
+                "grad_norm": grad_norm,
+                "tokens_per_s": tps,
+                "tokens_seen": float(state.tokens_seen),
+                "cpu_threads": float(torch.get_num_threads()),
+            }
+            if peak:
+                metrics["mfu"] = flops_per_token * tps / (peak * backend.world_size)
+            state.metrics = metrics
             for cb in callbacks:
-                cb.on_eval(state, logged(ev, final=False))
-        if state.step % tr.checkpoint_every == 0 and state.step < total:
-            path = save_checkpoint(backend, state)
-            for cb in callbacks:
-                cb.on_checkpoint(state, path)
-        if state.step < total and _stop_agreed(backend):
-            if state.step % tr.checkpoint_every:
+                cb.on_step(state, metrics)
+            if state.step % spec.eval.interval == 0 and state.step < total:
+                eval_started = time.perf_counter()
+                ev = evaluation(engine, backend, tokens, spec, store, final=False)
+                eval_seconds += time.perf_counter() - eval_started
+                for cb in callbacks:
+                    cb.on_eval(state, logged(ev, final=False))
+            if state.step % tr.checkpoint_every == 0 and state.step < total:
                 path = save_checkpoint(backend, state)
                 for cb in callbacks:
                     cb.on_checkpoint(state, path)
-            raise Stopped(proc.stop_requested() or f"stopped at step {state.step}: another rank was asked to stop")
+            if state.step < total and _stop_agreed(backend):
+                if state.step % tr.checkpoint_every:
+                    path = save_checkpoint(backend, state)
+                    for cb in callbacks:
+                        cb.on_checkpoint(state, path)
+                raise Stopped(proc.stop_requested() or f"stopped at step {state.step}: another rank was asked to stop")
 
     loop_seconds = time.perf_counter() - loop_started - eval_seconds
     eval_started = time.perf_counter()
