@@ -45,52 +45,44 @@ def sweep(name: str) -> dict:
     }
 
 
-def measure(work: Path, name: str, *flags: str, warm: bool = True) -> dict:
+def run_sweep(work: Path, name: str, *flags: str, warm: bool = True) -> tuple[float, list[Path]]:
+    """`pdsweep run` of the sweep `name` in `work`: its wall time and the run directories it finished."""
     path = work / f"{name}.yaml"
     path.write_text(yaml.safe_dump(sweep(name)))
     env = {**os.environ, "PDSWEEP_WORKDIR": str(work), "PDSWEEP_WARM_WORKERS": "1" if warm else "0"}
     started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "pdsweep.cli", "run", str(path), *flags],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
+    cmd = [sys.executable, "-m", "pdsweep.cli", "run", str(path), *flags]
+    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
+    done = [d for d in (work / "runs" / name).iterdir() if (d / "result.json").exists()]
+    assert len(done) == RUNS
+    return wall, done
+
+
+def measure(work: Path, name: str, *flags: str, warm: bool = True) -> dict:
+    wall, done = run_sweep(work, name, *flags, warm=warm)
     overhead, train = [], []
-    for run_dir in (work / "runs" / name).iterdir():
-        if not (run_dir / "result.json").exists():
-            continue
+    for run_dir in done:
         events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
         task = events[-1]["time"] - events[0]["time"]
         seconds = json.loads((run_dir / "result.json").read_text())["train_seconds"]
         overhead.append(task - seconds)
         train.append(seconds)
-    assert len(train) == RUNS
     return {"overhead": overhead, "train": train, "per_run_sweep": (wall - sum(train)) / RUNS}
 
 
 def slurm_latency(work: Path) -> dict | None:
     """Submit-to-start latency of Slurm jobs on this machine's cluster (scripts/slurm-cluster): the
-    sweep submitted with --detach, each job's start read from the line its script prints first,
-    against the submit event pdsweep recorded. None when no Slurm answers here."""
+    sweep run through the Slurm executor, each job's start read from the line its script prints
+    first, against the submit event pdsweep recorded. None when no Slurm answers here."""
     import datetime as dt
     import shutil
 
     if shutil.which("sinfo") is None or subprocess.run(["sinfo", "-h"], capture_output=True).returncode != 0:
         return None
-    name = "slurm-latency"
-    path = work / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(sweep(name)))
-    env = {**os.environ, "PDSWEEP_WORKDIR": str(work)}
-    cmd = [sys.executable, "-m", "pdsweep.cli", "run", str(path), "--no-track", "--executor", "slurm"]
-    started = time.perf_counter()
-    subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - started
+    wall, done = run_sweep(work, "slurm-latency", "--no-track", "--executor", "slurm")
     latency, overhead = [], []
-    for run_dir in (work / "runs" / name).iterdir():
-        if not (run_dir / "result.json").exists():
-            continue
+    for run_dir in done:
         events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
         submitted = next(e["time"] for e in events if e["event"] == "submit")
         line = next(x for x in (run_dir / "train.log").read_text().splitlines() if x.startswith("pdsweep: job "))

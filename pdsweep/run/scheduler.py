@@ -409,7 +409,7 @@ class Scheduler:
             if s is not None:
                 t.job_state, t.node, t.elapsed = s.state, s.node, s.elapsed
                 if s.live:
-                    t.status = "running" if s.state in ("RUNNING", "COMPLETING") else "queued"
+                    t.status = s.task_status
 
     # -- the loop ------------------------------------------------------------------------------
 

@@ -109,8 +109,8 @@ def run(
         tracker.finish("interrupted", "interrupted (Ctrl-C)")
         outcome.interrupted = True
         return outcome
-    except UserError:
-        tracker.finish("failed", "refused")
+    except UserError as e:  # refused by the batch system (sbatch): nothing of the sweep ran
+        tracker.finish("failed", "; ".join(e.problems))
         raise
     except Exception as e:  # noqa: BLE001 - the scheduler's own failure: its tasks were stopped, resumable
         outcome.error = proc.describe(e)
@@ -160,7 +160,7 @@ def status(*, sweep_file: Path) -> tuple[str, list[Task]]:
         if state is not None:
             t.job_id, t.job_state, t.node, t.elapsed = state.job_id, state.state, state.node, state.elapsed
         if state is not None and state.live and t.status != "done":
-            t.status = "running" if state.state == "RUNNING" else "queued"
+            t.status = state.task_status
         elif on_disk == "running":
             t.status = "running" if rundir.is_locked(t.dir) else "interrupted"
         if (

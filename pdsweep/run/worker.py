@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -228,7 +229,7 @@ def _warned(signum: int, frame: object) -> None:
     proc.interrupt("stopped on the batch system's warning (time limit or preemption); resumes when requeued", True)
 
 
-def slurm_ranks(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+def slurm_ranks(env: Mapping[str, str]) -> dict[str, str]:
     """The torch.distributed variables of one process of a multi-process Slurm step (`srun -n N`):
     rank, world size, local rank and size from Slurm's, the rendezvous on the step's first node (the
     job script exports MASTER_ADDR and MASTER_PORT). Empty outside such a step or under a launcher."""

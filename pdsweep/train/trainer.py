@@ -152,8 +152,9 @@ KEEP_CHECKPOINTS = 2
 
 
 class Stopped(KeyboardInterrupt):
-    """The run was asked to stop (proc.request_stop: a batch system's warning before the time limit
-    or a preemption) and wrote a checkpoint at the step it reached; it resumes from there."""
+    """The run was asked to stop (proc.interrupt from a signal: pdsweep stopping its tasks, scancel, a
+    batch system's warning before a time limit or a preemption) and wrote a checkpoint at the step it
+    reached; it resumes from there."""
 
     def __init__(self, reason: str):
         super().__init__(reason)

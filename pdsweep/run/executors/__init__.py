@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     from pdsweep.spec.cluster import ClusterSpec
@@ -63,6 +63,11 @@ class JobState:
     elapsed: str = ""
     exit_code: int = 0
     reason: str = ""
+
+    @property
+    def task_status(self) -> Literal["running", "queued"]:
+        """What a live job means for its task: running once it started, else queued."""
+        return "running" if self.state in ("RUNNING", "COMPLETING") else "queued"
 
 
 class Executor(Protocol):

@@ -198,8 +198,11 @@ class SlurmExecutor:
         self._fetched = 0.0
 
     def state(self, job: Job) -> JobState | None:
-        if time.monotonic() - self._fetched > REFRESH_S:
-            self._states = states([*self._states, *self.submitted, str(job.handle)])
+        if time.monotonic() - self._fetched > REFRESH_S:  # one squeue (and sacct) for every job, every REFRESH_S
+            asked = [j for j, s in self._states.items() if s.live] + [
+                j for j in self.submitted if j not in self._states
+            ]
+            self._states.update(states([*asked, str(job.handle)]))
             self._fetched = time.monotonic()
         if str(job.handle) not in self._states:
             self._states.update(states([str(job.handle)]))
