@@ -32,6 +32,18 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     return lines[0][:limit] if lines else type(e).__name__
 
 
+def exit_reason(returncode: int) -> str:
+    """How a child process ended, in words: 'was killed by SIGKILL', 'exited with code 1'."""
+    import signal
+
+    if returncode < 0:
+        try:
+            return f"was killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"was killed by signal {-returncode}"
+    return f"exited with code {returncode}"
+
+
 def describe(e: BaseException, limit: int = 300) -> str:
     """`Type: first line` — how a failure's reason reads in status.json, MLflow and the terminal."""
     first = first_line(e, limit)

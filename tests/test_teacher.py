@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -228,9 +229,52 @@ def test_logits_cli(tiny_teacher, tmp_path, workdir) -> None:
     }
     out = pdsweep("logits", "stats", tmp_path / "store")
     assert out.returncode == 0 and "bytes/entry" in out.stdout
-    (tmp_path / "store" / "shard_000000.pdl").write_bytes(b"PDSL garbage")
+    shard = next((tmp_path / "store").glob("shard-*.pdl"))
+    shard.write_bytes(b"PDSL garbage")
     out = pdsweep("logits", "verify", tmp_path / "store")
-    assert out.returncode == 2 and "shard_000000.pdl: checksum mismatch" in out.stderr and "Traceback" not in out.stderr
+    assert out.returncode == 2 and f"{shard.name}: checksum mismatch" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_a_two_rank_pass_killed_midway_is_finished_by_a_rerun_byte_for_byte(tiny_teacher, tmp_path, workdir) -> None:
+    """`logits generate --ranks 2`: each rank writes its own shards (4 of the 8); rank 1 is SIGKILLed
+    after its second. The store stays readable where written and refuses the rest clearly; a rerun
+    redoes rank 1's two missing shards and nothing else, and the store equals a 1-rank pass's, byte
+    for byte (both ranks at 1 thread, as the 1-rank pass)."""
+    run = dict(TINY_RUN, teacher=f"ckpt:{tiny_teacher}", loss={"alpha": 1.0}, logits={"top_p": 0.95, "top_k": 50})
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    two, one = tmp_path / "two", tmp_path / "one"
+    args = ("logits", "generate", tmp_path / "run.yaml", "--limit", "4096", "--shard-positions", "512")
+    faults = str(Path(__file__).parent / "faults")
+    killer = {
+        "PDSWEEP_TEST_KILL_RANK": "1@2",
+        "PYTHONPATH": os.pathsep.join([faults, os.environ.get("PYTHONPATH", "")]),
+    }
+    out = pdsweep(*args, "--out", two, "--ranks", "2", env=killer, timeout=300)
+    assert out.returncode == 1 and "rank 1 was killed by SIGKILL" in out.stderr, out.stderr[-2000:]
+    assert "redoes only their shards" in out.stderr and "Traceback" not in out.stderr
+    out = pdsweep("logits", "verify", two)
+    assert out.returncode == 2 and "incomplete: 2 of the 8 shards of its teacher pass are not written" in out.stderr
+    reader = logits_store.StoreReader(two)
+    assert len(reader.manifest["shards"]) == 6 and len(reader.pending) == 2
+    plan = sorted(p.name for p in two.glob("shard-*.pdl"))
+    assert reader.entries(np.arange(0, 2048)).count.min() >= 1  # shards 0–3: both ranks' first two
+    with pytest.raises(
+        UserError, match=r"no teacher logits for position 2560 \(1024 of 4096 missing; .*2 shards still"
+    ):
+        reader.entries(np.arange(4096))  # shards 5 and 7: rank 1's last two
+    written = {p.name: p.stat().st_mtime_ns for p in two.glob("shard-*.pdl")}
+    assert len(written) == 6
+    out = pdsweep(*args, "--out", two, "--ranks", "2", timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert all((two / name).stat().st_mtime_ns == t for name, t in written.items())  # only the missing redone
+    out = pdsweep(*args, "--out", one, env={"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shards = sorted(p.name for p in one.glob("shard-*.pdl"))
+    assert len(shards) == 8 and sorted(p.name for p in two.glob("shard-*.pdl")) == shards and set(plan) < set(shards)
+    for name in [*shards, "manifest.json"]:
+        assert (two / name).read_bytes() == (one / name).read_bytes(), name
+    assert pdsweep("logits", "verify", two).returncode == 0
 
 
 @pytest.mark.slow

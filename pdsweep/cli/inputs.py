@@ -4,6 +4,7 @@ teachers, and teacher logits stores (generate, inspect, verify)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -74,9 +75,26 @@ def logits_generate(
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Windows per teacher forward (default: teacher.batch_size).")
     ] = None,
+    ranks: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Processes on this machine, each writing its own shards (one per GPU). Under torchrun or srun "
+            "the ranks come from the launcher.",
+        ),
+    ] = 1,
+    encoders: Annotated[
+        int, typer.Option(min=0, help="Processes per rank that encode shards (0: one thread beside the teacher).")
+    ] = 0,
+    shard_positions: Annotated[
+        int, typer.Option(min=1, help="Positions per shard (whole windows): the unit a rank writes and a rerun redoes.")
+    ] = 16384,
 ) -> None:
-    """Run the teacher over the run's tokenized corpus and store its top-p-k logits (resumable)."""
-    from pdsweep.run import launch
+    """Run the teacher over the run's tokenized corpus and store its top-p-k logits (resumable: a rerun
+    writes only the shards not written yet)."""
+    from pdsweep import rundir
+    from pdsweep.logits import teacher
+    from pdsweep.run import launch, worker
     from pdsweep.spec import expand
 
     bar, hook = views.progress_bar()
@@ -84,11 +102,41 @@ def logits_generate(
         spec = expand.load_run(file)
         settings.check_workdir()
         with bar:
-            result = launch.generate_pass(
-                spec=spec, store=out, limit=limit, batch_size=batch_size, progress=hook, source=str(file)
-            )
-    rate = f", {result['tokens_per_s']:,.0f} tokens/s" if result["tokens_per_s"] else ""
-    typer.echo(f"{result['store']}: {result['positions']:,} positions ({result['generated']:,} generated now{rate})")
+            if ranks > 1 and "RANK" not in os.environ:
+                store = out or launch.pass_store(spec, limit, hook, str(file))
+                task = worker.LogitsTask(
+                    store=store,
+                    spec=spec.model_dump(mode="json"),
+                    limit=limit,
+                    batch_size=batch_size,
+                    ranks=ranks,
+                    encoders=encoders,
+                    shard_positions=shard_positions,
+                )
+                task_file = worker.write(rundir.task_file(store), task)
+                result = launch.spawn_pass(task_file, store, ranks, hook)
+            else:
+                result = launch.generate_pass(
+                    spec=spec,
+                    store=out,
+                    limit=limit,
+                    batch_size=batch_size,
+                    progress=hook,
+                    source=str(file),
+                    encoders=encoders,
+                    shard_positions=shard_positions,
+                    rank=teacher.pass_rank(),
+                )
+    if result.get("failed"):
+        typer.echo(
+            f"error: {result['store']}: " + "; ".join(result["failed"]) + " — run again: it redoes only their shards",
+            err=True,
+        )
+        raise typer.Exit(1)
+    rate = f", {result['tokens_per_s']:,.0f} tokens/s" if result.get("tokens_per_s") else ""
+    generated = f" ({result['generated']:,} generated now{rate})" if result.get("generated") is not None else ""
+    left = f"; {result['pending']} shards still to write by other ranks" if result["pending"] else ""
+    typer.echo(f"{result['store']}: {result['positions']:,} positions{generated}{left}")
 
 
 @logits_app.command("stats")

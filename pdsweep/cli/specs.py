@@ -11,6 +11,7 @@ import typer
 
 from pdsweep.cli import views
 from pdsweep.cli.common import Json, SweepFile, user_errors
+from pdsweep.errors import UserError
 
 
 def validate(
@@ -41,22 +42,38 @@ def validate(
         raise typer.Exit(2)
 
 
-def plan(file: SweepFile, as_json: Json = False) -> None:
-    """Show every run a sweep stands for, with derived sizes, before spending any compute."""
-    from pdsweep.spec import expand
+def plan(
+    file: SweepFile,
+    as_json: Json = False,
+    gpu: Annotated[
+        str, typer.Option(help="The GPU that GPU-hours are stated for: a100, h100, h200, b200, mi300x.")
+    ] = "h100",
+    mfu: Annotated[
+        float, typer.Option(min=0.01, max=1.0, help="Model FLOPs utilisation that GPU-hours are stated at.")
+    ] = 0.4,
+) -> None:
+    """Show every run a sweep stands for, with derived sizes and costs, before spending any compute:
+    each run's FLOPs and GPU-hours, each teacher pass's positions, store size and compute."""
+    from pdsweep.spec import costs, expand
     from pdsweep.spec import plan as planning
 
     with user_errors():
-        sweep, rows, passes, runs = planning.load(sweep_file=file)
+        if gpu not in costs.GPUS:
+            raise UserError(f"--gpu: one of {', '.join(costs.GPUS)}, got {gpu!r}")
+        sweep, rows, passes, runs = planning.load(sweep_file=file, gpu=gpu, mfu=mfu)
     if as_json:
         out = {
             "sweep": sweep.name,
+            "gpu": gpu,
+            "mfu": mfu,
             "runs": rows,
             "teacher_passes": [
                 {
-                    **{k: v for k, v in vars(p).items() if k != "runs"},
+                    **{k: v for k, v in vars(p).items() if k not in ("runs", "orders", "cost")},
                     "runs": len(p.runs),
+                    "data_orders": len(p.orders),
                     "store_bytes_upper_bound": p.store_bytes_upper_bound(),
+                    **(vars(p.cost) if p.cost else {}),
                 }
                 for p in passes.values()
             ],
@@ -87,8 +104,24 @@ def plan(file: SweepFile, as_json: Json = False) -> None:
             f"tokens, {views.human(ev.heldout_tokens)} at its end: ~{100 * top['eval_share']:.0f}% of its training "
             "compute (the most of any run; eval.interval, eval.interval_tokens, eval.heldout_tokens)"
         )
+    flops = sum(r["flops"] or 0 for r in rows)
+    unknown = sum(r["flops"] is None for r in rows)
+    pass_flops = sum(p.cost.flops or 0 for p in passes.values() if p.cost)
+    console.print(
+        f"compute: {views.flops(flops)} FLOPs of training = {views.gpu_hours(costs.gpu_hours(flops, gpu, mfu))} GPU-hours"
+        + (
+            f" and {views.flops(pass_flops)} FLOPs of teacher passes = {views.gpu_hours(costs.gpu_hours(pass_flops, gpu, mfu))} GPU-hours"
+            if pass_flops
+            else ""
+        )
+        + f" on {gpu} at {mfu:.0%} MFU (--gpu, --mfu)"
+        + (f"; {unknown} runs of unknown vocabulary not counted" if unknown else "")
+    )
     if passes:
-        console.print(views.passes_table(passes))
+        console.print(views.passes_table(passes, gpu, mfu))
+        for p in passes.values():
+            for line in views.store_arithmetic(p):
+                console.print(line)
 
 
 def explain(

@@ -18,6 +18,15 @@ def human(n: float | None, unit: str = "") -> str:
     return f"{n:.3g}{unit}"
 
 
+def flops(n: float | None) -> str:
+    """FLOPs as a power of ten: 1.9e21."""
+    return "?" if n is None else f"{n:.2g}".replace("e+", "e")
+
+
+def gpu_hours(h: float | None) -> str:
+    return "?" if h is None else f"{h:,.0f}" if h >= 100 else f"{h:.3g}"
+
+
 PLAN_TABLE_MAX_RUNS = 200
 """Above this many runs, `plan` prints one row per configuration (seeds collapsed)."""
 
@@ -50,9 +59,11 @@ def runs_table(title: str, rows: list[dict], pd_only: tuple[str, ...]):  # noqa:
         "params",
         "tokens",
         "steps",
+        "FLOPs",
+        "GPU-h",
         "teacher pass",
     ):
-        numeric = col in ("seed", "params", "tokens", "steps")
+        numeric = col in ("seed", "params", "tokens", "steps", "FLOPs", "GPU-h")
         table.add_column(col, justify="right" if numeric else "left", no_wrap=col in ("run_id", "label"))
     for r in rows:
         # Teacher and baseline rows are LM-only: PD axes (logits.*, loss.*, teacher) do not apply.
@@ -66,6 +77,8 @@ def runs_table(title: str, rows: list[dict], pd_only: tuple[str, ...]):  # noqa:
             human(r["params"]),
             human(r["tokens"]),
             str(r["steps"]),
+            flops(r.get("flops")),
+            gpu_hours(r.get("gpu_hours")),
             r["teacher_pass"] or "-",
         )
     return table
@@ -78,19 +91,24 @@ def _seed_list(seeds: list[int]) -> str:
     return ",".join(map(str, seeds))
 
 
-def passes_table(passes: dict):  # noqa: ANN202 - a rich Table
+def passes_table(passes: dict, gpu: str, mfu: float):  # noqa: ANN202 - a rich Table
     from rich.table import Table
 
     table = Table(
         title="teacher passes",
-        caption="one pass per teacher × corpus, at the largest p and k; smaller p, k and any τ are applied when reading",
+        caption="one pass per teacher × corpus, at the largest p and k; smaller p, k and any τ are applied when "
+        f"reading. Store: positions × measured entries/position × bytes/entry; GPU-h on {gpu} at {mfu:.0%} MFU",
         title_justify="left",
         caption_justify="left",
     )
-    for col in ("pass", "teacher", "mode", "p_max", "k_max", "tokens", "runs", "store ≤"):
-        table.add_column(col)
+    for col in ("pass", "teacher", "mode", "p_max", "k_max", "tokens", "runs", "positions", "entries/pos", "store",
+                "FLOPs", "GPU-h"):  # fmt: skip
+        table.add_column(
+            col, justify="right" if col in ("positions", "entries/pos", "store", "FLOPs", "GPU-h") else "left"
+        )
     for p in passes.values():
         k = "inf" if p.top_k is None else str(p.top_k)
+        c = p.cost
         table.add_row(
             p.pass_id,
             p.teacher,
@@ -99,9 +117,42 @@ def passes_table(passes: dict):  # noqa: ANN202 - a rich Table
             k if not p.sampling_draws else f"{p.sampling_draws} draws",
             human(p.tokens),
             str(len(p.runs)),
-            human(p.store_bytes_upper_bound(), "B"),
+            ("≤ " if len(p.orders) > 1 else "") + human(c.positions if c else None),
+            f"{c.entries_per_token:.1f}" if c and c.entries_per_token is not None else "?",
+            human(c.store_bytes if c else None, "B"),
+            flops(c.flops if c else None),
+            gpu_hours(c.gpu_hours if c else None),
         )
     return table
+
+
+def store_arithmetic(p) -> list[str]:  # noqa: ANN001 - a plan.TeacherPass
+    """A pass's store beside full float32 logits, and the paper's own arithmetic for those."""
+    from pdsweep.spec import costs
+
+    c = p.cost
+    if c is None or not c.vocab_size or c.full_bytes is None:
+        return []
+    paper = costs.paper_full_logits(c.vocab_size, c.positions)
+    per_token = c.vocab_size * costs.FULL_VALUE_BYTES
+    full = f"{paper['pb']:.1f} PB ({paper['pib']:.1f} PiB)" if paper["pb"] >= 1 else human(c.full_bytes, "B")
+    line = (
+        f"pass {p.pass_id}: full float32 logits would be {c.vocab_size:,} × {costs.FULL_VALUE_BYTES} B = "
+        f"{human(per_token, 'B')}/position × {human(c.positions)} = {full}"
+    )
+    if paper["pb"] >= 1:
+        line += (
+            f"; the paper's arithmetic ({paper['rounded_vocab']:,} × 4 B = {paper['paper_kb_per_token']:.1f} KiB/token,"
+            f" 10¹² KiB read as a PB) gives {paper['paper_pb']:.1f} PB"
+        )
+    lines = [line]
+    if c.store_bytes is not None and c.entries_per_token is not None:
+        lines.append(
+            f"pass {p.pass_id}: pdsweep's store {c.entries_per_token:.1f} entries/position × {costs.BYTES_PER_ENTRY} "
+            f"B/entry = {c.entries_per_token * costs.BYTES_PER_ENTRY:.0f} B/position → {human(c.store_bytes, 'B')}, "
+            f"{c.full_bytes / c.store_bytes:,.0f}× smaller than full logits (the paper: ~150 B/token, ~4,000×)"
+        )
+    return lines
 
 
 def _cell(value: object) -> str:

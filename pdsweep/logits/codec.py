@@ -25,8 +25,9 @@ import numpy as np
 from pdsweep.errors import UserError
 from pdsweep.logits.truncation import truncate_entries
 
-FORMAT_VERSION = 3
-"""3: the manifest is sealed by a checksum and names the teacher run; 2: entries in probability order
+FORMAT_VERSION = 4
+"""4: a pass's shards are named by the positions they hold and each has a sealed record beside it
+(ranks write independently; the manifest lists what is still pending); 3: the manifest is sealed by a checksum and names the teacher run; 2: entries in probability order
 (exact order for any k) with exact counts at P_GRID; 1: entries as a set with only the argmax's place
 (reads at a smaller k or p could pick the wrong entries)."""
 

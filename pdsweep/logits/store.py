@@ -13,11 +13,12 @@ decoded shards, and refuses positions the store does not cover.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,35 +136,82 @@ def _check_format(path: Path, manifest: dict[str, Any]) -> None:
         )
 
 
+MANIFEST_LOCK = ".manifest.lock"
+
+
+@contextlib.contextmanager
+def _manifest_lock(path: Path) -> Iterator[None]:
+    """Held while a process creates or assembles the manifest (ranks of a pass finish in any order)."""
+    import fcntl
+
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / MANIFEST_LOCK, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def entry_file(path: Path, name: str) -> Path:
+    """The record a pass writes beside each shard it completes (`shard-….json`): the shard's
+    manifest entry, sealed by its own checksum."""
+    return path / (name.removesuffix(".pdl") + ".json")
+
+
+def read_entry(path: Path, name: str) -> dict[str, Any] | None:
+    """A completed shard's entry, or None when the shard is not (completely) written."""
+    file = entry_file(path, name)
+    try:
+        entry = files.read_json(file)
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{file}: not a logits shard record ({getattr(e, 'strerror', None) or e})") from None
+    if not isinstance(entry, dict) or entry.get("checksum") != _manifest_checksum(entry):
+        raise UserError(f"{file}: checksum mismatch (the shard record was edited or damaged); delete it and the shard")
+    entry.pop("checksum")
+    return entry
+
+
+def written_entry(path: Path, name: str) -> dict[str, Any] | None:
+    """The entry of a shard written completely (its record, and a shard file of the recorded size)."""
+    entry = read_entry(path, name)
+    if entry is None:
+        return None
+    shard = path / name
+    return entry if shard.exists() and shard.stat().st_size == entry["bytes"] else None
+
+
 class StoreWriter:
-    """Appends shards to a store directory; every shard and the manifest are written atomically, so
-    a killed writer leaves a store that is valid up to its last complete shard."""
+    """Writes a store's shards; every shard, record and the manifest are written atomically.
+
+    Two ways to write: `add` appends shards one after another and updates the manifest each time
+    (one writer: a run recording its own logits); a teacher pass plans its shards (`begin`), writes
+    each with `write_shard` — a shard and its record, nothing shared, so any number of ranks write at
+    once — and `assemble`s the manifest from the records when it ends (under a lock: ranks finish in
+    any order). A killed writer leaves a store that is valid up to its last complete shard."""
 
     def __init__(self, path: Path, info: StoreInfo):
         self.path = path
-        path.mkdir(parents=True, exist_ok=True)
-        for stale in path.glob(".*.tmp"):  # a shard a killed writer left half-written (one writer at a time)
-            stale.unlink(missing_ok=True)
-        manifest_path = path / "manifest.json"
-        if manifest_path.exists():
-            self.manifest = read_manifest(path)
-            mine = {k: v for k, v in dataclasses.asdict(info).items()}
-            theirs = {k: self.manifest.get(k) for k in mine}
-            if theirs != mine:
-                diff = ", ".join(f"{k}: {theirs[k]} ≠ {mine[k]}" for k in mine if theirs[k] != mine[k])
-                raise UserError(f"{path}: an existing store was made differently ({diff})")
-        else:
-            self.manifest = {
-                "format": FORMAT_VERSION,
-                **dataclasses.asdict(info),
-                "id_dtype": "uint16" if info.vocab_size <= 65536 else "uint32",
-                "value_codec": {"kind": "power-grid", "gamma": GAMMA, "step": value_step(GAMMA)},
-                "p_grid": list(self.p_grid(info)),
-                "lse_dtype": "float16",
-                "compressor": f"zstd-{ZSTD_LEVEL}",
-                "shards": [],
-            }
-            _write_manifest(path, self.manifest)
+        with _manifest_lock(path):
+            if (path / "manifest.json").exists():
+                self.manifest = read_manifest(path)
+                mine = dataclasses.asdict(info)
+                theirs = {k: self.manifest.get(k) for k in mine}
+                if theirs != mine:
+                    diff = ", ".join(f"{k}: {theirs[k]} ≠ {mine[k]}" for k in mine if theirs[k] != mine[k])
+                    raise UserError(f"{path}: an existing store was made differently ({diff})")
+            else:
+                self.manifest = {
+                    "format": FORMAT_VERSION,
+                    **dataclasses.asdict(info),
+                    "id_dtype": "uint16" if info.vocab_size <= 65536 else "uint32",
+                    "value_codec": {"kind": "power-grid", "gamma": GAMMA, "step": value_step(GAMMA)},
+                    "p_grid": list(self.p_grid(info)),
+                    "lse_dtype": "float16",
+                    "compressor": f"zstd-{ZSTD_LEVEL}",
+                    "pending": [],
+                    "shards": [],
+                }
+                _write_manifest(path, self.manifest)
 
     @staticmethod
     def p_grid(info: StoreInfo) -> tuple[float, ...]:
@@ -174,14 +222,7 @@ class StoreWriter:
     def shards(self) -> list[dict[str, Any]]:
         return self.manifest["shards"]
 
-    def covered(self) -> int:
-        """Positions in complete shards (offline generation resumes after them)."""
-        return sum(s["positions"] for s in self.shards)
-
-    def add(
-        self, positions: np.ndarray, sparse: Sparse | tuple[np.ndarray, ...], meta: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
-        """Write one shard for `positions` (ascending) and record it in the manifest."""
+    def _encode(self, positions: np.ndarray, sparse: Sparse | tuple[np.ndarray, ...]) -> tuple[np.ndarray, bytes, int]:
         if isinstance(sparse, Sparse):
             ids, logprobs, count, lse, cuts = (
                 np.asarray(x.cpu()) if hasattr(x, "cpu") else np.asarray(x)
@@ -197,22 +238,93 @@ class StoreWriter:
         order = np.argsort(positions, kind="stable")
         positions = np.asarray(positions, dtype=np.int64)[order]
         data = encode_shard(positions, ids[order], logprobs[order], count[order], lse[order], cuts[order], grid)
-        name = f"shard_{len(self.shards):06d}.pdl"
-        files.write_bytes(self.path / name, data)
-        entry = {
+        return positions, data, int(np.asarray(count).sum())
+
+    @staticmethod
+    def _entry(
+        name: str, positions: np.ndarray, data: bytes, entries: int, meta: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        return {
             "contiguous": bool(positions[-1] - positions[0] == len(positions) - 1),
             "name": name,
             "positions": int(len(positions)),
             "first": int(positions[0]),
             "last": int(positions[-1]),
-            "entries": int(np.asarray(count).sum()),
+            "entries": entries,
             "bytes": len(data),
             "sha256": files.sha256_bytes(data),
             **(meta or {}),
         }
+
+    def add(
+        self, positions: np.ndarray, sparse: Sparse | tuple[np.ndarray, ...], meta: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Write one shard for `positions` (ascending) and record it in the manifest (one writer)."""
+        positions, data, entries = self._encode(positions, sparse)
+        name = f"shard_{len(self.shards):06d}.pdl"
+        files.write_bytes(self.path / name, data)
+        entry = self._entry(name, positions, data, entries, meta)
         self.manifest["shards"].append(entry)
         _write_manifest(self.path, self.manifest)
         return entry
+
+    # -- a teacher pass: planned shards, written by any number of ranks ---------------------------
+
+    def begin(self, planned: list[str], mine: list[str]) -> set[str]:
+        """Record a pass's planned shards as pending and return those already written (a rerun
+        redoes only the rest); remove what a killed writer left half-written of this rank's
+        shards (`mine`: another rank may be writing its own right now)."""
+        for name in mine:
+            for stale in self.path.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            for stale in self.path.glob(f".{entry_file(self.path, name).name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+        with _manifest_lock(self.path):
+            manifest = read_manifest(self.path)
+            known = {s["name"] for s in manifest["shards"]}
+            pending = [n for n in planned if n not in known]
+            if manifest["pending"] != pending:
+                manifest["pending"] = pending
+                _write_manifest(self.path, manifest)
+        self.manifest = self.assembled(self.path)  # the records of shards written since
+        return {n for n in planned if n not in self.manifest["pending"]}
+
+    def written(self, name: str) -> dict[str, Any] | None:
+        return written_entry(self.path, name)
+
+    def write_shard(
+        self,
+        name: str,
+        positions: np.ndarray,
+        sparse: Sparse | tuple[np.ndarray, ...],
+        meta: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write one planned shard and then its record (the record says the shard is complete)."""
+        positions, data, entries = self._encode(positions, sparse)
+        files.write_bytes(self.path / name, data)
+        entry = self._entry(name, positions, data, entries, meta)
+        files.write_json(entry_file(self.path, name), {**entry, "checksum": _manifest_checksum(entry)})
+        return entry
+
+    def assemble(self) -> dict[str, Any]:
+        """Bring the manifest up to date with every shard record written so far (any rank's): its
+        shards by position, and the planned ones still missing as pending. Returns the manifest."""
+        self.manifest = self.assembled(self.path)
+        return self.manifest
+
+    @staticmethod
+    def assembled(path: Path) -> dict[str, Any]:
+        """`assemble` for the store at `path` (by a process that writes no shard of it)."""
+        with _manifest_lock(path):
+            manifest = read_manifest(path)
+            known = {s["name"] for s in manifest["shards"]}
+            done = [e for n in manifest["pending"] if (e := written_entry(path, n)) is not None and n not in known]
+            if done:
+                finished = {e["name"] for e in done}
+                manifest["shards"] = sorted(manifest["shards"] + done, key=lambda s: (s["first"], s["name"]))
+                manifest["pending"] = [n for n in manifest["pending"] if n not in finished]
+                _write_manifest(path, manifest)
+            return manifest
 
 
 class StoreReader:
@@ -233,6 +345,15 @@ class StoreReader:
             expect = {k: getattr(expect, k) for k in IDENTITY}
         if expect:
             check_identity(path, self.manifest, expect)
+        self.pending: list[str] = list(self.manifest.get("pending", []))
+        if self.pending:  # a pass still writing (or stopped): what its ranks completed since is readable
+            done = [e for n in self.pending if (e := written_entry(path, n)) is not None]
+            finished = {e["name"] for e in done}
+            self.manifest = {
+                **self.manifest,
+                "shards": sorted(self.manifest["shards"] + done, key=lambda s: (s["first"], s["name"])),
+            }
+            self.pending = [n for n in self.pending if n not in finished]
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[int, Shard] = OrderedDict()
         shards = self.manifest["shards"]
@@ -337,8 +458,13 @@ class StoreReader:
         return ok.reshape(np.shape(positions))
 
     def _missing(self, missing: np.ndarray, total: int) -> None:
+        why = (
+            f"; its teacher pass has {len(self.pending)} shards still to write (running, or stopped: run it again)"
+            if self.pending
+            else ""
+        )
         raise UserError(
-            f"{self.path}: no teacher logits for position {int(missing[0])} ({len(missing)} of {total} missing)"
+            f"{self.path}: no teacher logits for position {int(missing[0])} ({len(missing)} of {total} missing{why})"
         )
 
     def entries(self, positions: np.ndarray) -> Entries:
@@ -379,7 +505,13 @@ class StoreReader:
         return to_targets(*self.entries(positions).truncated(top_p, top_k), temperature, renormalize)
 
     def verify(self) -> dict[str, Any]:
-        """Check every shard's checksum and decodability; return totals."""
+        """Check that the store is complete and every shard's checksum and decodability; return totals."""
+        if self.pending:
+            n = len(self.pending) + len(self.manifest["shards"])
+            raise UserError(
+                f"{self.path}: incomplete: {len(self.pending)} of the {n} shards of its teacher pass are not written"
+                " (the pass is running, or stopped: run it again to finish them)"
+            )
         total_pos = total_entries = total_bytes = 0
         for i, entry in enumerate(self.manifest["shards"]):
             sh = self.shard(i)
@@ -413,8 +545,12 @@ def is_store(path: Path) -> bool:
 
 
 def store_bytes(path: Path) -> int:
-    """Bytes on disk of a store (shards and manifest)."""
-    return sum(p.stat().st_size for p in path.iterdir() if p.suffix == ".pdl" or p.name == "manifest.json")
+    """Bytes on disk of a store (shards, their records and the manifest)."""
+    return sum(
+        p.stat().st_size
+        for p in path.iterdir()
+        if p.suffix == ".pdl" or p.name == "manifest.json" or (p.name.startswith("shard-") and p.suffix == ".json")
+    )
 
 
 def stats(

@@ -219,8 +219,14 @@ def fingerprint(teacher: TeacherSpec) -> str:
 
 
 def pass_device() -> str:
-    """Where a teacher pass runs: the first visible GPU, else the CPU (`--devices cpu` hides the GPUs)."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """Where a teacher pass (or one rank of it) runs: its local rank's GPU among the visible ones,
+    else the CPU (`--devices cpu` hides the GPUs)."""
+    import os
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+    return f"cuda:{local % torch.cuda.device_count()}"
 
 
 def load(teacher: TeacherSpec, device: str = "cpu") -> Teacher:
@@ -301,6 +307,89 @@ def store_info(
     )
 
 
+@dataclass
+class PlannedShard:
+    """One shard of a teacher pass: its name (from the positions it holds, so every rank and every
+    rerun names it alike) and its windows (array, global offset, start, end)."""
+
+    name: str
+    windows: list[tuple[Any, int, int, int]]
+    first_window: int
+    """The global index of its first window: seeds its sampled draws."""
+
+    @property
+    def positions(self) -> int:
+        return sum(e - s for _, _, s, e in self.windows)
+
+
+def plan(
+    tokens: tokenized.TokenData,
+    seq_len: int,
+    shard_positions: int = 16384,
+    limit: int | None = None,
+    train_windows: Any = None,
+    heldout_limit: int | None = None,
+) -> list[PlannedShard]:
+    """The shards of a pass, in position order: consecutive windows of `seq_len` tokens (training
+    positions first, then held-out ones after them), `shard_positions // seq_len` windows a shard."""
+    n_train = len(tokens.train) if limit is None else min(limit, len(tokens.train))
+    spans = [(tokens.train, 0, n_train)] + (
+        [(tokens.heldout, len(tokens.train), min(len(tokens.heldout), heldout_limit or len(tokens.heldout)))]
+        if limit is None
+        else []
+    )
+    windows: list[tuple[int, tuple[Any, int, int, int]]] = []
+    for arr, offset, n in spans:
+        base = len(windows)
+        windows += [
+            (base + start // seq_len, (arr, offset, start, min(start + seq_len, n))) for start in range(0, n, seq_len)
+        ]
+    if train_windows is not None:
+        wanted = set(np.asarray(train_windows).tolist())
+        windows = [(g, w) for g, w in windows if w[0] is not tokens.train or w[2] // seq_len in wanted]
+    per_shard = max(1, shard_positions // seq_len)
+    out = []
+    for i in range(0, len(windows), per_shard):
+        group = windows[i : i + per_shard]
+        ranges = ",".join(f"{off + s}:{off + e}" for _, (_, off, s, e) in group)
+        first = group[0][1][1] + group[0][1][2]
+        digest = files.sha256_bytes(ranges.encode())[:8]
+        out.append(PlannedShard(f"shard-{first:012d}-{digest}.pdl", [w for _, w in group], group[0][0]))
+    return out
+
+
+def pass_rank(env: Any = None) -> tuple[int, int]:
+    """(rank, ranks) of this process in a teacher pass: from a launcher (RANK, WORLD_SIZE: torchrun,
+    the deepspeed launcher, `pdsweep logits generate --ranks`), an `srun` step (SLURM_PROCID), and a
+    Slurm job array (each array task its own set of ranks)."""
+    import os
+
+    env = os.environ if env is None else env
+    if "RANK" in env:
+        rank, world = int(env["RANK"]), int(env.get("WORLD_SIZE", "1"))
+    elif "SLURM_STEP_ID" in env and "SLURM_PROCID" in env:
+        rank, world = int(env["SLURM_PROCID"]), int(env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS", "1")))
+    else:
+        rank, world = 0, 1
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        task = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0"))
+        rank, world = task * world + rank, int(env["SLURM_ARRAY_TASK_COUNT"]) * world
+    if not 0 <= rank < world:
+        raise UserError(f"teacher pass: rank {rank} is not one of {world} ranks (RANK, WORLD_SIZE)")
+    return rank, world
+
+
+def _write(path: Path, info: Any, name: str, positions: np.ndarray, arrays: Any) -> None:
+    """Encode and write one planned shard (in the pass's process, or in an encoding process)."""
+    writer = _writers.get(str(path))
+    if writer is None:
+        writer = _writers[str(path)] = logits_store.StoreWriter(path, info)
+    writer.write_shard(name, positions, arrays)
+
+
+_writers: dict[str, logits_store.StoreWriter] = {}
+
+
 @torch.no_grad()
 def generate(
     teacher: Teacher,
@@ -317,63 +406,63 @@ def generate(
     seed: int = 0,
     train_windows: Any = None,
     heldout_limit: int | None = None,
+    rank: int = 0,
+    ranks: int = 1,
+    encoders: int = 0,
 ) -> dict[str, Any]:
     """Write the teacher's top-p-k logits for every position of the corpus (training positions
     first, then held-out ones after them) — or for the first `limit` training positions. With
     `sampling_draws`, store sampled targets instead (`sampling_draws` tokens drawn per position from
-    the full teacher distribution; the draws of shard i depend only on (seed, i)).
+    the full teacher distribution; the draws of a shard depend only on (seed, its first window)).
 
-    The teacher reads the corpus in consecutive windows of `seq_len` tokens; a shard holds whole
-    windows. `train_windows` (sorted window indices) limits the training positions to the windows
-    the store's students will visit (`batches.visited_windows`), `heldout_limit` the held-out ones to
-    the first that their evaluation reads.
-    Resumes where it stopped: shards already in the store are not generated again."""
+    The pass is `plan`ned in shards of whole windows; of `ranks` processes, rank r writes the shards
+    r, r + ranks, … of the plan, each independently (StoreWriter.write_shard), and the manifest is
+    assembled from their records when a rank ends. `train_windows` (sorted window indices) limits
+    the training positions to the windows the store's students will visit
+    (`batches.visited_windows`), `heldout_limit` the held-out ones to the first that their
+    evaluation reads. A rerun writes only the shards not written yet: a killed rank's, and no
+    other. `encoders` > 0 encodes shards in that many processes (a GPU teacher outruns one core's
+    encoding); 0 in one thread beside the teacher."""
     if sampling_draws is not None:
         top_p, top_k = 1.0, None  # the sampled ids are not a truncation
-    writer = logits_store.StoreWriter(out, store_info(teacher, tokens, top_p, top_k, sampling_draws=sampling_draws))
-    n_train = len(tokens.train) if limit is None else min(limit, len(tokens.train))
-    spans = [(tokens.train, 0, n_train)] + (
-        [(tokens.heldout, len(tokens.train), min(len(tokens.heldout), heldout_limit or len(tokens.heldout)))]
-        if limit is None
-        else []
-    )
-    windows = [
-        (arr, offset, start, min(start + seq_len, n)) for arr, offset, n in spans for start in range(0, n, seq_len)
-    ]
-    if train_windows is not None:
-        wanted = set(np.asarray(train_windows).tolist())
-        windows = [w for w in windows if w[0] is not tokens.train or w[2] // seq_len in wanted]
-    per_shard = max(1, shard_positions // seq_len)
-    have = logits_store.StoreReader(out).positions() if writer.covered() else np.zeros(0, dtype=np.int64)
-    total = sum(e - s for _, _, s, e in windows)
+    info = store_info(teacher, tokens, top_p, top_k, sampling_draws=sampling_draws)
+    writer = logits_store.StoreWriter(out, info)
+    shards = plan(tokens, seq_len, shard_positions, limit, train_windows, heldout_limit)
+    names = {sh.name for sh in shards}
+    if any(e["name"] not in names for e in writer.shards):  # a store another pass wrote: what it holds is kept
+        have = logits_store.StoreReader(out).positions()
+        shards = [sh for sh in shards if not np.isin([off + s for _, off, s, _ in sh.windows], have).all()]
+    mine = [sh for k, sh in enumerate(shards) if k % ranks == rank]
+    done = writer.begin([sh.name for sh in shards], [sh.name for sh in mine])
+    todo = [sh for sh in mine if sh.name not in done]
+    total = sum(sh.positions for sh in todo)
     device = next(teacher.module.parameters()).device
     started = time.perf_counter()
     written = 0
-    i = 0
-    # Encoding and writing a shard (zstd at a high level) overlaps the teacher's next forward pass;
-    # one writer thread keeps shards in order, and at most one shard waits to be written.
-    pool = ThreadPoolExecutor(max_workers=1)
-    pending: Future[Any] | None = None
+    # Encoding and writing a shard overlaps the teacher's next forward pass: in one thread, or in a
+    # pool of processes; at most one shard per encoder waits to be written.
+    if encoders > 0:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool: Any = ProcessPoolExecutor(encoders, mp_context=multiprocessing.get_context("spawn"))
+    else:
+        pool = ThreadPoolExecutor(max_workers=1)
+    pending: list[tuple[Future[Any], int]] = []
     threads = settings.ThreadBudget()  # more cores when the tasks beside this pass end
     try:
-        while i < len(windows):
-            group = windows[i : i + per_shard]
-            i += per_shard
-            size = sum(e - s for _, _, s, e in group)
-            firsts = np.array([off + s for _, off, s, _ in group], dtype=np.int64)
-            if len(have) and np.isin(firsts, have).all():  # already in the store (resume)
-                continue
+        for sh in todo:
             positions: list[np.ndarray] = []
             parts: list[truncation.Sparse] = []
-            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + i)
+            gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + sh.first_window)
 
             def keep(logits: torch.Tensor, gen: torch.Generator = gen) -> truncation.Sparse:
                 if sampling_draws is None:
                     return truncation.top_p_k(logits, top_p, top_k)
                 return truncation.sampled_sparse(logits, sampling_draws, gen)
 
-            for b in range(0, len(group), batch_size):
-                batch = group[b : b + batch_size]
+            for b in range(0, len(sh.windows), batch_size):
+                batch = sh.windows[b : b + batch_size]
                 length = max(e - s for _, _, s, e in batch)
                 same = all(e - s == length for _, _, s, e in batch)
                 chunks = [batch] if same else [[w] for w in batch]  # a short last window goes alone
@@ -385,21 +474,28 @@ def generate(
                     )
                     parts.extend(teacher.sparse(x, keep))
                     positions.extend(np.arange(off + s, off + e) for _, off, s, e in chunk)
-            if pending is not None:
-                pending.result()
+            while len(pending) > max(0, encoders - 1):
+                future, size = pending.pop(0)
+                future.result()
+                written += size
                 progress("teacher logits", written, total)
-            pending = pool.submit(writer.add, np.concatenate(positions), truncation.concat(parts))
+            arrays = truncation.concat(parts)
+            pending.append((pool.submit(_write, out, info, sh.name, np.concatenate(positions), arrays), sh.positions))
+        for future, size in pending:
+            future.result()
             written += size
-        if pending is not None:
-            pending.result()
             progress("teacher logits", written, total)
     finally:
-        pool.shutdown(wait=True)
+        pool.shutdown(wait=True, cancel_futures=True)
+        manifest = writer.assemble()
     elapsed = time.perf_counter() - started
     return {
         "store": str(out),
-        "positions": total,
+        "positions": sum(sh.positions for sh in shards),
         "generated": written,
         "seconds": elapsed,
-        "tokens_per_s": written / elapsed if elapsed > 0 else None,
+        "tokens_per_s": written / elapsed if elapsed > 0 and written else None,
+        "rank": rank,
+        "ranks": ranks,
+        "pending": len(manifest["pending"]),
     }

@@ -382,11 +382,15 @@ def generate_pass(
     serves: list[dict[str, int]] | None = None,
     progress: Progress = lambda *a: None,
     source: str = "",
+    encoders: int = 0,
+    shard_positions: int = 16384,
+    rank: tuple[int, int] = (0, 1),
 ) -> dict[str, Any]:
     """Run `spec`'s teacher over its tokenized corpus into `store` (default: the teacher's store in the
     work directory), resumably. With `serves` (each run's seed, steps, global_batch, seq_len and
     heldout_tokens) only the training windows those runs visit and the held-out positions they
-    evaluate on are generated. Returns the pass's counts and the store's path."""
+    evaluate on are generated. `rank` (rank, ranks): this process writes its share of the shards
+    (teacher.generate). Returns the pass's counts and the store's path."""
     if spec.teacher is None:
         raise UserError(f"{source}: teacher: the run has no teacher" if source else "teacher: the run has no teacher")
     t = teacher.load(spec.teacher, teacher.pass_device())
@@ -426,5 +430,57 @@ def generate_pass(
         sampling_draws=lg.sampling.draws if lg.sampling else None,
         train_windows=train_windows,
         heldout_limit=heldout_limit,
+        shard_positions=shard_positions,
+        rank=rank[0],
+        ranks=rank[1],
+        encoders=encoders,
     )
     return {**result, "store": store}
+
+
+def pass_store(spec: RunSpec, limit: int | None, progress: Progress = lambda *a: None, source: str = "") -> Path:
+    """The default store of `spec`'s teacher pass (what generate_pass writes when given none)."""
+    if spec.teacher is None:
+        raise UserError(f"{source}: teacher: the run has no teacher" if source else "teacher: the run has no teacher")
+    ensure_builtin_teacher(spec, progress)
+    tokens = tokenized.prepare(spec, progress=progress)
+    return plan.default_store(
+        teacher.fingerprint(spec.teacher), tokens.manifest["corpus_fingerprint"], spec.logits, limit
+    )
+
+
+def spawn_pass(
+    task_file: Path, store: Path, ranks: int, progress: Progress = lambda *a: None, poll_s: float = 0.5
+) -> dict[str, Any]:
+    """Run a pass's task file over `ranks` processes on this machine (RANK, WORLD_SIZE, LOCAL_RANK; a
+    GPU each, or an equal share of the cores), each writing its own shards. The ranks are
+    independent: one that dies leaves the others to finish, and a rerun redoes only its shards.
+    Returns the pass's totals, with `failed`: a line for each rank that did not finish."""
+    import time
+
+    share = max(1, settings.cores() // ranks)
+    procs = []
+    for r in range(ranks):
+        env = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(ranks), "LOCAL_RANK": str(r)}
+        env["LOCAL_WORLD_SIZE"] = str(ranks)
+        env.setdefault("OMP_NUM_THREADS", str(share))
+        env.pop("PDSWEEP_THREADS_FILE", None)  # the machine's share is fixed per rank
+        cmd = [sys.executable, "-m", "pdsweep.run.worker", str(task_file)]
+        procs.append(subprocess.Popen(cmd, env=env, preexec_fn=proc.die_with_parent))  # noqa: PLW1509
+    total = None
+    while any(p.poll() is None for p in procs):
+        time.sleep(poll_s)
+        with contextlib.suppress(UserError, KeyError):
+            manifest = logits_store.read_manifest(store)
+            total = total or (len(manifest["pending"]) + len(manifest["shards"]))
+            done = sum(1 for p in store.glob("shard-*.json"))
+            progress(f"teacher logits ({ranks} ranks, shards)", min(done, total), total)
+    failed = [f"rank {r} {proc.exit_reason(p.returncode)}" for r, p in enumerate(procs) if p.returncode != 0]
+    manifest = logits_store.StoreWriter.assembled(store)
+    return {
+        "store": store,
+        "positions": sum(s["positions"] for s in manifest["shards"]),
+        "generated": None,
+        "pending": len(manifest["pending"]),
+        "failed": failed,
+    }

@@ -243,7 +243,10 @@ class Scheduler:
                 for r in (x.run for x in self.tasks if x.logits == t.dir)
                 if r is not None
             ]
-            return worker.write(path, worker.LogitsTask(store=t.dir, spec=self._pass_spec(t), serves=served))
+            ranks = len(slot.split(",")) if slot else 1  # one rank per GPU of the slot
+            return worker.write(
+                path, worker.LogitsTask(store=t.dir, spec=self._pass_spec(t), serves=served, ranks=ranks)
+            )
         assert t.run is not None
         gpus = slot.split(",") if slot else []
         task = worker.TrainTask(

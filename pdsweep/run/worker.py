@@ -69,6 +69,15 @@ class LogitsTask(_Task):
     """A RunSpec whose teacher, data and logits (offline, the pass's largest p and k) define the pass."""
     serves: list[ServedRun] = []
     """The runs the pass serves: only the windows they visit are generated (all when empty)."""
+    limit: int | None = None
+    """Only the first N training positions (`pdsweep logits generate --limit`)."""
+    batch_size: int | None = None
+    ranks: int = Field(default=1, ge=1)
+    """Processes on this machine, each writing its own shards (one per GPU); under a launcher or
+    `srun` the ranks come from it instead."""
+    encoders: int = Field(default=0, ge=0)
+    """Processes per rank that encode shards (0: one thread beside the teacher)."""
+    shard_positions: int = Field(default=16384, ge=1)
 
 
 class TuneTask(_Task):
@@ -120,7 +129,7 @@ def run(task_file: Path) -> int:
     if isinstance(task, TrainTask):
         return _train(task, task_file)
     if isinstance(task, LogitsTask):
-        return _logits(task)
+        return _logits(task, task_file)
     return _tune(task)
 
 
@@ -166,20 +175,33 @@ def report(outcome: Any) -> int:
     return code
 
 
-def _logits(task: LogitsTask) -> int:
-    """A teacher pass; its state goes to the store directory's status.json (pdsweep status reads it
-    there, whether the pass ran under `pdsweep run` or as a cluster job)."""
+def _logits(task: LogitsTask, task_file: Path) -> int:
+    """A teacher pass, or one rank of it; its state goes to the store directory's status.json
+    (pdsweep status reads it there, whether the pass ran under `pdsweep run` or as a cluster job):
+    running from its first rank, done from the rank that completes the store, failed from any."""
     from pdsweep import proc, rundir
+    from pdsweep.logits import teacher
     from pdsweep.run import launch
     from pdsweep.spec import RunSpec
 
-    rundir.write_status(task.store, "running", pid=os.getpid())
+    spawn = task.ranks > 1 and "RANK" not in os.environ
+    rank, ranks = (0, task.ranks) if spawn else teacher.pass_rank()
+    if rank == 0:
+        rundir.write_status(task.store, "running", pid=os.getpid(), ranks=ranks)
     try:
-        result = launch.generate_pass(
-            spec=RunSpec.model_validate(task.spec),
-            store=task.store,
-            serves=[r.model_dump() for r in task.serves] or None,
-        )
+        if spawn:
+            result = launch.spawn_pass(task_file, task.store, task.ranks)
+        else:
+            result = launch.generate_pass(
+                spec=RunSpec.model_validate(task.spec),
+                store=task.store,
+                limit=task.limit,
+                batch_size=task.batch_size,
+                serves=[r.model_dump() for r in task.serves] or None,
+                encoders=task.encoders,
+                shard_positions=task.shard_positions,
+                rank=(rank, ranks),
+            )
     except KeyboardInterrupt:
         rundir.write_status(task.store, "interrupted", reason=proc.stop_requested() or "interrupted (Ctrl-C)")
         raise
@@ -190,8 +212,18 @@ def _logits(task: LogitsTask) -> int:
         rundir.write_status(task.store, "failed", reason=proc.describe(e))
         print(f"failed: {proc.describe(e)}", file=sys.stderr, flush=True)
         raise
-    rundir.write_status(task.store, "done")
-    print(f"done: {task.store}: {result['positions']:,} positions ({result['generated']:,} generated now)", flush=True)
+    if result.get("failed"):
+        reason = "; ".join(result["failed"]) + " — run the pass again: it redoes only their shards"
+        rundir.write_status(task.store, "failed", reason=reason)
+        print(f"failed: {reason}", file=sys.stderr, flush=True)
+        return 1
+    if result["pending"] == 0:
+        rundir.write_status(task.store, "done")
+    where = f"rank {rank} of {ranks}: " if ranks > 1 and not spawn else ""
+    print(
+        f"done: {where}{task.store}: {result['positions']:,} positions ({result['generated']:,} generated now)",
+        flush=True,
+    )
     return 0
 
 

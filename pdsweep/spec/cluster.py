@@ -50,6 +50,10 @@ class Resources(SpecModel):
     """`--cpus-per-task`: CPU cores per process (its torch threads)."""
     mem: str | None = None
     """`--mem`: memory per machine (`64G`, `500000M`; `0` = all of it)."""
+    array: int | None = Field(default=None, ge=1)
+    """A teacher pass (`logits:`) as a job array of this many jobs, each its own nodes and ranks, each
+    writing its own shards: Slurm starts them as resources free up, and a failed one is redone alone
+    (`pdsweep run` again). Ignored for training runs."""
     sbatch: list[str] | None = None
     """Extra sbatch options, one per item, as on the command line (`--constraint=a100`, `--exclusive`)."""
     setup: list[str] | None = None

@@ -50,6 +50,13 @@ def parse_teacher(value: Any) -> Any:
 class _Teacher(SpecModel):
     batch_size: int = Field(default=8, ge=1)
     """Sequences per teacher forward pass when generating offline logits."""
+    params: float | None = Field(default=None, gt=0)
+    """Planning only: the teacher's parameter count, for `pdsweep plan`'s compute of a teacher whose
+    files are not on this machine (a pass costs 2 × params FLOPs per position). Not needed when
+    its shape is known: a teacher run, the builtin teacher, an `hf:` directory here."""
+    vocab_size: int | None = Field(default=None, ge=2)
+    """Planning only: the teacher's vocabulary size, for `pdsweep plan`'s sizes when its files are not
+    on this machine (with `data.tokenizer: teacher`). The loaded teacher's own is always used to run."""
 
     @property
     @abstractmethod
@@ -64,8 +71,10 @@ class _Teacher(SpecModel):
     @model_serializer
     def _as_source(self) -> dict[str, Any]:
         """Written as `{source, batch_size, run_id}`, the form specs had before the union: stored
-        specs read back, and run ids (hashes of the written spec) stay what they were."""
-        return {"source": self.source, "batch_size": self.batch_size, "run_id": self.__dict__.get("run_id")}
+        specs read back, and run ids (hashes of the written spec) stay what they were. The planning
+        hints are written only when given."""
+        hints = {k: getattr(self, k) for k in ("params", "vocab_size") if getattr(self, k) is not None}
+        return {"source": self.source, "batch_size": self.batch_size, "run_id": self.__dict__.get("run_id"), **hints}
 
 
 class RunTeacher(_Teacher):

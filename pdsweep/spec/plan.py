@@ -22,7 +22,7 @@ from typing import Any
 
 from pdsweep import settings
 from pdsweep import spec as S
-from pdsweep.spec import expand, labels
+from pdsweep.spec import costs, expand, labels
 from pdsweep.spec.expand import PlannedRun, flatten_overrides
 
 # ----------------------------------------------------------------------------------------------
@@ -45,6 +45,12 @@ class TeacherPass:
     tokens: int = 0
     vocab_size: int | None = None
     runs: list[str] = field(default_factory=list)
+    orders: set[int] = field(default_factory=set)
+    """The data orders of its runs: each visits its own windows, and the pass covers them all."""
+    heldout_tokens: int = 0
+    seq_len: int = 0
+    cost: costs.PassCost | None = None
+    """Set by `plan_rows`: positions, expected store size and compute."""
 
     def store_bytes_upper_bound(self) -> int | None:
         """Uncompressed upper bound: every position keeps k_max entries (id + fp16 value) plus a
@@ -98,26 +104,54 @@ def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
             tp.sampling_draws = max(tp.sampling_draws, s.logits.sampling.draws)
         tp.tokens = max(tp.tokens, s.data.tokens)
         tp.runs.append(run.run_id)
+        tp.orders.add(s.train.seed)
+        tp.heldout_tokens = max(tp.heldout_tokens, s.eval.heldout_tokens)
+        tp.seq_len = max(tp.seq_len, s.data.seq_len)
     return passes
 
 
-def load(*, sweep_file: Path) -> tuple[Any, list[dict[str, Any]], dict[str, TeacherPass], list[PlannedRun]]:
+def load(
+    *, sweep_file: Path, gpu: str = costs.GPU, mfu: float = costs.MFU
+) -> tuple[Any, list[dict[str, Any]], dict[str, TeacherPass], list[PlannedRun]]:
     """A sweep file's plan: (the Sweep, a row per run, its teacher passes, its planned runs)."""
     sweep = expand.load_sweep(sweep_file)
     runs = expand.expand(sweep, str(sweep_file))
-    rows, passes = plan_rows(runs)
+    rows, passes = plan_rows(runs, gpu, mfu)
     return sweep, rows, passes, runs
 
 
-def plan_rows(runs: list[PlannedRun]) -> tuple[list[dict[str, Any]], dict[str, TeacherPass]]:
-    """The table `pdsweep plan` prints: a row per run with its derived numbers."""
+def plan_rows(
+    runs: list[PlannedRun], gpu: str = costs.GPU, mfu: float = costs.MFU
+) -> tuple[list[dict[str, Any]], dict[str, TeacherPass]]:
+    """The table `pdsweep plan` prints: a row per run with its derived numbers and compute (FLOPs,
+    and GPU-hours on `gpu` at `mfu`); each teacher pass with its cost (`TeacherPass.cost`)."""
     passes = teacher_passes(runs)
+    shapes = {r.name: r.spec.student for r in runs if r.role == "teacher" and r.name}
+    by_id = {r.run_id: r for r in runs}
+    for tp in passes.values():
+        example = by_id[tp.runs[0]].spec
+        assert example.teacher is not None
+        # Every data order visits its own windows (up to the corpus, unknown here: an upper bound).
+        positions = tp.tokens * max(1, len(tp.orders)) + tp.heldout_tokens
+        tp.cost = costs.pass_cost(
+            positions,
+            tp.top_p,
+            tp.top_k,
+            tp.sampling_draws,
+            tp.vocab_size,
+            costs.teacher_shape(example.teacher, shapes),
+            example.teacher.params,
+            tp.seq_len,
+            gpu,
+            mfu,
+        )
     varied = sorted({p for r in runs if r.role == "student" for p in flatten_overrides(r.axes)})
     pass_by_run = {rid: p.pass_id for p in passes.values() for rid in p.runs}
     rows = []
     for r in runs:
         s = r.spec
         vocab = s.vocab_size()
+        flops = s.student.flops_per_token(vocab, s.data.seq_len) * s.data.tokens if vocab else None
         rows.append(
             {
                 "run_id": r.run_id,
@@ -133,6 +167,8 @@ def plan_rows(runs: list[PlannedRun]) -> tuple[list[dict[str, Any]], dict[str, T
                 "eval_share": round(s.eval_share(), 4),
                 "teacher": s.teacher.source if s.teacher and s.uses_teacher else None,
                 "teacher_pass": pass_by_run.get(r.run_id),
+                "flops": flops,
+                "gpu_hours": costs.gpu_hours(flops, gpu, mfu) if flops else None,
             }
         )
     return rows, passes

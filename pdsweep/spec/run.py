@@ -13,6 +13,7 @@ string (or, for α, a bare number) is accepted as shorthand: `alpha: 0.9`, `lr_s
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -355,6 +356,13 @@ class RunSpec(SpecModel):
         tok = self.data.tokenizer
         if isinstance(tok, BpeTokenizer):
             return tok.vocab_size
-        if isinstance(tok, TeacherTokenizer) and self.teacher is not None and self.teacher.kind == "builtin":
-            return BUILTIN_TEACHERS[self.teacher.ref]
+        if isinstance(tok, TeacherTokenizer) and self.teacher is not None:
+            if self.teacher.kind == "builtin":
+                return BUILTIN_TEACHERS[self.teacher.ref]
+            if self.teacher.vocab_size is not None:
+                return self.teacher.vocab_size
+            if self.teacher.kind == "hf":
+                from pdsweep.spec import costs
+
+                return costs.hf_vocab(Path(self.teacher.ref))
         return None

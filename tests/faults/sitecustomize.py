@@ -1,7 +1,9 @@
 """Fault injection for the tests, from outside pdsweep: a test that puts this directory on PYTHONPATH
 and sets PDSWEEP_TEST_NAN="<run dir name prefix>@<step>" makes the training process of that run
 compute a NaN loss at that (0-based) optimiser step — the real failure path, with no hook in pdsweep.
-The training process is `pdsweep train RUN --out DIR` or a worker of `pdsweep run` (its task file)."""
+The training process is `pdsweep train RUN --out DIR` or a worker of `pdsweep run` (its task file).
+PDSWEEP_TEST_KILL_RANK="<rank>@<shards>" SIGKILLs rank <rank> of a teacher pass (RANK) right after it
+wrote <shards> shards: a rank killed mid-pass, for real."""
 
 import json
 import os
@@ -38,3 +40,21 @@ if _target:
         return (loss * float("nan"), parts) if poison else (loss, parts)
 
     losses.pd_loss = _poisoned
+
+
+_kill = os.environ.get("PDSWEEP_TEST_KILL_RANK", "")
+if _kill and os.environ.get("RANK") == _kill.partition("@")[0]:
+    import signal
+
+    from pdsweep.logits import store as _store
+
+    _write, _written = _store.StoreWriter.write_shard, [0]
+
+    def _write_then_die(self, *args, **kwargs):
+        entry = _write(self, *args, **kwargs)
+        _written[0] += 1
+        if _written[0] == int(_kill.partition("@")[2]):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return entry
+
+    _store.StoreWriter.write_shard = _write_then_die

@@ -20,6 +20,7 @@ by hand, and the requeue is pdsweep's own signal handling.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 import subprocess
@@ -66,18 +67,42 @@ def _slurm(args: list[str], timeout: float = 60) -> subprocess.CompletedProcess[
         raise UserError(f"--executor slurm: {args[0]} did not answer in {timeout:.0f} s") from None
 
 
+def _combined(job_id: str, tasks: list[JobState]) -> JobState:
+    """One state for a job array (a teacher pass's ranks): live while any task is; else completed
+    when all completed, or the first task that did not (its exit code and reason)."""
+    if len(tasks) == 1:
+        return dataclasses.replace(tasks[0], job_id=job_id)
+    live = [t for t in tasks if t.live]
+    bad = [t for t in tasks if not t.live and t.state != "COMPLETED"]
+    pick = next((t for t in live if t.state == "RUNNING"), live[0]) if live else (bad[0] if bad else tasks[0])
+    nodes = ",".join(sorted({t.node for t in tasks if t.node}))
+    return JobState(job_id, pick.state, bool(live), nodes, pick.elapsed, pick.exit_code, pick.reason)
+
+
+def _gather(rows: list[JobState], ids: list[str]) -> dict[str, JobState]:
+    """Rows of jobs and of job array tasks (`123_4`, `123_[5-7]`) gathered per job id asked about."""
+    found: dict[str, list[JobState]] = {}
+    for row in rows:
+        base = row.job_id.split("_")[0]
+        if base in ids:
+            found.setdefault(base, []).append(row)
+    return {j: _combined(j, rows) for j, rows in found.items()}
+
+
 def states(job_ids: list[str]) -> dict[str, JobState]:
     """Every job's state: squeue for queued and running jobs, then sacct (or, without accounting,
-    scontrol while Slurm still remembers the job) for ended ones. A job Slurm forgot is absent."""
+    scontrol while Slurm still remembers the job) for ended ones. A job Slurm forgot is absent. A
+    job array is one job: live while any of its tasks is."""
     ids = sorted({j for j in job_ids if j})
     if not ids:
         return {}
-    out: dict[str, JobState] = {}
+    rows: list[JobState] = []
     q = _slurm(["squeue", "-h", "-j", ",".join(ids), "-o", "%i|%T|%N|%M|%r"])
     for line in q.stdout.splitlines():
         parts = line.strip().split("|")
-        if len(parts) == 5 and parts[0] in ids:
-            out[parts[0]] = JobState(parts[0], parts[1], parts[1] in LIVE, parts[2], parts[3], reason=parts[4])
+        if len(parts) == 5:
+            rows.append(JobState(parts[0], parts[1], parts[1] in LIVE, parts[2], parts[3], reason=parts[4]))
+    out = _gather(rows, ids)
     missing = [j for j in ids if j not in out]
     if not missing:
         return out
@@ -85,23 +110,29 @@ def states(job_ids: list[str]) -> dict[str, JobState]:
         ["sacct", "-n", "-P", "-X", "-j", ",".join(missing), "-o", "JobID,State,NodeList,Elapsed,ExitCode,Reason"]
     )
     if a.returncode == 0:
+        rows = []
         for line in a.stdout.splitlines():
             parts = line.strip().split("|")
-            if len(parts) == 6 and parts[0] in missing:
+            if len(parts) == 6:
                 state = parts[1].split()[0]  # "CANCELLED by 0"
                 rc = int(parts[4].split(":")[0] or 0)
                 node = "" if parts[2] == "None assigned" else parts[2]
-                out[parts[0]] = JobState(parts[0], state, state in LIVE, node, parts[3], rc, parts[5])
-        return out
+                rows.append(JobState(parts[0], state, state in LIVE, node, parts[3], rc, parts[5]))
+        return {**out, **_gather(rows, missing)}
+    rows = []
     for j in missing:  # no accounting: scontrol knows an ended job for MinJobAge seconds
         s = _slurm(["scontrol", "-o", "show", "job", j])
-        fields = dict(re.findall(r"(\w+)=(\S*)", s.stdout))
-        if s.returncode == 0 and "JobState" in fields:
-            rc = int(fields.get("ExitCode", "0:0").split(":")[0] or 0)
-            state = fields["JobState"]
-            node = "" if fields.get("NodeList") in (None, "(null)") else fields["NodeList"]
-            out[j] = JobState(j, state, state in LIVE, node, fields.get("RunTime", ""), rc, fields.get("Reason", ""))
-    return out
+        for record in s.stdout.splitlines() if s.returncode == 0 else []:  # one line per array task
+            fields = dict(re.findall(r"(\w+)=(\S*)", record))
+            if "JobState" in fields:
+                rc = int(fields.get("ExitCode", "0:0").split(":")[0] or 0)
+                state = fields["JobState"]
+                node = "" if fields.get("NodeList") in (None, "(null)") else fields["NodeList"]
+                task = f"{j}_{fields['ArrayTaskId']}" if "ArrayTaskId" in fields else j
+                rows.append(
+                    JobState(task, state, state in LIVE, node, fields.get("RunTime", ""), rc, fields.get("Reason", ""))
+                )
+    return {**out, **_gather(rows, missing)}
 
 
 def cancel(job_ids: list[str], signal: str | None = None) -> None:
@@ -145,6 +176,7 @@ class SlurmExecutor:
             "--requeue" if self.cluster.requeue else "--no-requeue",
         ]
         opts += [f"--gpus-per-node={gpus}"] if gpus else []
+        opts += [f"--array=0-{r.array - 1}"] if job.kind == "logits" and r.array else []
         for field, flag in (("cpus_per_task", "cpus-per-task"), ("mem", "mem"), ("time", "time"),
                             ("partition", "partition"), ("account", "account"), ("qos", "qos")):  # fmt: skip
             if (value := getattr(r, field)) is not None:
