@@ -7,8 +7,8 @@ Side by side in one run:
 - reading: StoreReader.targets for random student batches (tokens/s) vs the rate at which a student
   consumes tokens (a tiny-s training step on this CPU).
 
-Metrics: bytes_per_entry, bytes_per_entry_megatron, bytes_per_entry_naive, gen_vs_forward_ratio,
-read_vs_consume_ratio.
+Metrics: bytes_per_entry, encode_positions_per_s_core, decode_positions_per_s_core,
+bytes_per_entry_megatron, bytes_per_entry_naive, gen_vs_forward_ratio, read_vs_consume_ratio.
 """
 
 from __future__ import annotations
@@ -119,6 +119,22 @@ def main() -> None:
         assert np.array_equal(ids_a, ids_b)  # the same (id, probability) pairs
         max_err = float(np.abs(p_a - p_b).max())
 
+        # Codec speed on the same shard, one core: encode, decode, and decode with the exact top-p
+        # counts (computed only for a read below the store's p), interleaved, median of 3.
+        grid = truncation.grid_below(0.95)
+        pos = np.arange(SIZE_POSITIONS)
+        enc, dec, dec_cuts = [], [], []
+        for _ in range(3):
+            s = time.perf_counter()
+            data = codec.encode_shard(pos, ids_x, lp_x, count_x, lse_x, cuts_x, grid)
+            enc.append(time.perf_counter() - s)
+            s = time.perf_counter()
+            codec.decode_shard(data)
+            dec.append(time.perf_counter() - s)
+            s = time.perf_counter()
+            assert np.array_equal(codec.decode_shard(data).cuts, cuts_x)
+            dec_cuts.append(time.perf_counter() - s)
+
         # Reading: random student batches (16 × 128 positions), fresh reader each repeat (cold cache).
         rng = np.random.default_rng(0)
         read = []
@@ -160,7 +176,25 @@ def main() -> None:
             "max_abs_prob_error": float(f"{max_err:.2e}"),
             "value_gamma": codec.GAMMA,
             "note": f"SmolLM2-135M-Instruct on Shakespeare, top-0.95-100, one {SIZE_POSITIONS}-position shard; "
-            "entries in exact probability order (format 2)",
+            "entries in exact probability order (format 4)",
+        },
+        {
+            "metric": "encode_positions_per_s_core",
+            "value": round(SIZE_POSITIONS / summary(enc)["median"]),
+            "unit": "positions/s",
+            "goal": ">= 50000",
+            "spread_s": summary(enc),
+            "note": f"codec.encode_shard of one {SIZE_POSITIONS}-position shard, SmolLM2-135M top-0.95-100, one core",
+        },
+        {
+            "metric": "decode_positions_per_s_core",
+            "value": round(SIZE_POSITIONS / summary(dec)["median"]),
+            "unit": "positions/s",
+            "goal": ">= 250000",
+            "spread_s": summary(dec),
+            "with_exact_cuts_positions_per_s": round(SIZE_POSITIONS / summary(dec_cuts)["median"]),
+            "note": "codec.decode_shard of the same shard, one core; with_exact_cuts adds the exact top-p counts at "
+            "every grid point, which a shard computes when a read below the store's own p first asks for them",
         },
         {
             "metric": "tie_order_bytes_per_entry",

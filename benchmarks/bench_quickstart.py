@@ -57,7 +57,21 @@ def eval_ratios(workdir: Path) -> dict[str, list[float]]:
     return out
 
 
-def once() -> tuple[float, pd.DataFrame, dict[str, float], str, dict[str, list[float]]]:
+def paired(workdir: Path) -> list[float]:
+    """PD − LM-only held-out loss of each seed (result.json of the seed's two students)."""
+    from pdsweep.spec import expand
+
+    runs = expand.expand(expand.load_sweep(ROOT / "sweeps" / "quickstart.yaml"))
+    loss: dict[tuple[str, int], float] = {}
+    for r in runs:
+        result = workdir / "runs" / "quickstart" / r.run_id / "result.json"
+        if r.role != "teacher" and result.exists():
+            loss[(r.role, r.seed)] = json.loads(result.read_text())["heldout/loss"]
+    seeds = sorted({s for _, s in loss})
+    return [round(loss[("student", s)] - loss[("baseline", s)], 5) for s in seeds]
+
+
+def once() -> tuple[float, pd.DataFrame, dict[str, float], str, dict[str, list[float]], list[float]]:
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PDSWEEP_WORKDIR": f"{tmp}/work", "PDSWEEP_CACHE": f"{tmp}/cache"}
         env.pop("MLFLOW_TRACKING_URI", None)
@@ -67,15 +81,20 @@ def once() -> tuple[float, pd.DataFrame, dict[str, float], str, dict[str, list[f
         if out.returncode != 0:
             raise SystemExit(f"{COMMAND} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         table = pd.read_csv(Path(tmp) / "work" / "reports" / "quickstart" / "report.csv")
-        return wall, table, stages(Path(tmp) / "work"), out.stdout, eval_ratios(Path(tmp) / "work")
+        work = Path(tmp) / "work"
+        return wall, table, stages(work), out.stdout, eval_ratios(work), paired(work)
 
 
 def main() -> None:
     n = int(os.environ.get("BENCH_QUICKSTART_REPEATS", "1"))
-    walls, effects, deltas, parts = [], [], [], []
+    from pdsweep.train import backends
+
+    gflops = backends.measure_cpu_matmul_flops(seconds=2.0) / 1e9
+    walls, effects, deltas, parts, pairs = [], [], [], [], []
     ratios: dict[str, list[float]] = {}
     for _ in range(n):
-        wall, table, stage, stdout, runs = once()
+        wall, table, stage, stdout, runs, pair = once()
+        pairs.append(pair)
         for k, v in runs.items():
             ratios.setdefault(k, []).extend(v)
         row = table[table["role"] == "student"].iloc[0]
@@ -98,6 +117,9 @@ def main() -> None:
                 "spread": summary(walls),
                 "stages_s": parts,
                 "command": COMMAND,
+                "host_fp32_matmul_gflops": round(gflops, 1),
+                "note": "compute scales with the host's fp32 matmul throughput (measured before the run: "
+                "backends.measure_cpu_matmul_flops, 1024² matrices, both cores)",
             },
             {
                 "metric": "quickstart_pd_effect_halfwidths",
@@ -106,6 +128,8 @@ def main() -> None:
                 "goal": ">= 3",
                 "spread": summary(effects),
                 "delta_pct_heldout_loss": deltas,
+                "paired_differences_by_seed": pairs,
+                "paired_difference_sd": [round(statistics.stdev(p), 5) for p in pairs if len(p) > 1],
             },
             {
                 "metric": "quickstart_eval_vs_train_ratio",

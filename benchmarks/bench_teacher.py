@@ -8,13 +8,25 @@ and the truncation run `teacher.CHUNK_POSITIONS` positions at a time against all
 full (B·T, V) float32 logits, as the pass did before). Side by side, three repeats each, medians.
 
 Metric: teacher_chunk_peak_mem_ratio = chunked peak / full peak (goal ≤ 0.25).
+
+And the distributed pass: `pdsweep logits generate --ranks 2` (2 ranks × 1 thread) against one rank
+at 1 thread, SmolLM2-135M over 12,288 positions of the default corpus in 12 shards, wall clock of the
+whole command (start-up included), interleaved, three repeats; the two stores' shards must be
+byte-identical.
+
+Metric: teacher_pass_ranks_speedup = 1-rank time / 2-rank time (goal ≥ 1.8).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,9 +64,57 @@ def peak(chunk: int) -> float:
     return float(row["peak_mb"])
 
 
+PASS_POSITIONS, PASS_SHARD = 12288, 1024
+RUN = "student: tiny-s\nteacher: builtin:smollm2-135m\ndata: {tokenizer: teacher, seq_len: 256}\nlogits: {top_p: 0.95, top_k: 100}\n"
+
+
+def ranks_speedup() -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run.yaml"
+        run.write_text(RUN)
+        base = [sys.executable, "-m", "pdsweep.cli", "logits", "generate", str(run), "--limit", str(PASS_POSITIONS)]
+        base += ["--shard-positions", str(PASS_SHARD)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        subprocess.run([*base, "--limit", "256", "--out", f"{tmp}/warm"], check=True, env=env, capture_output=True)
+        one, two, one_pass, two_pass = [], [], [], []
+        for r in range(REPEATS):
+            for ranks, times, passes in ((1, one, one_pass), (2, two, two_pass)):
+                out = Path(tmp) / f"r{r}-{ranks}"
+                t = time.perf_counter()
+                cmd = [*base, "--ranks", str(ranks), "--out", str(out)]
+                done = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+                times.append(time.perf_counter() - t)
+                # The pass itself (each rank's own time, its teacher loaded): the slowest rank's.
+                passes.append(max(float(x) for x in re.findall(r"generated now in ([0-9.]+) s", done.stdout)))
+            a, b = Path(tmp) / f"r{r}-1", Path(tmp) / f"r{r}-2"
+            names = sorted(p.name for p in a.glob("shard-*.pdl"))
+            assert len(names) == PASS_POSITIONS // PASS_SHARD and names == sorted(p.name for p in b.glob("shard-*.pdl"))
+            assert all((a / n).read_bytes() == (b / n).read_bytes() for n in names), "2 ranks wrote other bytes"
+            shutil.rmtree(a)
+            shutil.rmtree(b)
+    o, t2, op, tp = summary(one), summary(two), summary(one_pass), summary(two_pass)
+    return {
+        "metric": "teacher_pass_ranks_speedup",
+        "value": round(op["median"] / tp["median"], 3),
+        "unit": "x",
+        "goal": ">= 1.8",
+        "one_rank_pass_s": op,
+        "two_ranks_pass_s": tp,
+        "wall_clock_speedup": round(o["median"] / t2["median"], 3),
+        "one_rank_wall_s": o,
+        "two_ranks_wall_s": t2,
+        "positions_per_s_one_rank": round(PASS_POSITIONS / op["median"], 1),
+        "note": f"SmolLM2-135M, {PASS_POSITIONS} positions in {PASS_POSITIONS // PASS_SHARD} shards, top-0.95-100, "
+        "1 thread per rank; value: the pass's time (the slowest rank's, its teacher loaded); wall_clock_speedup: "
+        "the whole `pdsweep logits generate` command, with each process's start-up (~7 s: torch, the teacher, the "
+        "tokens); shards byte-identical",
+    }
+
+
 def main() -> None:
     from pdsweep.logits import teacher
 
+    ranks = ranks_speedup()
     chunked, full = [], []
     for _ in range(REPEATS):  # interleaved: the machine's load falls on both alike
         chunked.append(peak(teacher.CHUNK_POSITIONS))
@@ -73,7 +133,8 @@ def main() -> None:
                 "note": f"SmolLM2-135M (V = 49,152), one batch of {BATCH} × {SEQ}, top-0.95-100, fp32 on CPU; "
                 f"peak RSS above the loaded teacher; chunk = {teacher.CHUNK_POSITIONS} positions vs all "
                 f"{BATCH * SEQ}",
-            }
+            },
+            ranks,
         ],
     )
 

@@ -218,3 +218,26 @@ def test_stats_grid(tmp_path) -> None:
     assert by[(0.95, 1)]["entries_per_token"] == 1.0
     assert by[(0.5, 64)]["entries_per_token"] <= by[(0.95, 64)]["entries_per_token"]
     assert by[(0.95, 10)]["bytes_per_token"] < by[(0.95, 64)]["bytes_per_token"]
+
+
+def test_prefetch_decodes_the_next_batch_in_the_background(tmp_path) -> None:
+    make_store(tmp_path / "s")
+    reader = logits_store.StoreReader(tmp_path / "s")
+    reader.prefetch(np.array([[450, 10], [599, 0]]))  # shards 0 and 2
+    assert set(reader._loading) == {0, 2} and not reader._cache
+    prefetched = reader.entries(np.array([450, 10, 599, 0]))
+    assert not reader._loading and set(reader._cache) == {0, 2}
+    cold = logits_store.StoreReader(tmp_path / "s").entries(np.array([450, 10, 599, 0]))
+    assert np.array_equal(prefetched.ids, cold.ids) and np.array_equal(prefetched.logprobs, cold.logprobs)
+    reader.prefetch(np.array([10_000]))  # not in the store: left to the read to refuse
+    with pytest.raises(UserError, match="no teacher logits for position 10000"):
+        reader.entries(np.array([10_000]))
+
+
+def test_a_read_at_the_stores_own_p_skips_the_grid_counts(tmp_path) -> None:
+    make_store(tmp_path / "s")
+    reader = logits_store.StoreReader(tmp_path / "s")
+    reader.truncated(np.arange(200), 0.95, 64)
+    assert all(s._cuts is None for s in reader._cache.values())  # never computed
+    reader.truncated(np.arange(200), 0.5, 64)
+    assert reader.shard(0)._cuts is not None

@@ -367,3 +367,33 @@ def test_a_job_that_fails_before_pdsweep_starts_says_so(tmp_path, workdir, slurm
     state = json.loads((run_dir / "status.json").read_text())
     assert state["status"] == "failed" and state["reason"].startswith("the job failed with exit code 3 (job "), state
     assert "no such module: cuda/99" in (run_dir / "train.log").read_text()
+
+
+def test_a_job_array_is_one_job_and_a_pass_rank_comes_from_its_launcher(tmp_path) -> None:
+    from pdsweep.logits import teacher
+
+    sl = slurm
+
+    rows = [
+        JobState("7_0", "COMPLETED", False, "n1"),
+        JobState("7_1", "RUNNING", True, "n2", "0:10"),
+        JobState("7_[2-3]", "PENDING", True, reason="Resources"),
+        JobState("8", "FAILED", False, "n1", exit_code=3),
+    ]
+    got = sl._gather(rows, ["7", "8", "9"])
+    assert set(got) == {"7", "8"}
+    assert got["7"].live and got["7"].state == "RUNNING" and got["7"].node == "n1,n2"
+    assert got["8"].state == "FAILED" and got["8"].exit_code == 3 and got["8"].job_id == "8"
+    done = sl._gather([JobState("7_0", "COMPLETED", False), JobState("7_1", "FAILED", False, exit_code=1)], ["7"])
+    assert not done["7"].live and done["7"].state == "FAILED" and done["7"].exit_code == 1
+
+    assert teacher.pass_rank({}) == (0, 1)
+    assert teacher.pass_rank({"RANK": "3", "WORLD_SIZE": "8"}) == (3, 8)
+    assert teacher.pass_rank({"SLURM_STEP_ID": "0", "SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "4"}) == (2, 4)
+    array = {"RANK": "1", "WORLD_SIZE": "2", "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}
+    assert teacher.pass_rank(array) == (7, 8)  # array task 3 of 4, rank 1 of its 2
+    ex = sl.SlurmExecutor(cluster.ClusterSpec.model_validate({"logits": {"array": 4}}), "s")
+    job = {
+        kind: Job("p", tmp_path / "t.json", tmp_path, tmp_path / "g.log", kind=kind) for kind in ("logits", "student")
+    }
+    assert "#SBATCH --array=0-3" in ex.script(job["logits"]) and "--array" not in ex.script(job["student"])

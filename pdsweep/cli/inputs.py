@@ -93,8 +93,7 @@ def logits_generate(
     """Run the teacher over the run's tokenized corpus and store its top-p-k logits (resumable: a rerun
     writes only the shards not written yet)."""
     from pdsweep import rundir
-    from pdsweep.logits import teacher
-    from pdsweep.run import launch, worker
+    from pdsweep.run import worker
     from pdsweep.spec import expand
 
     bar, hook = views.progress_bar()
@@ -102,8 +101,12 @@ def logits_generate(
         spec = expand.load_run(file)
         settings.check_workdir()
         with bar:
-            if ranks > 1 and "RANK" not in os.environ:
-                store = out or launch.pass_store(spec, limit, hook, str(file))
+            if ranks > 1 and "RANK" not in os.environ:  # this process only starts the ranks: no torch here
+                if out is None:
+                    from pdsweep.run import launch
+
+                    out = launch.pass_store(spec, limit, hook, str(file))
+                store = out
                 task = worker.LogitsTask(
                     store=store,
                     spec=spec.model_dump(mode="json"),
@@ -114,8 +117,11 @@ def logits_generate(
                     shard_positions=shard_positions,
                 )
                 task_file = worker.write(rundir.task_file(store), task)
-                result = launch.spawn_pass(task_file, store, ranks, hook)
+                result = worker.spawn_pass(task_file, store, ranks, hook)
             else:
+                from pdsweep.logits import teacher
+                from pdsweep.run import launch
+
                 result = launch.generate_pass(
                     spec=spec,
                     store=out,
@@ -134,7 +140,8 @@ def logits_generate(
         )
         raise typer.Exit(1)
     rate = f", {result['tokens_per_s']:,.0f} tokens/s" if result.get("tokens_per_s") else ""
-    generated = f" ({result['generated']:,} generated now{rate})" if result.get("generated") is not None else ""
+    took = f" in {result['seconds']:.1f} s" if result.get("seconds") is not None else ""
+    generated = f" ({result['generated']:,} generated now{took}{rate})" if result.get("generated") is not None else ""
     left = f"; {result['pending']} shards still to write by other ranks" if result["pending"] else ""
     typer.echo(f"{result['store']}: {result['positions']:,} positions{generated}{left}")
 

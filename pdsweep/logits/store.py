@@ -19,6 +19,7 @@ import json
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -356,6 +357,8 @@ class StoreReader:
             self.pending = [n for n in self.pending if n not in finished]
         self.cache_bytes = cache_bytes
         self._cache: OrderedDict[int, Shard] = OrderedDict()
+        self._loading: dict[int, Future[Shard]] = {}
+        self._prefetcher: ThreadPoolExecutor | None = None
         shards = self.manifest["shards"]
         order = sorted(range(len(shards)), key=lambda i: shards[i]["first"])
         firsts = np.asarray([shards[i]["first"] for i in order], dtype=np.int64)
@@ -378,6 +381,29 @@ class StoreReader:
         if i in self._cache:
             self._cache.move_to_end(i)
             return self._cache[i]
+        loading = self._loading.pop(i, None)
+        shard = loading.result() if loading is not None else self._load(i)
+        self._cache[i] = shard
+        while len(self._cache) > 1 and sum(s.nbytes for s in self._cache.values()) > self.cache_bytes:
+            self._cache.popitem(last=False)
+        return shard
+
+    def prefetch(self, positions: np.ndarray) -> None:
+        """Start reading and decoding, in a background thread, the shards that hold `positions` (the
+        next batch's) and are not in the cache yet, so that the read at the next step finds them
+        decoded. Positions the store does not hold are left to that read to refuse."""
+        flat = np.asarray(positions, dtype=np.int64).reshape(-1)
+        if not self._sorted or not len(flat):
+            return
+        k = np.searchsorted(self._firsts, flat, side="right") - 1
+        for kk in np.unique(k[k >= 0]):
+            i = int(self._order[kk])
+            if i not in self._cache and i not in self._loading:
+                if self._prefetcher is None:
+                    self._prefetcher = ThreadPoolExecutor(1, thread_name_prefix="pdsweep-prefetch")
+                self._loading[i] = self._prefetcher.submit(self._load, i)
+
+    def _load(self, i: int) -> Shard:
         entry = self.manifest["shards"][i]
         file = self.path / entry["name"]
         try:
@@ -386,11 +412,7 @@ class StoreReader:
             raise UserError(f"{file}: cannot read logits shard ({e.strerror})") from None
         if files.sha256_bytes(raw) != entry["sha256"]:
             raise UserError(f"{file}: checksum mismatch (corrupted logits shard)")
-        shard = decode_shard(raw, str(file))
-        self._cache[i] = shard
-        while len(self._cache) > 1 and sum(s.nbytes for s in self._cache.values()) > self.cache_bytes:
-            self._cache.popitem(last=False)
-        return shard
+        return decode_shard(raw, str(file))
 
     def _locate(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(shard index, row in shard) per position."""
@@ -467,8 +489,9 @@ class StoreReader:
             f"{self.path}: no teacher logits for position {int(missing[0])} ({len(missing)} of {total} missing{why})"
         )
 
-    def entries(self, positions: np.ndarray) -> Entries:
-        """Stored entries for `positions` (any shape; flattened), padded to the longest."""
+    def entries(self, positions: np.ndarray, cuts: bool = True) -> Entries:
+        """Stored entries for `positions` (any shape; flattened), padded to the longest; with the exact
+        top-p counts at the grid points unless `cuts` is False (a read at the store's own p)."""
         flat = np.asarray(positions, dtype=np.int64).reshape(-1)
         shard_of, row_of = self._locate(flat)
         N = len(flat)
@@ -480,18 +503,19 @@ class StoreReader:
         grid = tuple(self.manifest["p_grid"])
         ids = np.zeros((N, K), dtype=np.int64)
         logprobs = np.full((N, K), -np.inf, dtype=np.float32)
-        cuts = np.zeros((N, len(grid)), dtype=np.int64)
+        counts = np.zeros((N, len(grid) if cuts else 0), dtype=np.int64)
         for i in np.unique(shard_of):
             sel = shard_of == i
             shard = self.shard(int(i))
             ids[sel], logprobs[sel] = shard.rows(row_of[sel], K)
-            cuts[sel] = shard.cuts[row_of[sel]]
-        return Entries(ids, logprobs, count, cuts, grid, self.top_p)
+            if cuts:
+                counts[sel] = shard.cuts[row_of[sel]]
+        return Entries(ids, logprobs, count, counts, grid if cuts else (), self.top_p)
 
     def truncated(self, positions: np.ndarray, top_p: float, top_k: int | None) -> tuple[Any, Any, Any]:
         """Torch tensors (ids, logprobs at τ = 1, mask), (B·T, K), truncated to top-p-k at read time."""
         self._check_serves(top_p, top_k)
-        return self.entries(positions).truncated(top_p, top_k)
+        return self.entries(positions, cuts=top_p < self.top_p - 1e-9).truncated(top_p, top_k)
 
     def _check_serves(self, top_p: float, top_k: int | None) -> None:
         if top_p > self.top_p + 1e-9 or (top_k or math.inf) > (self.top_k or math.inf):
@@ -502,7 +526,8 @@ class StoreReader:
     ) -> tuple[Any, Any, Any, Any]:
         """Padded torch tensors (ids, probs, mask, residual) for a batch of positions (B, T) → (B·T, K)."""
         self._check_serves(top_p, top_k)
-        return to_targets(*self.entries(positions).truncated(top_p, top_k), temperature, renormalize)
+        entries = self.entries(positions, cuts=top_p < self.top_p - 1e-9)
+        return to_targets(*entries.truncated(top_p, top_k), temperature, renormalize)
 
     def verify(self) -> dict[str, Any]:
         """Check that the store is complete and every shard's checksum and decodability; return totals."""

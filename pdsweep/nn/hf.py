@@ -7,8 +7,10 @@ stays as it is (left out of the file when tied to the embeddings, as transformer
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -81,6 +83,22 @@ def export(
     return out
 
 
+@contextlib.contextmanager
+def _no_init() -> Iterator[None]:
+    """torch.nn.init's initialisers as no-ops for a block (as transformers' `no_init_weights`): a model
+    built on the meta device and then given its checkpoint's tensors needs no random values (and on
+    the meta device they would cost seconds)."""
+    names = ("normal_", "uniform_", "kaiming_uniform_", "trunc_normal_", "zeros_", "ones_")
+    saved = {n: getattr(torch.nn.init, n) for n in names}
+    for n in names:
+        setattr(torch.nn.init, n, lambda tensor, *a, **k: tensor)
+    try:
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(torch.nn.init, n, f)
+
+
 def load(path: Path) -> tuple[Transformer, ModelConfig]:
     """A Transformer with the weights of a local Hugging Face Llama checkpoint directory."""
     from safetensors.torch import load_file
@@ -120,8 +138,11 @@ def load(path: Path) -> tuple[Transformer, ModelConfig]:
     if cfg.tie_embeddings:
         state.pop("lm_head.weight", None)
         state["lm_head.weight"] = state["embed_tokens.weight"]
-    net = Transformer(cfg)
-    missing, unexpected = net.load_state_dict(state, strict=False)
+    with torch.device("meta"), _no_init():  # no random initialisation of weights about to be replaced
+        net = Transformer(cfg)
+    missing, unexpected = net.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_embeddings:
+        net.lm_head.weight = net.embed_tokens.weight
     missing = [m for m in missing if not m.endswith("rotary_emb.inv_freq")]
     unexpected = [u for u in unexpected if not u.endswith("rotary_emb.inv_freq")]
     if missing or unexpected:

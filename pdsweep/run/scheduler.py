@@ -234,7 +234,7 @@ class Scheduler:
         if t.kind == "logits":
             served = [
                 worker.ServedRun(
-                    seed=r.spec.train.seed,
+                    seed=r.spec.train.order_seed,
                     steps=r.spec.steps(),
                     global_batch=r.spec.train.global_batch,
                     seq_len=r.spec.data.seq_len,

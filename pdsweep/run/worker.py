@@ -18,6 +18,7 @@ exits 0 (done), 1 (failed) or 2 (refused input).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -190,7 +191,7 @@ def _logits(task: LogitsTask, task_file: Path) -> int:
         rundir.write_status(task.store, "running", pid=os.getpid(), ranks=ranks)
     try:
         if spawn:
-            result = launch.spawn_pass(task_file, task.store, task.ranks)
+            result = spawn_pass(task_file, task.store, task.ranks)
         else:
             result = launch.generate_pass(
                 spec=RunSpec.model_validate(task.spec),
@@ -220,11 +221,50 @@ def _logits(task: LogitsTask, task_file: Path) -> int:
     if result["pending"] == 0:
         rundir.write_status(task.store, "done")
     where = f"rank {rank} of {ranks}: " if ranks > 1 and not spawn else ""
-    print(
-        f"done: {where}{task.store}: {result['positions']:,} positions ({result['generated']:,} generated now)",
-        flush=True,
-    )
+    now = f"{result['generated']:,} generated now in {result['seconds']:.1f} s" if not spawn else "every rank done"
+    print(f"done: {where}{task.store}: {result['positions']:,} positions ({now})", flush=True)
     return 0
+
+
+def spawn_pass(
+    task_file: Path, store: Path, ranks: int, progress: Any = lambda *a: None, poll_s: float = 0.5
+) -> dict[str, Any]:
+    """Run a pass's task file over `ranks` processes on this machine (RANK, WORLD_SIZE, LOCAL_RANK; a
+    GPU each, or an equal share of the cores), each writing its own shards. The ranks are
+    independent: one that dies leaves the others to finish, and a rerun redoes only its shards.
+    Returns the pass's totals, with `failed`: a line for each rank that did not finish."""
+    import subprocess
+    import time
+
+    from pdsweep import proc, settings
+    from pdsweep.logits import store as logits_store
+
+    share = max(1, settings.cores() // ranks)
+    procs = []
+    for r in range(ranks):
+        env = {**os.environ, "RANK": str(r), "WORLD_SIZE": str(ranks), "LOCAL_RANK": str(r)}
+        env["LOCAL_WORLD_SIZE"] = str(ranks)
+        env.setdefault("OMP_NUM_THREADS", str(share))
+        env.pop("PDSWEEP_THREADS_FILE", None)  # the machine's share is fixed per rank
+        cmd = [sys.executable, "-m", "pdsweep.run.worker", str(task_file)]
+        procs.append(subprocess.Popen(cmd, env=env, preexec_fn=proc.die_with_parent))  # noqa: PLW1509
+    total = None
+    while any(p.poll() is None for p in procs):
+        time.sleep(poll_s)
+        with contextlib.suppress(UserError, KeyError, OSError):
+            manifest = logits_store.read_manifest(store)
+            total = total or (len(manifest["pending"]) + len(manifest["shards"]))
+            done = sum(1 for p in store.glob("shard-*.json"))
+            progress(f"teacher logits ({ranks} ranks, shards)", min(done, total), total)
+    failed = [f"rank {r} {proc.exit_reason(p.returncode)}" for r, p in enumerate(procs) if p.returncode != 0]
+    manifest = logits_store.StoreWriter.assembled(store)
+    return {
+        "store": store,
+        "positions": sum(s["positions"] for s in manifest["shards"]),
+        "generated": None,
+        "pending": len(manifest["pending"]),
+        "failed": failed,
+    }
 
 
 def _tune(task: TuneTask) -> int:

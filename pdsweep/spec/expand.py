@@ -171,8 +171,17 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any], where: str =
 
 def canonical_json(spec: S.RunSpec, drop_seed: bool = False) -> str:
     """The resolved spec as JSON, fields in schema order (every RunSpec field is a model, scalar or
-    list, so the order is fixed by the schema), prefixed by the spec version."""
-    body = spec.model_dump_json(exclude={"train": {"seed"}} if drop_seed else None)
+    list, so the order is fixed by the schema), prefixed by the spec version.
+
+    `train.data_seed` is written only where the batch order is not `train.seed`'s — the only order
+    there was before the field — so a run whose batches did not change keeps its run id, and one
+    whose did gets a new one. Without the seed (`drop_seed`: a configuration's id), it is written
+    unless the order follows the seed."""
+    tr = spec.train
+    drop_order = tr.data_seed == "seed" if drop_seed else tr.order_seed == tr.seed
+    train = {"seed"} if drop_seed else set()
+    train |= {"data_seed"} if drop_order else set()
+    body = spec.model_dump_json(exclude={"train": train} if train else None)
     return f'{{"spec_version":{S.SPEC_VERSION},"run":{body}}}'
 
 

@@ -104,7 +104,7 @@ def teacher_passes(runs: list[PlannedRun]) -> dict[str, TeacherPass]:
             tp.sampling_draws = max(tp.sampling_draws, s.logits.sampling.draws)
         tp.tokens = max(tp.tokens, s.data.tokens)
         tp.runs.append(run.run_id)
-        tp.orders.add(s.train.seed)
+        tp.orders.add(s.train.order_seed)
         tp.heldout_tokens = max(tp.heldout_tokens, s.eval.heldout_tokens)
         tp.seq_len = max(tp.seq_len, s.data.seq_len)
     return passes

@@ -230,7 +230,20 @@ class TrainSpec(SpecModel):
     checkpoint_every: int = Field(default=200, ge=1)
     """Optimiser steps between checkpoints (a checkpoint is always written at the end)."""
     seed: int = Field(default=0, ge=0)
-    """Seed of initialisation and batch order. Sweeps set it from `seeds:`."""
+    """Seed of initialisation (and of the batch order when `data_seed` is `seed`). Sweeps set it from
+    `seeds:`."""
+    data_seed: int | Literal["seed"] = 0
+    """[D] Seed of the batch order: a number (every replicate of a sweep visits the same windows in the
+    same order, so one teacher pass serves them all), or `seed` (each replicate its own order, from
+    `train.seed`). Default 0: measured on the quickstart, varying the order as well as the
+    initialisation changed neither PD's effect nor the spread of its paired differences beyond
+    noise, and a shared order makes its teacher pass 5× smaller (docs/results.md, "Data order")."""
+
+    @property
+    def order_seed(self) -> int:
+        """The seed batches are drawn with."""
+        return self.seed if self.data_seed == "seed" else self.data_seed
+
     compile: bool = False
     """Wrap the model in torch.compile."""
     record_logits: tuple[RecordLogitsSpec, ...] = ()

@@ -368,12 +368,20 @@ def train(
                 tokens.train,
                 t.seq_len,
                 tr.global_batch,
-                tr.seed,
+                tr.order_seed,
                 step,
                 backend.rank,
                 backend.world_size,
                 windows=windows,
             )
+            if alpha > 0 and step + 1 < total:  # the next step's teacher shards decode while this one trains
+                assert store is not None
+                store.prefetch(
+                    batches.batch_at(
+                        tokens.train, t.seq_len, tr.global_batch, tr.order_seed, step + 1, backend.rank,
+                        backend.world_size, windows=windows,
+                    ).positions
+                )  # fmt: skip
             sums: dict[str, float] = {}
             for m in range(accum):
                 rows = slice(m * tr.micro_batch, (m + 1) * tr.micro_batch)
