@@ -4,8 +4,9 @@ each), evaluate, print the Δ table and write the HTML report.
 
 Metrics: quickstart_wall_s (goal ≤ 600 s on 2 CPU cores) and quickstart_pd_effect_halfwidths (the
 PD − LM-only difference in held-out loss, paired by seed, in 95% CI half-widths; goal ≥ 3), plus the
-time of each stage from the runs' event logs. BENCH_QUICKSTART_REPEATS=n repeats it (default 1: it
-takes minutes).
+time of each stage from the runs' event logs, the host's fp32 matmul throughput and the paired
+differences seed by seed. BENCH_QUICKSTART_REPEATS=n repeats it (default 1: it takes minutes);
+BENCH_QUICKSTART_REPORT=DIR keeps the report (reports/quickstart/ is made so).
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def once() -> tuple[float, pd.DataFrame, dict[str, float], str, dict[str, list[f
             raise SystemExit(f"{COMMAND} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         table = pd.read_csv(Path(tmp) / "work" / "reports" / "quickstart" / "report.csv")
         work = Path(tmp) / "work"
+        if os.environ.get("BENCH_QUICKSTART_REPORT"):  # keep the report (reports/quickstart/ is this run's)
+            import shutil
+
+            keep = Path(os.environ["BENCH_QUICKSTART_REPORT"])
+            shutil.rmtree(keep, ignore_errors=True)
+            shutil.copytree(work / "reports" / "quickstart", keep)
         return wall, table, stages(work), out.stdout, eval_ratios(work), paired(work)
 
 

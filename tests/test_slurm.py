@@ -169,7 +169,10 @@ def test_a_pd_sweep_through_slurm_equals_the_local_one_and_a_second_run_submits_
     paths = {}
     for where in ("local", "slurm"):
         paths[where] = tmp_path / f"{where}.yaml"
-        paths[where].write_text(yaml.safe_dump(pd_sweep(f"pd-{where}", 8, 8, seeds=2)))
+        sweep = pd_sweep(f"pd-{where}", 8, 8, seeds=2)
+        if where == "slurm":  # the teacher pass as a job array of two ranks
+            sweep["cluster"] = {"logits": {"array": 2}}
+        paths[where].write_text(yaml.safe_dump(sweep))
     local = pdsweep("run", paths["local"], "--tracking-uri", uri, "--workers", "2", timeout=900)
     assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
     through = pdsweep("run", paths["slurm"], "--executor", "slurm", "--tracking-uri", uri, timeout=900)
@@ -190,6 +193,10 @@ def test_a_pd_sweep_through_slurm_equals_the_local_one_and_a_second_run_submits_
     assert len(jobs) == 5  # the runs and the teacher's logits pass
     script = next(Path(j["script"]).read_text() for j in jobs.values())
     assert "srun" in script
+    (store,) = [d for d in (workdir / "runs" / "pd-slurm" / "logits").iterdir() if d.is_dir()]
+    assert "#SBATCH --array=0-1" in (store / "job.sbatch").read_text()
+    log = (store / "generate.log").read_text()
+    assert "rank 0 of 2" in log and "rank 1 of 2" in log, log[-2000:]
     reports = {w: pdsweep("report", paths[w], "--tracking-uri", uri) for w in paths}
     for out in reports.values():
         assert out.returncode == 0, out.stderr

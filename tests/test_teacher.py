@@ -239,8 +239,8 @@ def test_logits_cli(tiny_teacher, tmp_path, workdir) -> None:
 def test_a_two_rank_pass_killed_midway_is_finished_by_a_rerun_byte_for_byte(tiny_teacher, tmp_path, workdir) -> None:
     """`logits generate --ranks 2`: each rank writes its own shards (4 of the 8); rank 1 is SIGKILLed
     after its second. The store stays readable where written and refuses the rest clearly; a rerun
-    redoes rank 1's two missing shards and nothing else, and the store equals a 1-rank pass's, byte
-    for byte (both ranks at 1 thread, as the 1-rank pass)."""
+    redoes rank 1's two missing shards and nothing else (encoding them in a process of its own), and the
+    store equals a 1-rank pass's, byte for byte (both ranks at 1 thread, as the 1-rank pass)."""
     run = dict(TINY_RUN, teacher=f"ckpt:{tiny_teacher}", loss={"alpha": 1.0}, logits={"top_p": 0.95, "top_k": 50})
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     two, one = tmp_path / "two", tmp_path / "one"
@@ -265,7 +265,7 @@ def test_a_two_rank_pass_killed_midway_is_finished_by_a_rerun_byte_for_byte(tiny
         reader.entries(np.arange(4096))  # shards 5 and 7: rank 1's last two
     written = {p.name: p.stat().st_mtime_ns for p in two.glob("shard-*.pdl")}
     assert len(written) == 6
-    out = pdsweep(*args, "--out", two, "--ranks", "2", timeout=300)
+    out = pdsweep(*args, "--out", two, "--ranks", "2", "--encoders", "1", timeout=300)  # encoded in a process
     assert out.returncode == 0, out.stderr[-2000:]
     assert all((two / name).stat().st_mtime_ns == t for name, t in written.items())  # only the missing redone
     out = pdsweep(*args, "--out", one, env={"OMP_NUM_THREADS": "1"}, timeout=300)
