@@ -187,12 +187,12 @@ def lock(run_dir: Path) -> IO[str] | None:
 
 
 @contextlib.contextmanager
-def held(directory: Path) -> Iterator[None]:
-    """The directory's lock, held for a block (waiting for it)."""
+def held(directory: Path, name: str = LOCK) -> Iterator[None]:
+    """The directory's lock (or another lock file `name` in it), held for a block (waiting for it)."""
     import fcntl
 
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / LOCK, "a+") as f:
+    with open(directory / name, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
 

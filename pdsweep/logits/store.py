@@ -18,7 +18,7 @@ import dataclasses
 import json
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from pdsweep import files
+from pdsweep import files, rundir
 from pdsweep.errors import UserError
 from pdsweep.logits.codec import (
     FORMAT_VERSION,
@@ -138,17 +138,12 @@ def _check_format(path: Path, manifest: dict[str, Any]) -> None:
 
 
 MANIFEST_LOCK = ".manifest.lock"
+"""Held while a process creates or assembles the manifest (ranks of a pass finish in any order); not
+the directory's run lock, which a sweep's scheduler holds for the whole pass."""
 
 
-@contextlib.contextmanager
-def _manifest_lock(path: Path) -> Iterator[None]:
-    """Held while a process creates or assembles the manifest (ranks of a pass finish in any order)."""
-    import fcntl
-
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / MANIFEST_LOCK, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        yield
+def _manifest_lock(path: Path) -> contextlib.AbstractContextManager[None]:
+    return rundir.held(path, MANIFEST_LOCK)
 
 
 def entry_file(path: Path, name: str) -> Path:
