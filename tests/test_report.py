@@ -146,10 +146,16 @@ def test_the_teacher_pass_stores_only_the_windows_its_students_visit(done_sweep,
     tokens = tokenized.prepare(planned[0].spec)
     seq = planned[0].spec.data.seq_len
     visited = np.unique(
-        np.concatenate([batches.visited_windows(len(tokens.train), seq, 16, r.seed, r.spec.steps()) for r in planned])
+        np.concatenate(
+            [
+                batches.visited_windows(len(tokens.train), seq, 16, r.spec.train.order_seed, r.spec.steps())
+                for r in planned
+            ]
+        )
     )
     train = stored[stored < len(tokens.train)]
     assert len(visited) < batches.num_windows(len(tokens.train), seq)  # the students see part of the corpus
+    assert len({r.spec.train.order_seed for r in planned}) == 1  # every seed reads the same batches: one set
     assert np.array_equal(np.unique(train // seq), visited)
     assert len(stored) - len(train) == min(2048, len(tokens.heldout))  # what eval.heldout_tokens reads
 
