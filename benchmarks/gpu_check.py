@@ -61,7 +61,7 @@ def section(results: dict[str, Any], name: str, fn: Any) -> None:
     print(f"gpu_check: {name}: {'ok' if results[name]['ok'] else results[name]['error']}", flush=True)
 
 
-def run_tests(cfg: dict[str, Any], device: str) -> dict[str, Any]:
+def run_tests() -> dict[str, Any]:
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu"],
         cwd=ROOT,
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         sections = {
-            "tests": lambda: run_tests(cfg, device),
+            "tests": run_tests,
             "train": lambda: train_step(cfg, device, tmp),
             "kd_loss": lambda: kd_loss(cfg, device),
             "teacher_pass": lambda: teacher_pass(cfg, device, tmp),

@@ -285,9 +285,6 @@ class StoreWriter:
         self.manifest = self.assembled(self.path)  # the records of shards written since
         return {n for n in planned if n not in self.manifest["pending"]}
 
-    def written(self, name: str) -> dict[str, Any] | None:
-        return written_entry(self.path, name)
-
     def write_shard(
         self,
         name: str,

@@ -181,12 +181,16 @@ def _logits(task: LogitsTask, task_file: Path) -> int:
     (pdsweep status reads it there, whether the pass ran under `pdsweep run` or as a cluster job):
     running from its first rank, done from the rank that completes the store, failed from any."""
     from pdsweep import proc, rundir
-    from pdsweep.logits import teacher
-    from pdsweep.run import launch
-    from pdsweep.spec import RunSpec
 
-    spawn = task.ranks > 1 and "RANK" not in os.environ
-    rank, ranks = (0, task.ranks) if spawn else teacher.pass_rank()
+    spawn = task.ranks > 1 and "RANK" not in os.environ  # this process only starts the ranks: no torch here
+    if spawn:
+        rank, ranks = 0, task.ranks
+    else:
+        from pdsweep.logits import teacher
+        from pdsweep.run import launch
+        from pdsweep.spec import RunSpec
+
+        rank, ranks = teacher.pass_rank()
     if rank == 0:
         rundir.write_status(task.store, "running", pid=os.getpid(), ranks=ranks)
     try:

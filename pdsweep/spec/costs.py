@@ -61,8 +61,9 @@ def entries_per_token(top_p: float, top_k: int | None, vocab_size: int | None) -
     without a table row: the whole distribution can be kept)."""
     import math
 
-    if top_k is None or top_p > 0.95 + 1e-9 or top_k > 100:
-        return float(min(top_k or vocab_size or 0, vocab_size or top_k or 0)) or None
+    if top_k is None or top_p > 0.95 + 1e-9 or top_k > 100:  # at most k, at most the vocabulary
+        bounds = [x for x in (top_k, vocab_size) if x]
+        return float(min(bounds)) if bounds else None
     p = min(x for x in ENTRIES_PER_TOKEN if x >= top_p - 1e-9)
     row = ENTRIES_PER_TOKEN[p]
     if top_k in row:

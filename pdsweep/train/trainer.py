@@ -357,6 +357,14 @@ def train(
     engine.train()
     loop_started = time.perf_counter()
     eval_seconds = 0.0
+
+    def batch_of(step: int) -> batches.Batch:
+        return batches.batch_at(
+            tokens.train, t.seq_len, tr.global_batch, tr.order_seed, step, backend.rank, backend.world_size,
+            windows=windows,
+        )  # fmt: skip
+
+    upcoming: tuple[int, batches.Batch] | None = None
     with proc.deferred_interrupts():  # a stop request (a signal) ends the loop after a step, with a checkpoint
         while state.step < total:
             step = state.step
@@ -364,24 +372,12 @@ def train(
             lr = spec.optim.lr * lr_at(step, total, spec.optim.lr_schedule)
             alpha = alpha_at(step, total, spec.loss.alpha, spec.optim.lr_schedule) if spec.uses_teacher else 0.0
             backend.set_lr(lr)
-            batch = batches.batch_at(
-                tokens.train,
-                t.seq_len,
-                tr.global_batch,
-                tr.order_seed,
-                step,
-                backend.rank,
-                backend.world_size,
-                windows=windows,
-            )
+            batch = upcoming[1] if upcoming is not None and upcoming[0] == step else batch_of(step)
+            upcoming = None
             if alpha > 0 and step + 1 < total:  # the next step's teacher shards decode while this one trains
                 assert store is not None
-                store.prefetch(
-                    batches.batch_at(
-                        tokens.train, t.seq_len, tr.global_batch, tr.order_seed, step + 1, backend.rank,
-                        backend.world_size, windows=windows,
-                    ).positions
-                )  # fmt: skip
+                upcoming = (step + 1, batch_of(step + 1))
+                store.prefetch(upcoming[1].positions)
             sums: dict[str, float] = {}
             for m in range(accum):
                 rows = slice(m * tr.micro_batch, (m + 1) * tr.micro_batch)
