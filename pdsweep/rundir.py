@@ -356,5 +356,15 @@ def tracking_file(run_dir: Path) -> Path:
 
 
 def append_event(run_dir: Path, event: dict[str, Any]) -> None:
+    """One line appended to the directory's event log (a single short write: lines of processes
+    writing at once do not interleave)."""
     with open(run_dir / EVENTS, "a", encoding="utf-8") as f:
         f.write(json.dumps(event) + "\n")
+
+
+def events(run_dir: Path) -> list[dict[str, Any]]:
+    """The directory's event log (a torn last line of a killed writer is skipped)."""
+    try:
+        return list(_rows((run_dir / EVENTS).read_text(encoding="utf-8").splitlines()))
+    except FileNotFoundError:
+        return []

@@ -76,6 +76,10 @@ class StoreInfo:
     teacher_run: str | None = None
     """The pdsweep run id of the teacher when it is a pdsweep run (`ckpt:`, a sweep's `run:NAME`, or
     a run recording its own logits): what a student of `run:NAME` checks the store against."""
+    flops_per_position: float | None = None
+    """The teacher's forward FLOPs per stored position (spec/costs.py): what a student's share of the
+    pass costs. 0 for logits a run recorded while it trained (they cost no extra forward); None when
+    the teacher's shape is unknown."""
 
 
 IDENTITY = ("teacher_fingerprint", "tokenizer_fingerprint", "corpus_fingerprint", "vocab_size", "sampling_draws")
@@ -568,6 +572,23 @@ def store_bytes(path: Path) -> int:
         for p in path.iterdir()
         if p.suffix == ".pdl" or p.name == "manifest.json" or (p.name.startswith("shard-") and p.suffix == ".json")
     )
+
+
+def pass_compute(path: Path) -> dict[str, Any]:
+    """What a store's teacher pass cost: positions, bytes written, FLOPs (the teacher's forward FLOPs
+    per position × positions; None when unknown) and device-hours (the wall seconds every rank logged
+    in the store's event log, summed over ranks and attempts)."""
+    manifest = read_manifest(path)
+    positions = sum(s["positions"] for s in manifest["shards"])
+    per = manifest.get("flops_per_position")
+    seconds = sum(e.get("seconds", 0.0) for e in rundir.events(path) if e.get("event") == "pass_rank")
+    return {
+        "positions": positions,
+        "bytes": store_bytes(path),
+        "flops": per * positions if per is not None else None,
+        "flops_per_position": per,
+        "device_hours": seconds / 3600,
+    }
 
 
 def stats(

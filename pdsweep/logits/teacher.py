@@ -35,7 +35,8 @@ from pdsweep.errors import UserError
 from pdsweep.logits import store as logits_store
 from pdsweep.logits import truncation
 from pdsweep.nn import hf
-from pdsweep.spec import BUILTIN_TEACHERS, RunSpec, TeacherSpec
+from pdsweep.spec import BUILTIN_TEACHERS, RunSpec, TeacherSpec, costs
+from pdsweep.spec.sizes import ModelSpec
 
 CHUNK_POSITIONS = 256
 """Positions whose logits exist at once during a teacher pass (teacher.Teacher.sparse): 256 × a 152k
@@ -61,6 +62,12 @@ class Teacher:
     """The teacher's own tokenizer, when it has one (hf: and builtin: teachers)."""
     run_id: str | None = None
     """The pdsweep run id of a `ckpt:` teacher (a sweep's teacher run included)."""
+    shape: ModelSpec | None = None
+    """The teacher's model shape (its FLOPs per position), when its config says it."""
+
+    def flops_per_position(self, seq_len: int) -> float | None:
+        """Forward FLOPs per position over windows of `seq_len` (a third of training's: costs.py)."""
+        return self.shape.flops_per_token(self.vocab_size, seq_len) / 3 if self.shape is not None else None
 
     def logits(self, tokens: torch.Tensor) -> torch.Tensor:
         out = self.module(tokens)
@@ -190,7 +197,7 @@ def _from_pdsweep_checkpoint(path: Path) -> Teacher:
     net = model.build(spec.student, tok.vocab_size, spec.data.seq_len, seed=0)
     net.load_state_dict(state)
     fp = _checkpoint_fingerprint(spec, ckpt, weights)
-    return Teacher(net.eval(), tok.vocab_size, fp, tok.tokenizer_path, expand.run_id(spec))
+    return Teacher(net.eval(), tok.vocab_size, fp, tok.tokenizer_path, expand.run_id(spec), spec.student)
 
 
 def _model_dir(teacher: TeacherSpec) -> Path:
@@ -254,7 +261,8 @@ def _load(teacher: TeacherSpec) -> Teacher:
     safetensors = sorted(path.glob("*.safetensors"))
     if config.get("model_type") == "llama" and safetensors:
         net, cfg = hf.load(path)
-        return Teacher(net.eval(), cfg.vocab_size, _weights_fingerprint(safetensors), tokenizer_json)
+        shape = costs.config_shape(config)
+        return Teacher(net.eval(), cfg.vocab_size, _weights_fingerprint(safetensors), tokenizer_json, shape=shape)
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
@@ -267,7 +275,13 @@ def _load(teacher: TeacherSpec) -> Teacher:
         net = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"teacher {teacher.source}: transformers cannot load {path}: {proc.first_line(e)}") from None
-    return Teacher(net, int(net.config.vocab_size), _weights_fingerprint(_model_weights(path)), tokenizer_json)
+    return Teacher(
+        net,
+        int(net.config.vocab_size),
+        _weights_fingerprint(_model_weights(path)),
+        tokenizer_json,
+        shape=costs.config_shape(net.config.to_dict()),
+    )
 
 
 def check_tokenizer(teacher: Teacher, tokens: tokenized.TokenData, source: str) -> None:
@@ -293,7 +307,9 @@ def store_info(
     top_k: int | None,
     mode: str = "offline",
     sampling_draws: int | None = None,
+    seq_len: int | None = None,
 ) -> logits_store.StoreInfo:
+    """What a pass of `teacher` over `tokens` writes a store from (its FLOPs per position with `seq_len`)."""
     return logits_store.StoreInfo(
         teacher.fingerprint,
         tokens.manifest["tokenizer_fingerprint"],
@@ -304,6 +320,7 @@ def store_info(
         mode,
         sampling_draws,
         teacher.run_id,
+        teacher.flops_per_position(seq_len) if seq_len else None,
     )
 
 
@@ -425,7 +442,7 @@ def generate(
     encoding); 0 in one thread beside the teacher."""
     if sampling_draws is not None:
         top_p, top_k = 1.0, None  # the sampled ids are not a truncation
-    info = store_info(teacher, tokens, top_p, top_k, sampling_draws=sampling_draws)
+    info = store_info(teacher, tokens, top_p, top_k, sampling_draws=sampling_draws, seq_len=seq_len)
     writer = logits_store.StoreWriter(out, info)
     shards = plan(tokens, seq_len, shard_positions, limit, train_windows, heldout_limit)
     names = {sh.name for sh in shards}
@@ -489,6 +506,9 @@ def generate(
         pool.shutdown(wait=True, cancel_futures=True)
         manifest = writer.assemble()
     elapsed = time.perf_counter() - started
+    if written:  # what this rank's attempt cost: store.pass_compute sums them
+        event = {"event": "pass_rank", "rank": rank, "ranks": ranks, "generated": written, "seconds": elapsed}
+        rundir.append_event(out, event | {"device": device.type, "time": time.time()})
     return {
         "store": str(out),
         "positions": sum(sh.positions for sh in shards),

@@ -245,6 +245,7 @@ def _start_and_train(
                 rec.top_k,
                 "online",
                 teacher_run=rid,
+                flops_per_position=0.0,  # recorded from the forward passes training makes anyway
             )
             hooks.append(trainer.RecordLogits(rec, plan.recorded_store(run_dir, rec.name), info))
     tracker.start(spec, run_dir, rid, label or rid, sweep)
@@ -289,6 +290,7 @@ def _train_and_record(
     except Exception as e:  # noqa: BLE001 - whatever ends a run (a full disk, a bug) ends it as failed
         return _failed_by(e, run_dir, backend.rank, tracker)
     if rank0:
+        tracker.log_metrics({k: v for k, v in result.items() if k.startswith("compute/")}, result["step"])
         rundir.write_status(run_dir, "done")
         tracker.log_artifact(rundir.result_file(run_dir))  # the final evaluation, every suite, as JSON
     tracker.finish("done")

@@ -223,7 +223,9 @@ def _logits(task: LogitsTask, task_file: Path) -> int:
         print(f"failed: {reason}", file=sys.stderr, flush=True)
         return 1
     if result["pending"] == 0:
-        rundir.write_status(task.store, "done")
+        from pdsweep.logits import store as logits_store
+
+        rundir.write_status(task.store, "done", **logits_store.pass_compute(task.store))
     where = f"rank {rank} of {ranks}: " if ranks > 1 and not spawn else ""
     now = f"{result['generated']:,} generated now in {result['seconds']:.1f} s" if not spawn else "every rank done"
     print(f"done: {where}{task.store}: {result['positions']:,} positions ({now})", flush=True)

@@ -90,7 +90,14 @@ def teacher_shape(teacher: Any, sweep_teachers: dict[str, ModelSpec]) -> ModelSp
 def hf_shape(path: Path) -> ModelSpec | None:
     """A Hugging Face config.json as a ModelSpec (Llama-like fields), or None when absent or other."""
     try:
-        c = json.loads((path / "config.json").read_text())
+        return config_shape(json.loads((path / "config.json").read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def config_shape(c: dict[str, Any]) -> ModelSpec | None:
+    """A Hugging Face model config (Llama-like fields) as a ModelSpec, or None when it is another kind."""
+    try:
         return ModelSpec.model_validate(
             {
                 "preset": "custom",
@@ -102,7 +109,7 @@ def hf_shape(path: Path) -> ModelSpec | None:
                 "tie_embeddings": bool(c.get("tie_word_embeddings", False)),
             }
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from pdsweep import spec as S
 from pdsweep.errors import UserError
-from pdsweep.spec.labels import label
+from pdsweep.spec.labels import human, label
 from pdsweep.spec.load import models_in, read_yaml, validate
 from pdsweep.spec.sweep import Sweep
 
@@ -292,6 +292,7 @@ def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
     # Baselines: each configuration is compared with the LM-only run that shares its non-PD axis
     # values (student size, token budget, ...): one baseline per distinct combination.
     baselines: dict[str, tuple[S.RunSpec, str, dict[str, Any]] | None] = {}
+    longer: list[tuple[S.RunSpec, str, dict[str, Any]]] = []  # `baseline_tokens`: the same at more budgets
     students: list[tuple[S.RunSpec, str, dict[str, Any], str | None]] = []
     for overrides, explicit_label in configs:
         flat = flatten_overrides(overrides)
@@ -303,6 +304,18 @@ def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
                 spec = build({**sweep.baseline, **key, "loss.alpha": 0.0}, "baseline: ")
                 lab = "LM-only" + (f" ({label(spec, set(key))})" if spec and key else "")
                 baselines[baseline_key] = (spec, lab, dict(sweep.baseline) | key) if spec else None
+                for tokens in sweep.baseline_tokens:
+                    if spec is None or tokens == spec.data.tokens:
+                        continue
+                    extra = build(
+                        {**sweep.baseline, **key, "loss.alpha": 0.0, "data.tokens": tokens}, "baseline_tokens: "
+                    )
+                    if extra:
+                        axes = dict(sweep.baseline) | key | {"data.tokens": tokens}
+                        budget = f"{human(tokens)} tokens"
+                        longer.append(
+                            (extra, f"{lab.removesuffix(')')}, {budget})" if key else f"{lab} ({budget})", axes)
+                        )
         spec = build(overrides, f"{_describe(overrides)}: " if overrides else "base: ")
         if spec is None:
             continue
@@ -369,6 +382,9 @@ def expand(sweep: Sweep, source: str = "") -> list[PlannedRun]:
                 run = _planned(with_seed(spec, seed), lab, "baseline", seed, axes)
                 runs.setdefault(run.run_id, run)  # identical runs merge; the first role wins
                 baseline_ids[bkey] = run.config_id
+        for spec, lab, axes in longer:
+            run = _planned(with_seed(spec, seed), lab, "baseline", seed, axes)
+            runs.setdefault(run.run_id, run)
         for spec, lab, axes, skey in students:
             run = _planned(with_seed(spec, seed), lab, "student", seed, axes, baseline_ids.get(skey) if skey else None)
             runs.setdefault(run.run_id, run)

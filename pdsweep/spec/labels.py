@@ -26,7 +26,7 @@ _ADAPTIVE_NAMES = {
 _LR_NAMES = {"cosine": "Cos-LR", "wsd": "WSD-LR"}
 
 
-def _human(n: float) -> str:
+def human(n: float) -> str:
     for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if n >= size:
             return f"{n / size:g}{unit}"
@@ -52,7 +52,7 @@ def label(spec: S.RunSpec, varied: set[str]) -> str:
     size = st.preset.upper() if st.preset[0].isdigit() else st.preset  # the paper's '1.9B'
     take("student", size if st.preset != "custom" else f"h{st.hidden_size}-L{st.num_layers}")
     take("teacher", spec.teacher.ref.rstrip("/").rsplit("/", 1)[-1] if spec.teacher else "no teacher")
-    take("data.tokens", f"{_human(spec.data.tokens)} tokens")
+    take("data.tokens", f"{human(spec.data.tokens)} tokens")
     lg = spec.logits
     take(
         "logits.mode",

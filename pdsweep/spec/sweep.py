@@ -134,6 +134,12 @@ class Sweep(SpecModel):
     """The RunSpec every run starts from (any field may be omitted: defaults apply)."""
     baseline: Overrides | None = Field(default_factory=dict)
     """Overrides of `base` for the LM-only reference (α = 0 is always applied); null = no baseline."""
+    baseline_tokens: list[int] = Field(default_factory=list)
+    """More token budgets for every LM-only baseline (each seed, each a complete run whose LR
+    schedule ends at its budget): the curve a report reads the compute-matched Δ from — PD against
+    LM-only at the same total compute (the student's plus its share of the teacher pass). PD costs
+    more per token than LM-only, so the curve must reach past the baseline's own budget: about
+    1 + (teacher forward FLOPs / student training FLOPs per token) times it (`pdsweep plan` shows both)."""
     teachers: dict[str, dict[str, Any]] = Field(default_factory=dict)
     """Named teacher runs trained by the sweep (LM-only RunSpecs), used as `teacher: run:NAME`."""
     grid: Overrides = Field(default_factory=dict)
@@ -195,6 +201,15 @@ class Sweep(SpecModel):
             detail = ", ".join(f"{p} has {n}" for p, n in lengths.items())
             raise ValueError(f"lists must have equal length: {detail}")
         return v
+
+    @field_validator("baseline_tokens")
+    @classmethod
+    def _budgets(cls, v: list[int]) -> list[int]:
+        if any(t < 1 for t in v):
+            raise ValueError(f"token budgets must be ≥ 1, got {v}")
+        if len(set(v)) != len(v):
+            raise ValueError(f"token budgets must be distinct, got {v}")
+        return sorted(v)
 
     @field_validator("teachers")
     @classmethod

@@ -57,6 +57,12 @@ class TrainState:
     metrics: dict[str, float] = field(default_factory=dict)
     resumed_from: int = 0
     """The step this process started at (> 0 when it resumed from a checkpoint)."""
+    teacher_tokens: int = 0
+    """Tokens trained on with the teacher's targets (α > 0): the teacher positions the run read."""
+    seconds: float = 0.0
+    """Wall seconds of training and evaluation of the attempts before this one (from the checkpoint)."""
+    started: float = field(default_factory=time.perf_counter)
+    """When this attempt started (time.perf_counter)."""
 
 
 class Callback:
@@ -180,7 +186,16 @@ def save_checkpoint(backend: Backend, state: TrainState) -> Path:
         tmp.mkdir(parents=True)
     backend.barrier()
     try:
-        backend.save(tmp, {"step": state.step, "tokens_seen": state.tokens_seen, "metrics": state.metrics})
+        backend.save(
+            tmp,
+            {
+                "step": state.step,
+                "tokens_seen": state.tokens_seen,
+                "metrics": state.metrics,
+                "teacher_tokens": state.teacher_tokens,
+                "seconds": state.seconds + time.perf_counter() - state.started,
+            },
+        )
     except (OSError, RuntimeError) as e:  # a full disk: torch's writer raises RuntimeError
         if backend.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -313,6 +328,32 @@ def check_inputs(
     return None
 
 
+def compute(
+    spec: RunSpec,
+    state: TrainState,
+    flops_per_token: float,
+    backend: Backend,
+    store: logits_store.StoreReader | None,
+) -> dict[str, float]:
+    """What the run cost, as `compute/…` numbers (spec/costs.py has the conventions): its training
+    FLOPs (forward and backward, attention included: `ModelSpec.flops_per_token` × tokens), its
+    wall seconds over every attempt (training and evaluations) and device-hours (× processes), and
+    its share of the teacher pass: the teacher's forward FLOPs over the positions it read (0 for
+    logits recorded while the teacher trained; absent when the store does not say)."""
+    seconds = state.seconds + time.perf_counter() - state.started
+    out = {
+        "compute/flops": flops_per_token * state.tokens_seen,
+        "compute/flops_per_token": flops_per_token,
+        "compute/seconds": seconds,
+        "compute/device_hours": seconds * backend.world_size / 3600,
+        "compute/teacher_tokens": float(state.teacher_tokens),
+    }
+    per_position = store.manifest.get("flops_per_position") if store is not None else None
+    if spec.uses_teacher and per_position is not None:
+        out["compute/teacher_pass_flops"] = per_position * state.teacher_tokens
+    return out
+
+
 def train(
     spec: RunSpec,
     run_dir: Path,
@@ -345,6 +386,7 @@ def train(
             resumed.get("metrics", {}),
         )
         state.resumed_from = state.step
+        state.teacher_tokens, state.seconds = resumed.get("teacher_tokens", 0), resumed.get("seconds", 0.0)
     if backend.rank == 0:  # rows of a killed attempt after the checkpoint (or all of them) come again
         rundir.truncate_metrics(run_dir, state.step)
     for cb in callbacks:
@@ -406,6 +448,7 @@ def train(
                 raise TrainingFailed(step, f"non-finite loss ({step_loss}) at step {step}")
             state.step += 1
             state.tokens_seen += tokens_per_step
+            state.teacher_tokens += tokens_per_step if alpha > 0 else 0
             elapsed = time.perf_counter() - started
             tps = tokens_per_step / elapsed
             metrics = {
@@ -463,6 +506,7 @@ def train(
         "resumed_from": state.resumed_from,
         "train_seconds": loop_seconds,  # the training loop (checkpoints included), without its evaluations
         "eval_seconds": eval_seconds,
+        **compute(spec, state, flops_per_token, backend, store),
     }
     if backend.rank == 0:
         files.write_json(rundir.result_file(run_dir), result)
