@@ -32,21 +32,23 @@ def test_version() -> None:
     assert out.returncode == 0 and out.stdout.strip() == f"pdsweep {__version__}"
 
 
-def test_plan_truncation_lists_the_papers_13_settings_plus_baseline_times_seeds() -> None:
+def test_plan_truncation_lists_the_papers_13_settings_at_two_alphas_plus_baselines_times_seeds() -> None:
     out = pdsweep("plan", SWEEPS / "tiny" / "truncation.yaml", "--json")
     assert out.returncode == 0, out.stderr
     plan = json.loads(out.stdout)
     students = [r for r in plan["runs"] if r["role"] == "student"]
     baselines = [r for r in plan["runs"] if r["role"] == "baseline"]
     seeds = {r["seed"] for r in students}
-    expected = {f"top-{p}-100" for p in ("0.5", "0.6", "0.7", "0.8", "0.85", "0.9")} | {
+    settings = {f"top-{p}-100" for p in ("0.5", "0.6", "0.7", "0.8", "0.85", "0.9")} | {
         f"top-0.95-{k}" for k in (1, 3, 5, 10, 20, 50, 100)
     }
-    assert {r["label"] for r in students} == expected
-    assert len(students) == 13 * len(seeds) and len(baselines) == len(seeds) and len(seeds) == 3
-    # One teacher pass, at the largest p and k of the sweep, serves all 13 settings.
+    assert {r["label"] for r in students} == {f"{s} + α = {a}" for s in settings for a in ("0.6", "1.0")}
+    assert len(students) == 26 * len(seeds) and len(seeds) == 3
+    # LM-only at the students' 300k tokens and at the baseline_tokens budgets, each seed.
+    assert sorted(r["tokens"] for r in baselines) == [300_000] * 3 + [600_000] * 3 + [1_200_000] * 3
+    # One teacher pass, at the largest p and k of the sweep, serves all 26 settings.
     (tp,) = plan["teacher_passes"]
-    assert (tp["top_p"], tp["top_k"], tp["runs"]) == (0.95, 100, 39)
+    assert (tp["top_p"], tp["top_k"], tp["runs"]) == (0.95, 100, 78)
     assert all(r["teacher_pass"] == tp["pass_id"] for r in students)
     assert all(r["steps"] == 300_000 // (4 * 128) for r in students)  # the quickstart's scale
 
@@ -60,7 +62,10 @@ def test_plan_table_shows_runs_and_derived_numbers() -> None:
         "LM-only",
         "361k",
         "teacher passes",
-        "43 runs: 1 teacher, 3 baseline, 39 student",
+        "88 runs: 1 teacher, 9 baseline, 78 student",
+        # a tiny-s teacher's forward (2.9 MFLOPs/token) over a tiny-xs student's training (2.4): 2.2x
+        "a student costs up to 2.2x an LM-only run of its tokens with its share of the pass",
+        "needs LM-only up to 667k tokens (baseline_tokens: it has 600k, 1.2M)",
     ):
         assert text in out.stdout
 

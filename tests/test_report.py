@@ -17,6 +17,8 @@ from pdsweep.report import build, figures, formats, stats
 from tests.conftest import pd_sweep, pdsweep
 
 STEPS = 10
+TOKENS = 64 * 16 * STEPS
+ROWS = ["LM-only", "LM-only (20.48k tokens)", "α = 0.5", "α = 0.9"]
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +32,14 @@ def done_sweep(tmp_path_factory, workdir, shakespeare):
         description="LM-only vs PD (α = 0.5, 0.9), two seeds each.",
         eval={"suites": ["heldout", "teacher_agreement"], "interval": 5, "heldout_tokens": 2048},
         grid={"loss.alpha": [0.5, 0.9]},
+        baseline_tokens=[TOKENS * 2],  # the LM-only curve the compute-matched Δ reads
     )
     path = where / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
     uri = f"sqlite:///{where / 'mlflow.db'}"
     out = pdsweep("run", path, "--tracking-uri", uri, "--workers", "2", timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "7 of 7 runs done" in out.stdout
+    assert "9 of 9 runs done" in out.stdout
     rep = pdsweep("report", path, "--tracking-uri", uri, "--out", where / "out", timeout=300)
     assert rep.returncode == 0, rep.stdout[-3000:] + rep.stderr[-3000:]
     return path, uri, where / "out", rep.stdout
@@ -57,7 +60,7 @@ def _mlflow_values(uri: str, key: str) -> dict[str, list[float]]:
 def test_the_table_is_the_mlflow_numbers_aggregated_over_seeds(done_sweep) -> None:
     path, uri, out, stdout = done_sweep
     table = pd.read_csv(out / "report.csv").set_index("label")
-    assert list(table.index) == ["LM-only", "α = 0.5", "α = 0.9"]  # baseline first, then the sweep's order
+    assert list(table.index) == ROWS  # baselines first, then the sweep's order
     assert (table["n_seeds"] == 2).all()
     losses = _mlflow_values(uri, "eval/heldout/loss")
     for label, values in losses.items():
@@ -92,8 +95,8 @@ def test_every_format_is_written_with_machine_date_and_fingerprint(done_sweep) -
     assert r"\begin{tabular}" in tex and r"$\alpha$ = 0.5" in tex and r"\toprule" in tex
     runs = pd.read_csv(out / "runs.csv")
     assert set(runs["role"]) == {"baseline", "student"} and "loss.alpha" in runs.columns
-    assert len(runs["run_id"].unique()) == 6
-    for stem in ("delta_vs_loss_alpha", "metric_vs_tokens", "training_curves"):
+    assert len(runs["run_id"].unique()) == 8
+    for stem in ("delta_vs_loss_alpha", "metric_vs_tokens", "training_curves", "metric_vs_compute"):
         assert (out / f"{stem}.png").stat().st_size > 5000, stem
         assert (out / f"{stem}.svg").read_text().lstrip().startswith("<?xml")
 
@@ -105,7 +108,7 @@ def test_the_html_report_opens_in_chromium(done_sweep, browser) -> None:
     _, _, out, _ = done_sweep
     browser.get((out / "report.html").as_uri())
     rows = browser.find_elements(By.CSS_SELECTOR, "#results tbody tr")
-    assert [r.find_element(By.TAG_NAME, "th").text for r in rows] == ["LM-only", "α = 0.5", "α = 0.9"]
+    assert [r.find_element(By.TAG_NAME, "th").text for r in rows] == ROWS
     images = browser.find_elements(By.TAG_NAME, "img")
     assert len(images) >= 3
     for img in images:  # every figure is inlined and decodes
@@ -120,7 +123,7 @@ def test_report_json_and_bad_input(done_sweep, tmp_path) -> None:
     js = pdsweep("report", path, "--tracking-uri", uri, "--json", "--primary", "heldout/bits_per_byte")
     assert js.returncode == 0, js.stderr
     rows = json.loads(js.stdout)
-    assert [r["label"] for r in rows] == ["LM-only", "α = 0.5", "α = 0.9"] and rows[1]["delta_pct"] is not None
+    assert [r["label"] for r in rows] == ROWS and rows[2]["delta_pct"] is not None
     bad = pdsweep("report", path, "--tracking-uri", uri, "--metric", "piqa/acc")
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: report.metrics: no run has piqa/acc")
     assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
@@ -158,6 +161,79 @@ def test_the_teacher_pass_stores_only_the_windows_its_students_visit(done_sweep,
     assert len({r.spec.train.order_seed for r in planned}) == 1  # every seed reads the same batches: one set
     assert np.array_equal(np.unique(train // seq), visited)
     assert len(stored) - len(train) == min(2048, len(tokens.heldout))  # what eval.heldout_tokens reads
+
+
+@pytest.mark.slow
+def test_every_run_records_its_compute_and_the_report_shows_it(done_sweep, workdir) -> None:
+    from pdsweep.logits import store as logits_store
+    from pdsweep.report import compute
+    from pdsweep.spec.expand import expand, load_sweep
+
+    path, uri, out, _ = done_sweep
+    planned = expand(load_sweep(path))
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("report-test")
+    found = client.search_runs([exp.experiment_id])
+    metrics = {r.data.tags["pdsweep.run_id"]: r.data.metrics for r in found if "pdsweep.run_id" in r.data.tags}
+    sweep_run = next(r.data.metrics for r in found if r.data.tags.get("pdsweep.kind") == "sweep")
+    V, T = 2048, 64
+    m = planned[0].spec.student  # tiny-xs, for teacher and students alike
+    h, L, f, kv = m.hidden_size, m.num_layers, m.ffn_hidden_size, m.num_kv_groups * m.head_dim
+    by_hand = 6 * (L * (2 * h * h + 2 * h * kv + 3 * h * f) + V * h) + 12 * L * h * T  # norms left out
+    per_token = m.flops_per_token(V, T)
+    assert per_token == pytest.approx(by_hand, rel=2e-3)
+    store = next((workdir / "runs" / "report-test" / "logits").iterdir())
+    status = json.loads((store / "status.json").read_text())
+    assert status["status"] == "done" and status["flops_per_position"] == pytest.approx(per_token / 3)
+    assert status["flops"] == pytest.approx(per_token / 3 * status["positions"])
+    assert status["bytes"] == logits_store.store_bytes(store) and status["device_hours"] > 0
+    for key in ("positions", "bytes", "flops", "device_hours"):  # and on the sweep's MLflow run
+        assert sweep_run[f"teacher_pass/{store.name}/{key}"] == pytest.approx(status[key])
+    teacher = next(r for r in planned if r.role == "teacher")
+    for r in planned:
+        got = metrics[r.run_id]
+        assert got["compute/flops"] == pytest.approx(per_token * r.spec.data.tokens), r.label
+        assert got["compute/seconds"] > 0 and got["compute/device_hours"] == pytest.approx(
+            got["compute/seconds"] / 3600
+        )
+        if r.role == "student":  # α = 0.5 throughout: the teacher's targets at every position it trains on
+            assert got["compute/teacher_pass_flops"] == pytest.approx(per_token / 3 * r.spec.data.tokens)
+        else:
+            assert "compute/teacher_pass_flops" not in got
+        assert json.loads((workdir / "runs" / "report-test" / r.run_id / "result.json").read_text())[
+            "compute/flops"
+        ] == pytest.approx(got["compute/flops"])
+
+    table = pd.read_csv(out / "report.csv").set_index("label")
+    loss = {lab: {} for lab in ROWS}
+    for r in planned:
+        if r.role != "teacher":
+            loss[r.label][r.seed] = metrics[r.run_id]["eval/heldout/loss"]
+    for lab in ("α = 0.5", "α = 0.9"):
+        row = table.loc[lab]
+        csv = {"rel": 1e-5}  # report.csv keeps 6 significant digits
+        assert row["flops"] == pytest.approx(per_token * TOKENS, **csv)
+        assert row["pass_flops"] == pytest.approx(per_token / 3 * TOKENS, **csv)
+        assert row["total_flops"] == pytest.approx(row["flops"] + row["pass_flops"], **csv)
+        assert row["teacher_flops"] == pytest.approx(metrics[teacher.run_id]["compute/flops"], **csv)
+        # LM-only at the row's compute (4/3 of its own): between its 1x and 2x budgets, by hand.
+        lm = {
+            s: loss["LM-only"][s] + (loss[ROWS[1]][s] - loss["LM-only"][s]) * math.log(4 / 3) / math.log(2)
+            for s in (0, 1)
+        }
+        want = (np.mean(list(loss[lab].values())) / np.mean(list(lm.values())) - 1) * 100
+        assert row["matched_delta_pct"] == pytest.approx(want, rel=1e-4)
+        assert compute.read([(1.0, loss["LM-only"][0]), (2.0, loss[ROWS[1]][0])], 4 / 3) == pytest.approx(lm[0])
+    assert math.isnan(table.loc["LM-only", "matched_delta_pct"])
+    md = (out / "report.md").read_text()
+    header = next(x for x in md.splitlines() if x.startswith("| | held-out loss")).split("|")
+    delta_col = next(i for i, h in enumerate(header) if h.strip().startswith("Δ% held-out loss"))
+    for lab in ROWS[2:]:
+        line = next(x for x in md.splitlines() if x.startswith(f"| {lab} |"))
+        resolved = table.loc[lab, "effect_halfwidths"] >= 2
+        assert bool(table.loc[lab, "resolved"]) == resolved
+        assert ("(not resolved)" in line.split("|")[delta_col]) != resolved  # the Δ% cell says so
+    assert "| student FLOPs | + teacher pass | + teacher training |" in md and "Δ% at equal compute" in md
 
 
 def _frame(values: dict[str, list[float]], seeds: dict[str, list[int]] | None = None) -> pd.DataFrame:

@@ -122,6 +122,10 @@ def plan(
         for p in passes.values():
             for line in views.store_arithmetic(p):
                 console.print(line)
+        by_id = {r["run_id"]: r for r in rows}
+        for p in passes.values():
+            if budget := views.matched_budget(p, [by_id[i] for i in p.runs if i in by_id], sweep.baseline_tokens):
+                console.print(budget)
 
 
 def explain(

@@ -281,3 +281,20 @@ def train_bar(bar):  # noqa: ANN001, ANN202 - a rich Progress → a trainer Call
                 bar.update(self.task, completed=state.step, info=info)
 
     return TrainBar()
+
+
+def matched_budget(p: Any, students: list[dict[str, Any]], budgets: list[int]) -> str | None:
+    """What a student of pass `p` costs against an LM-only run, and the LM-only budget a report's
+    compute-matched Δ needs (`baseline_tokens`)."""
+    cost = p.cost
+    trained = [r for r in students if r.get("flops") and r.get("tokens")]
+    if cost is None or not cost.flops or not cost.positions or not trained:
+        return None
+    per_position = cost.flops / cost.positions
+    ratio = max(1 + per_position * r["tokens"] / r["flops"] for r in trained)  # the share of the pass per token
+    need = max(r["tokens"] for r in trained) * ratio
+    have = f"it has {', '.join(human(b) for b in budgets)}" if budgets else "it has none"
+    return (
+        f"pass {p.pass_id}: a student costs up to {ratio:.2g}x an LM-only run of its tokens with its share of "
+        f"the pass; a compute-matched Δ needs LM-only up to {human(need)} tokens (baseline_tokens: {have})"
+    )

@@ -25,7 +25,7 @@ import numpy as np
 
 from pdsweep import __version__, files, settings
 from pdsweep.errors import UserError
-from pdsweep.report import figures, formats, stats
+from pdsweep.report import compute, figures, formats, stats
 from pdsweep.run import tracking
 from pdsweep.spec import expand, plan
 
@@ -35,6 +35,7 @@ from pdsweep.report.table import (
     AVERAGE,
     Cell,
     Effect,
+    Matched,
     Metric,
     Row,
     SweepData,
@@ -66,12 +67,14 @@ def load(sweep_path: Path, uri: str | None = None) -> SweepData:
     meta = {m["run_id"]: m for m in rows_meta}
     label_of = {r.config_id: r.label for r in planned}
     axes = sorted({p for r in planned if r.role == "student" for p in expand.flatten_overrides(r.axes)})
+    spec_of = {r.config_id: r.spec for r in planned}
     records: list[dict[str, Any]] = []
     for r in planned:
         t = tracked.get(r.run_id)
         if r.role == "teacher" or t is None or t.status != "done":
             continue
         written = expand.flatten_overrides(r.axes)  # the values as the sweep file writes them (α = 0.5, not a schedule)
+        own = spec_of[r.baseline] if r.role == "student" and r.baseline in spec_of else r.spec
         base = {
             "run_id": r.run_id,
             "config_id": r.config_id,
@@ -83,6 +86,8 @@ def load(sweep_path: Path, uri: str | None = None) -> SweepData:
             "params": meta[r.run_id]["params"],
             "tokens": r.spec.data.tokens,
             **{a: _axis_value(written.get(a, meta[r.run_id]["axes"].get(a))) for a in axes},
+            **_costs(r, t, tracked),
+            "curve": _curve_group(own),
         }
         for key, value in t.metrics.items():
             if key.startswith("eval/") and not key.endswith("/items"):
@@ -92,6 +97,25 @@ def load(sweep_path: Path, uri: str | None = None) -> SweepData:
             f"{sweep_path}: no run of sweep {sweep.name!r} is done in {uri} (pdsweep run {sweep_path} first)"
         )
     return SweepData(sweep.name, sweep.description, planned, tracked, uri, pd.DataFrame.from_records(records))
+
+
+def _costs(r: expand.PlannedRun, t: tracking.TrackedRun, tracked: dict[str, tracking.TrackedRun]) -> dict[str, float]:
+    """A run's recorded compute (NaN where it recorded none): training FLOPs, its share of the
+    teacher pass (0 for LM-only), and the training of a teacher the sweep trained."""
+    m = t.metrics
+    teacher = r.spec.teacher
+    trained = tracked.get(teacher.run_id) if teacher is not None and teacher.kind == "run" and teacher.run_id else None
+    uses = r.spec.uses_teacher
+    return {
+        "flops": m.get("compute/flops", math.nan),
+        "pass_flops": m.get("compute/teacher_pass_flops", math.nan) if uses else 0.0,
+        "teacher_flops": trained.metrics.get("compute/flops", math.nan) if uses and trained else math.nan,
+    }
+
+
+def _curve_group(spec: Any) -> str:
+    """LM-only runs that differ only in their token budget share a group: the points of one curve."""
+    return expand.config_id(spec.model_copy(update={"data": spec.data.model_copy(update={"tokens": 1})}))[:8]
 
 
 def _axis_value(v: Any) -> Any:
@@ -163,7 +187,50 @@ def build_table(
             stats.bootstrap_delta(a, b, confidence, n_boot) if boot else stats.t_delta(a, b, confidence)
         )
         row.effect = _effect(a, b, confidence)
+    _add_compute(rows, by_label, tidy, primary, confidence)
     return Table(title, chosen, primary, rows, confidence, _noise_floor(rows, primary, chosen), average)
+
+
+def _add_compute(
+    rows: list[Row],
+    by_label: dict[str, dict[str, dict[int, float]]],
+    tidy: pd.DataFrame,
+    primary: str,
+    confidence: float,
+) -> None:
+    """Each row's mean compute (student, its share of the teacher pass, the teacher's training) and,
+    for PD rows, the compute-matched Δ of the primary column (report/compute.py)."""
+    if "flops" not in tidy.columns:
+        return
+    runs = tidy.drop_duplicates("run_id")
+    cost: dict[str, dict[int, float]] = {}  # label → seed → total (training + share of the pass)
+    curves: dict[str, dict[int, list[compute.Point]]] = {}  # curve group → seed → LM-only points
+    for rec in runs.itertuples(index=False):
+        cost.setdefault(rec.label, {})[int(rec.seed)] = float(rec.flops) + float(rec.pass_flops)
+        value = by_label.get(rec.label, {}).get(primary, {}).get(int(rec.seed))
+        if rec.role == "baseline" and value is not None and math.isfinite(rec.flops):
+            curves.setdefault(rec.curve, {}).setdefault(int(rec.seed), []).append((float(rec.flops), value))
+    for row in rows:
+        mine = runs[runs["label"] == row.label]
+        row.flops, row.pass_flops, row.teacher_flops = (
+            float(mine[c].mean()) for c in ("flops", "pass_flops", "teacher_flops")
+        )
+        if row.role == "baseline" or not math.isfinite(row.pass_flops) or not row.pass_flops:
+            continue
+        values = by_label[row.label].get(primary, {})
+        group = str(mine["curve"].iloc[0])
+        lm, needed = compute.matched(values, cost[row.label], curves.get(group, {}))
+        per_token = float((runs[runs["curve"] == group]["flops"] / runs[runs["curve"] == group]["tokens"]).mean())
+        if set(lm) != set(values):
+            tokens = needed / per_token if per_token > 0 else math.nan
+            row.matched_note = f"LM-only too short: needs a baseline of ≥ {tokens:,.0f} tokens (baseline_tokens)"
+            continue
+        a = {s: values[s] for s in lm}
+        row.matched = Matched(
+            float((np.mean(list(a.values())) / np.mean(list(lm.values())) - 1.0) * 100.0),
+            *stats.t_delta(a, lm, confidence),
+            _effect(a, lm, confidence),
+        )
 
 
 def _effect(a: dict[int, float], b: dict[int, float], confidence: float) -> Effect:

@@ -2,7 +2,7 @@
 most common value (so one truncation sweep gives the paper's Figure 2, Δ vs p, and Figure 3, Δ vs k),
 with the logits bytes per token of the sweep's own store on a second axis for top_p / top_k; Δ% vs
 student size, a line per teacher (Figure 4); the primary held-out metric vs tokens seen (Figure 5);
-training loss curves. Each curve is a configuration's mean over seeds, with its interval."""
+the primary metric vs compute, teacher included; training loss curves. Each curve is a configuration's mean over seeds, with its interval."""
 
 from __future__ import annotations
 
@@ -117,9 +117,9 @@ def draw(data: SweepData, t: Table, out: Path) -> list[tuple[str, Path]]:
         ax.set_title(f"{data.name}: Δ vs {axis}")
         stem = "delta_vs_" + axis.replace(".", "_")
         made.append((f"Δ% of {t.primary_title} vs {axis}", _save(fig, out, stem)))
-    size = _delta_vs_size(data, t, out)
-    if size:
-        made.append(size)
+    for figure in (_delta_vs_size, _vs_compute):
+        if (drawn := figure(data, t, out)) is not None:
+            made.append(drawn)
     made += _histories(data, t, out)
     return made
 
@@ -165,6 +165,54 @@ def _delta_vs_size(data: SweepData, t: Table, out: Path) -> tuple[str, Path] | N
     ax.legend(title="teacher", fontsize=8)
     ax.set_title(f"{data.name}: Δ vs student size")
     return f"Δ% of {t.primary_title} vs student size, per teacher", _save(fig, out, "delta_vs_size")
+
+
+def _vs_compute(data: SweepData, t: Table, out: Path) -> tuple[str, Path] | None:
+    """The primary metric of every row vs its compute: LM-only rows as a line through their token
+    budgets, each PD row at its total compute (student + its share of the teacher pass) with a line
+    back to its student-only compute, and a hollow marker where the teacher's training adds in."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in t.rows if math.isfinite(r.total_flops) and math.isfinite(r.cells[t.primary].mean)]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    curve_of = dict(zip(data.tidy["label"], data.tidy["curve"], strict=True)) if "curve" in data.tidy else {}
+    groups: dict[str, list[Row]] = {}
+    for r in rows:
+        if r.role == "baseline":
+            groups.setdefault(curve_of.get(r.label, ""), []).append(r)
+    for j, group in enumerate(groups.values()):
+        base = sorted(group, key=lambda r: r.flops)
+        ax.errorbar(
+            [r.flops for r in base],
+            [r.cells[t.primary].mean for r in base],
+            yerr=[_half(r, t.primary) for r in base],
+            fmt="s--",
+            color=str(0.45 * j / max(1, len(groups) - 1)),
+            capsize=3,
+            label=base[0].label if len(groups) > 1 else "LM-only",
+        )
+    for i, r in enumerate(r for r in rows if r.role != "baseline"):
+        y, colour = r.cells[t.primary].mean, f"C{i % 10}"
+        ax.plot([r.flops, r.total_flops], [y, y], ":", color=colour, lw=1)
+        ax.errorbar([r.total_flops], [y], yerr=[_half(r, t.primary)], fmt="o", color=colour, capsize=3, label=r.label)
+        if math.isfinite(r.teacher_flops):
+            ax.plot([r.total_flops + r.teacher_flops], [y], "o", mfc="none", color=colour)
+    ax.set_xscale("log")
+    ax.set_xlabel(
+        "compute (FLOPs): student + its share of the teacher pass"
+        + ("; hollow: + teacher training" if any(math.isfinite(r.teacher_flops) for r in rows) else "")
+    )
+    ax.set_ylabel(t.primary_title)
+    ax.legend(fontsize=7, ncol=1 + len(rows) // 10)
+    ax.set_title(f"{data.name}: {t.primary_title} vs compute (mean ± CI over seeds)")
+    return f"{t.primary_title} vs compute", _save(fig, out, "metric_vs_compute")
+
+
+def _half(r: Row, key: str) -> float:
+    h = r.cells[key].half
+    return h if math.isfinite(h) else 0.0
 
 
 def _histories(data: SweepData, t: Table, out: Path) -> list[tuple[str, Path]]:

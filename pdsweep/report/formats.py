@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pdsweep.report.table import RESOLVED, Cell, Row, Table
+
 if TYPE_CHECKING:
     import pandas as pd
-
-    from pdsweep.report.table import Cell, Row, Table
 
 
 def _num(value: float, digits: int) -> str:
@@ -27,13 +27,55 @@ def _cell_text(c: Cell | None, digits: int) -> str:
     return _num(c.mean, digits) + (f" ± {_num(c.half, digits)}" if math.isfinite(c.half) else "")
 
 
+NOT_RESOLVED = "not resolved"
+
+
 def _delta_text(r: Row, arrows: tuple[str, str] = ("↑", "↓"), ci: bool = True) -> str:
-    if not math.isfinite(r.delta):
+    return _pct(r.delta, r.delta_lo, r.delta_hi, r.resolved, arrows, ci)
+
+
+def _matched_text(r: Row, arrows: tuple[str, str] = ("↑", "↓"), ci: bool = True) -> str:
+    if r.matched is None:
+        return r.matched_note or "–"
+    m = r.matched
+    return _pct(m.delta, m.lo, m.hi, _matched_resolved(r), arrows, ci)
+
+
+def _matched_resolved(r: Row) -> bool | None:
+    m = r.matched
+    if m is None or not math.isfinite(m.effect.half):
+        return None
+    return m.effect.halfwidths >= RESOLVED
+
+
+def _pct(delta: float, lo: float, hi: float, resolved: bool | None, arrows: tuple[str, str], ci: bool) -> str:
+    if not math.isfinite(delta):
         return "–"
-    text = f"{arrows[0] if r.delta >= 0 else arrows[1]} {abs(r.delta):.1f}%"
-    if ci and math.isfinite(r.delta_lo):
-        text += f" [{r.delta_lo:+.1f}, {r.delta_hi:+.1f}]"
-    return text
+    text = f"{arrows[0] if delta >= 0 else arrows[1]} {abs(delta):.1f}%"
+    if ci and math.isfinite(lo):
+        text += f" [{lo:+.1f}, {hi:+.1f}]"
+    return text + (f" ({NOT_RESOLVED})" if resolved is False else "")
+
+
+def _flops(x: float) -> str:
+    if not math.isfinite(x):
+        return "–"
+    mantissa, exponent = f"{x:.2g}".partition("e")[::2] if x else ("0", "")
+    return f"{mantissa}e{int(exponent)}" if exponent else mantissa
+
+
+def _extra(t: Table) -> list[tuple[str, Callable[..., str]]]:
+    """The columns after Δ%: the compute-matched Δ% and the compute of each row, when recorded."""
+    rows = t.rows
+    cols: list[tuple[str, Callable[..., str]]] = []
+    if any(r.matched is not None or r.matched_note for r in rows):
+        cols.append(("Δ% at equal compute", _matched_text))
+    if any(math.isfinite(r.flops) for r in rows):
+        cols.append(("student FLOPs", lambda r, *a, **k: _flops(r.flops)))
+        cols.append(("+ teacher pass", lambda r, *a, **k: _flops(r.total_flops)))
+    if any(math.isfinite(r.teacher_flops) for r in rows):
+        cols.append(("+ teacher training", lambda r, *a, **k: _flops(r.total_flops + r.teacher_flops)))
+    return cols
 
 
 def _delta_header(t: Table) -> str:
@@ -60,12 +102,40 @@ def footnotes(t: Table) -> list[str]:
         f"{delta} Best in bold.",
         t.noise_floor,
     ]
+    if any(r.resolved is False or _matched_resolved(r) is False for r in t.rows):
+        out.append(
+            f"A Δ under {RESOLVED:g} CI half-widths from zero is marked {NOT_RESOLVED}: "
+            "the seeds cannot tell it from no effect."
+        )
+    if any(math.isfinite(r.flops) for r in t.rows):
+        out.append(
+            "Compute: FLOPs of the student's training (forward and backward, attention included), mean over seeds; "
+            "+ teacher pass adds its share of the teacher pass (the teacher's forward FLOPs over the positions it "
+            "read; 0 for logits recorded while the teacher trained)"
+            + (
+                "; + teacher training also the training of the teacher the sweep trained (once for all its students)."
+                if any(math.isfinite(r.teacher_flops) for r in t.rows)
+                else "."
+            )
+        )
+    if any(r.matched is not None or r.matched_note for r in t.rows):
+        out.append(
+            f"Δ% at equal compute: {t.primary_title} against LM-only at the row's compute with the teacher pass, "
+            "interpolated in log FLOPs between LM-only runs of several token budgets (each a complete run; "
+            "the sweep's baseline_tokens), paired by seed."
+        )
     for r in t.rows:
         if r.effect is not None and math.isfinite(r.effect.half):
             e = r.effect
             out.append(
                 f"{r.label}: {t.primary_title} {e.diff:+.4g} ± {e.half:.2g} vs {r.baseline} "
-                f"({'paired' if e.paired else 'Welch'} t, {e.n} seeds) — {e.halfwidths:.1f} CI half-widths from zero."
+                f"({'paired' if e.paired else 'Welch'} t, {e.n} seeds) — {e.halfwidths:.1f} CI half-widths from zero"
+                + (
+                    f"; at equal compute {r.matched.effect.diff:+.4g} ± {r.matched.effect.half:.2g} "
+                    f"({r.matched.effect.halfwidths:.1f} half-widths)."
+                    if r.matched is not None and math.isfinite(r.matched.effect.half)
+                    else "."
+                )
             )
     return out
 
@@ -75,8 +145,9 @@ def to_markdown(t: Table, header: str = "") -> str:
     lines = [header] if header else []
     if t.title:
         lines.append(f"**{t.title}**\n")
-    lines.append("| | " + " | ".join(h for _, h, _ in cols) + f" | {_delta_header(t)} |")
-    lines.append("|---|" + "---:|" * (len(cols) + 1))
+    extra = _extra(t)
+    lines.append("| | " + " | ".join([h for _, h, _ in cols] + [_delta_header(t)] + [h for h, _ in extra]) + " |")
+    lines.append("|---|" + "---:|" * (len(cols) + 1 + len(extra)))
     best = {k: t.best(k) for k, _, _ in cols}
     best_delta = t.best_delta()
     for r in t.rows:
@@ -86,6 +157,7 @@ def to_markdown(t: Table, header: str = "") -> str:
             cells.append(f"**{text}**" if best[key] == r.label else text)
         delta = _delta_text(r)
         cells.append(f"**{delta}**" if best_delta == r.label else delta)
+        cells += [fn(r) for _, fn in extra]
         lines.append(f"| {r.label} | " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"- {n}" for n in footnotes(t)]
@@ -110,6 +182,22 @@ def to_frame(t: Table) -> pd.DataFrame:
             "effect": e.diff if e else math.nan,
             "effect_ci": e.half if e else math.nan,
             "effect_halfwidths": e.halfwidths if e else math.nan,
+            "resolved": r.resolved,
+            "flops": r.flops,
+            "pass_flops": r.pass_flops,
+            "total_flops": r.total_flops,
+            "teacher_flops": r.teacher_flops,
+        }
+        m = r.matched
+        rec |= {
+            "matched_delta_pct": m.delta if m else math.nan,
+            "matched_delta_pct_lo": m.lo if m else math.nan,
+            "matched_delta_pct_hi": m.hi if m else math.nan,
+            "matched_effect": m.effect.diff if m else math.nan,
+            "matched_effect_ci": m.effect.half if m else math.nan,
+            "matched_effect_halfwidths": m.effect.halfwidths if m else math.nan,
+            "matched_resolved": _matched_resolved(r),
+            "matched_note": r.matched_note,
         }
         recs.append(rec)
     return pd.DataFrame.from_records(recs)
@@ -149,16 +237,20 @@ def _tex(text: str) -> str:
 def to_latex(t: Table) -> str:
     """A booktabs table (\\usepackage{booktabs})."""
     cols = t.columns()
+    extra = _extra(t)
     best = {k: t.best(k) for k, _, _ in cols}
     best_delta = t.best_delta()
     out = [
         r"\begin{table}[t]",
         r"\centering",
         r"\small",
-        r"\begin{tabular}{l" + "r" * (len(cols) + 1) + "}",
+        r"\begin{tabular}{l" + "r" * (len(cols) + 1 + len(extra)) + "}",
         r"\toprule",
     ]
-    out.append(" & ".join([""] + [_tex(h) for _, h, _ in cols] + [_tex(_delta_header(t))]) + r" \\")
+    out.append(
+        " & ".join([""] + [_tex(h) for _, h, _ in cols] + [_tex(_delta_header(t))] + [_tex(h) for h, _ in extra])
+        + r" \\"
+    )
     out.append(r"\midrule")
     for r in t.rows:
         cells = [_tex(r.label)]
@@ -167,6 +259,7 @@ def to_latex(t: Table) -> str:
             cells.append(rf"\textbf{{{text}}}" if best[key] == r.label else text)
         d = _tex(_delta_text(r, (r"$\uparrow$", r"$\downarrow$"), ci=False)) if math.isfinite(r.delta) else "--"
         cells.append(rf"\textbf{{{d}}}" if best_delta == r.label else d)
+        cells += [_tex(fn(r, (r"$\uparrow$", r"$\downarrow$"), ci=False)) for _, fn in extra]
         out.append(" & ".join(cells) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}"]
     caption = (t.title + ". " if t.title else "") + " ".join(footnotes(t)[:2])
@@ -185,6 +278,9 @@ def to_rich(t: Table) -> Any:
     for _, h, _ in cols:
         table.add_column(h, justify="right")
     table.add_column(_delta_header(t), justify="right")
+    extra = _extra(t)
+    for h, _ in extra:
+        table.add_column(h, justify="right")
     for r in t.rows:
         cells = []
         for key, _, digits in cols:
@@ -196,6 +292,7 @@ def to_rich(t: Table) -> Any:
         if colour:
             delta = f"[{colour}]{delta}[/{colour}]"
         cells.append(f"[bold]{delta}[/bold]" if best_delta == r.label else delta)
+        cells += [fn(r) for _, fn in extra]
         table.add_row(r.label, *cells, style="dim" if r.role == "baseline" else None)
     return table
 
@@ -208,7 +305,9 @@ def to_html(t: Table, header: dict[str, str], figures: Sequence[tuple[str, Path]
     best = {k: t.best(k) for k, _, _ in cols}
     best_delta = t.best_delta()
     esc = html.escape
+    extra = _extra(t)
     head = "".join(f"<th>{esc(h)}</th>" for _, h, _ in cols) + f"<th>{esc(_delta_header(t))}</th>"
+    head += "".join(f"<th>{esc(h)}</th>" for h, _ in extra)
     body = []
     for r in t.rows:
         tds = []
@@ -220,6 +319,7 @@ def to_html(t: Table, header: dict[str, str], figures: Sequence[tuple[str, Path]
         d = esc(_delta_text(r))
         d = f"<b>{d}</b>" if best_delta == r.label else d
         tds.append(f'<td class="{cls}">{d}</td>')
+        tds += [f"<td>{esc(fn(r))}</td>" for _, fn in extra]
         body.append(f'<tr class="{esc(r.role)}"><th scope="row">{esc(r.label)}</th>{"".join(tds)}</tr>')
     meta = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in header.items())
     notes = "".join(f"<li>{esc(n)}</li>" for n in footnotes(t))

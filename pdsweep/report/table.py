@@ -107,6 +107,22 @@ class Effect:
 
 
 @dataclass
+class Matched:
+    """The compute-matched Δ% of a PD row: against LM-only at the row's total compute (the
+    student's training plus its share of the teacher pass), read from the LM-only curve
+    (report/compute.py), with a t-interval over seeds."""
+
+    delta: float
+    lo: float
+    hi: float
+    effect: Effect
+
+
+RESOLVED = 2.0
+"""A row's effect is resolved when it lies at least this many CI half-widths from zero."""
+
+
+@dataclass
 class Row:
     label: str
     role: str
@@ -120,6 +136,26 @@ class Row:
     delta_method: str = ""
     """How the Δ% interval was made: "bootstrap" or "t"."""
     effect: Effect | None = None
+    flops: float = math.nan
+    """Mean training FLOPs over the row's seeds (forward and backward, attention included)."""
+    pass_flops: float = math.nan
+    """Mean share of the teacher pass: the teacher's forward FLOPs over the positions read (0 for LM-only)."""
+    teacher_flops: float = math.nan
+    """Training FLOPs of the teacher when the sweep trained it (NaN otherwise)."""
+    matched: Matched | None = None
+    matched_note: str = ""
+    """Why a PD row has no compute-matched Δ (the LM-only curve does not reach its compute)."""
+
+    @property
+    def total_flops(self) -> float:
+        return self.flops + self.pass_flops
+
+    @property
+    def resolved(self) -> bool | None:
+        """Is the row's effect at least RESOLVED half-widths from zero? None without an effect."""
+        if self.effect is None or not math.isfinite(self.effect.half):
+            return None
+        return self.effect.halfwidths >= RESOLVED
 
 
 @dataclass

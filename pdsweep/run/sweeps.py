@@ -121,8 +121,23 @@ def run(
         outcome.detached = True
         return outcome
     tracker.log_metrics({"runs_done": outcome.done, "runs_failed": len(outcome.trained) - outcome.done}, 0)
+    tracker.log_metrics(_pass_costs(sched.tasks), 0)
     tracker.finish("done" if outcome.done == len(outcome.trained) else "failed")
     return outcome
+
+
+def _pass_costs(tasks: list[Task]) -> dict[str, float]:
+    """What each finished teacher pass cost, for the sweep's MLflow run: `teacher_pass/<store>/…`
+    positions, bytes, FLOPs and device-hours (logits.store.pass_compute)."""
+    from pdsweep.logits import store as logits_store
+
+    out: dict[str, float] = {}
+    for t in tasks:
+        if t.kind == "logits" and t.status == "done" and logits_store.is_store(t.dir):
+            for key, value in logits_store.pass_compute(t.dir).items():
+                if value is not None:
+                    out[f"teacher_pass/{t.dir.name}/{key}"] = float(value)
+    return out
 
 
 @contextlib.contextmanager
