@@ -85,3 +85,11 @@ def test_rows_under_two_half_widths_are_marked_not_resolved_in_every_format() ->
     clear = build.build_table(_tidy({0: 4.0, 1: 4.25, 2: 3.78}, 0.0, budgets))
     assert next(r for r in clear.rows if r.label == "PD").resolved is True
     assert "not resolved" not in formats.to_markdown(clear)
+
+
+def test_logits_recorded_while_the_teacher_trained_cost_nothing_so_both_deltas_agree() -> None:
+    budgets = {"LM-only": (1000, {0: 5.0, 1: 5.2, 2: 4.9}), "LM-only (2k tokens)": (2000, {0: 4.6, 1: 4.7, 2: 4.5})}
+    t = build.build_table(_tidy({0: 4.8, 1: 5.0, 2: 4.75}, 0.0, budgets))  # an online student: no pass
+    row = next(r for r in t.rows if r.label == "PD")
+    assert row.total_flops == row.flops and row.matched is not None
+    assert row.matched.delta == pytest.approx(row.delta) and row.matched.effect.diff == pytest.approx(row.effect.diff)

@@ -215,11 +215,13 @@ def _add_compute(
         row.flops, row.pass_flops, row.teacher_flops = (
             float(mine[c].mean()) for c in ("flops", "pass_flops", "teacher_flops")
         )
-        if row.role == "baseline" or not math.isfinite(row.pass_flops) or not row.pass_flops:
+        if row.role == "baseline" or not math.isfinite(row.pass_flops):
             continue
         values = by_label[row.label].get(primary, {})
         group = str(mine["curve"].iloc[0])
-        lm, needed = compute.matched(values, cost[row.label], curves.get(group, {}))
+        if group not in curves:  # no LM-only baseline to compare with
+            continue
+        lm, needed = compute.matched(values, cost[row.label], curves[group])
         per_token = float((runs[runs["curve"] == group]["flops"] / runs[runs["curve"] == group]["tokens"]).mean())
         if set(lm) != set(values):
             tokens = needed / per_token if per_token > 0 else math.nan
