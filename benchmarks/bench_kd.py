@@ -141,7 +141,8 @@ def main() -> None:
         ]
         t_net.load_state_dict(state)
         t_net.eval()
-        from pdsweep.logits.teacher import Teacher, generate
+        from pdsweep.logits.teacher import Teacher
+        from pdsweep.logits.teacher_pass import generate
 
         info_teacher = Teacher(t_net, tokens.vocab_size, "bench-teacher", None)
         generate(info_teacher, tokens, work / "store", 0.95, 100, SEQ)

@@ -3,7 +3,7 @@
 Side by side in one run:
 - size: pdsweep's format vs int32 ids + fp32 values (naive) vs fp16 log-probs + 17-bit ids + zstd
   level 3 (what Megatron-LM stores), on the same kept entries;
-- generation: teacher.generate tokens/s vs the teacher's plain forward over the same windows;
+- generation: teacher_pass.generate tokens/s vs the teacher's plain forward over the same windows;
 - reading: StoreReader.targets for random student batches (tokens/s) vs the rate at which a student
   consumes tokens (a tiny-s training step on this CPU).
 
@@ -26,7 +26,7 @@ import zstandard  # noqa: E402
 from _common import summary, write  # noqa: E402
 
 from pdsweep.data import tokenized
-from pdsweep.logits import codec, teacher, truncation
+from pdsweep.logits import codec, teacher, teacher_pass, truncation
 from pdsweep.logits import store as logits_store
 from pdsweep.nn import losses, model
 from pdsweep.spec import RunSpec
@@ -34,7 +34,7 @@ from pdsweep.train import backends
 
 POSITIONS, SEQ, BATCH = 4096, 256, 8
 SIZE_POSITIONS = 16384
-"""The size comparison uses one store shard of the default size (teacher.generate's shard_positions)."""
+"""The size comparison uses one store shard of the default size (teacher_pass.generate's shard_positions)."""
 
 
 def megatron_bytes(ids: np.ndarray, logprobs: np.ndarray) -> int:
@@ -83,7 +83,7 @@ def main() -> None:
             forward()
             fwd.append(time.perf_counter() - s)
             s = time.perf_counter()
-            teacher.generate(t, tokens, Path(tmp) / f"store{r}", 0.95, 100, SEQ, batch_size=BATCH, limit=POSITIONS)
+            teacher_pass.generate(t, tokens, Path(tmp) / f"store{r}", 0.95, 100, SEQ, batch_size=BATCH, limit=POSITIONS)
             gen.append(time.perf_counter() - s)
         store = Path(tmp) / "store0"
         totals = logits_store.StoreReader(store).verify()
@@ -96,7 +96,7 @@ def main() -> None:
                 z = t.logits(size_windows[b : b + BATCH]).float()
                 parts.append(truncation.top_p_k(z.reshape(-1, z.shape[-1]), 0.95, 100))
         ids_x, lp_x, count_x, lse_x, cuts_x = truncation.concat(parts)
-        writer = logits_store.StoreWriter(Path(tmp) / "size", teacher.store_info(t, tokens, 0.95, 100))
+        writer = logits_store.StoreWriter(Path(tmp) / "size", teacher_pass.store_info(t, tokens, 0.95, 100))
         writer.add(np.arange(SIZE_POSITIONS), (ids_x, lp_x, count_x, lse_x, cuts_x))
         mask = np.arange(ids_x.shape[1])[None] < count_x[:, None]
         ids, lp = ids_x[mask], lp_x[mask]

@@ -198,7 +198,7 @@ def teacher_pass(cfg: dict[str, Any], device: str, tmp: Path) -> dict[str, Any]:
     import numpy as np
     import torch
 
-    from pdsweep.logits import codec, teacher
+    from pdsweep.logits import codec, teacher, teacher_pass
     from pdsweep.logits import store as logits_store
     from pdsweep.nn import model
     from pdsweep.spec import costs
@@ -223,7 +223,7 @@ def teacher_pass(cfg: dict[str, Any], device: str, tmp: Path) -> dict[str, Any]:
             net = net.to(device="cuda", dtype=torch.bfloat16)
         t = teacher.Teacher(net, vocab, f"synthetic-{name}", None)
         store = tmp / f"pass-{name}"
-        result = teacher.generate(t, tokens, store, 0.95, 100, seq, batch_size=8, limit=n, shard_positions=8192)
+        result = teacher_pass.generate(t, tokens, store, 0.95, 100, seq, batch_size=8, limit=n, shard_positions=8192)
         entries = logits_store.StoreReader(store).verify()["entries"]
         out[name] = {"positions_per_s": round(result["tokens_per_s"]), "entries_per_position": round(entries / n, 1)}
     # Encoding on this machine's cores: one shard of the last pass, encoded on one core, times the cores.

@@ -16,7 +16,7 @@ import yaml
 from pdsweep import rundir
 from pdsweep.nn import model
 from pdsweep.spec import RunSpec
-from pdsweep.train import trainer
+from pdsweep.train import callbacks, trainer
 from tests.conftest import ROOT, TINY_RUN
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def runs(tmp_path_factory, shakespeare):
     spec = RunSpec.model_validate(dict(DS_RUN, train={**DS_RUN["train"], "backend": "torch"}))
     from pdsweep.train import backends
 
-    trainer.train(spec, torch_dir, shakespeare, backends.TorchBackend(spec), [trainer.MetricsFile(torch_dir)])
+    trainer.train(spec, torch_dir, shakespeare, backends.TorchBackend(spec), [callbacks.MetricsFile(torch_dir)])
     return root, spec_file
 
 

@@ -377,7 +377,7 @@ def test_a_job_that_fails_before_pdsweep_starts_says_so(tmp_path, workdir, slurm
 
 
 def test_a_job_array_is_one_job_and_a_pass_rank_comes_from_its_launcher(tmp_path) -> None:
-    from pdsweep.logits import teacher
+    from pdsweep.logits import teacher_pass
 
     sl = slurm
 
@@ -394,11 +394,11 @@ def test_a_job_array_is_one_job_and_a_pass_rank_comes_from_its_launcher(tmp_path
     done = sl._gather([JobState("7_0", "COMPLETED", False), JobState("7_1", "FAILED", False, exit_code=1)], ["7"])
     assert not done["7"].live and done["7"].state == "FAILED" and done["7"].exit_code == 1
 
-    assert teacher.pass_rank({}) == (0, 1)
-    assert teacher.pass_rank({"RANK": "3", "WORLD_SIZE": "8"}) == (3, 8)
-    assert teacher.pass_rank({"SLURM_STEP_ID": "0", "SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "4"}) == (2, 4)
+    assert teacher_pass.pass_rank({}) == (0, 1)
+    assert teacher_pass.pass_rank({"RANK": "3", "WORLD_SIZE": "8"}) == (3, 8)
+    assert teacher_pass.pass_rank({"SLURM_STEP_ID": "0", "SLURM_PROCID": "2", "SLURM_STEP_NUM_TASKS": "4"}) == (2, 4)
     array = {"RANK": "1", "WORLD_SIZE": "2", "SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "4"}
-    assert teacher.pass_rank(array) == (7, 8)  # array task 3 of 4, rank 1 of its 2
+    assert teacher_pass.pass_rank(array) == (7, 8)  # array task 3 of 4, rank 1 of its 2
     ex = sl.SlurmExecutor(cluster.ClusterSpec.model_validate({"logits": {"array": 4}}), "s")
     job = {
         kind: Job("p", tmp_path / "t.json", tmp_path, tmp_path / "g.log", kind=kind) for kind in ("logits", "student")

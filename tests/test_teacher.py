@@ -14,10 +14,10 @@ import yaml
 from pdsweep.data import batches, corpora, tokenized
 from pdsweep.errors import UserError
 from pdsweep.logits import store as logits_store
-from pdsweep.logits import teacher
+from pdsweep.logits import teacher, teacher_pass
 from pdsweep.nn import model
 from pdsweep.spec import RunSpec, teacher_spec
-from pdsweep.train import backends, trainer
+from pdsweep.train import backends, callbacks, trainer
 from tests.conftest import TINY_RUN, pdsweep
 
 
@@ -46,9 +46,11 @@ class StopAfter:
 def test_checkpoint_teacher_generates_a_resumable_store(tiny_teacher, shakespeare, tmp_path) -> None:
     t = teacher.load(teacher_spec(f"ckpt:{tiny_teacher}"))
     teacher.check_tokenizer(t, shakespeare, "ckpt")
-    whole = teacher.generate(t, shakespeare, tmp_path / "a", 0.9, 20, 64, batch_size=4, shard_positions=256, limit=2000)
+    whole = teacher_pass.generate(
+        t, shakespeare, tmp_path / "a", 0.9, 20, 64, batch_size=4, shard_positions=256, limit=2000
+    )
     with pytest.raises(KeyboardInterrupt):
-        teacher.generate(
+        teacher_pass.generate(
             t,
             shakespeare,
             tmp_path / "b",
@@ -61,7 +63,7 @@ def test_checkpoint_teacher_generates_a_resumable_store(tiny_teacher, shakespear
             progress=StopAfter(2),
         )  # interrupted right after its third shard
     assert len(logits_store.StoreReader(tmp_path / "b").manifest["shards"]) == 3
-    resumed = teacher.generate(
+    resumed = teacher_pass.generate(
         t, shakespeare, tmp_path / "b", 0.9, 20, 64, batch_size=4, shard_positions=256, limit=2000
     )
     assert whole["positions"] == resumed["positions"] == 2000 and resumed["generated"] == 2000 - 3 * 256
@@ -183,8 +185,8 @@ def test_real_pretrained_teacher_store_reads_are_exact(tmp_path, workdir) -> Non
     tokens = tokenized.prepare(spec, workdir)
     assert tokens.vocab_size == t.vocab_size == 49152
     teacher.check_tokenizer(t, tokens, spec.teacher.source)
-    teacher.generate(t, tokens, tmp_path / "store", 0.95, 100, 256, limit=2048)
-    reader = logits_store.StoreReader(tmp_path / "store", expect=teacher.store_info(t, tokens, 0.95, 100))
+    teacher_pass.generate(t, tokens, tmp_path / "store", 0.95, 100, 256, limit=2048)
+    reader = logits_store.StoreReader(tmp_path / "store", expect=teacher_pass.store_info(t, tokens, 0.95, 100))
     e = reader.entries(np.arange(2048))
     x = torch.from_numpy(np.asarray(tokens.train[:2048], dtype=np.int64)).reshape(8, 256)
     with torch.no_grad():
@@ -311,7 +313,7 @@ def test_online_recording_stores_the_batches_trained_on_in_the_window(tmp_path, 
         tmp_path,
         shakespeare,
         backends.TorchBackend(spec),
-        [trainer.RecordLogits(rec, store, info, shard_positions=4096), snap],
+        [callbacks.RecordLogits(rec, store, info, shard_positions=4096), snap],
     )
     reader = logits_store.StoreReader(store, expect=info)
     recorded = np.concatenate([reader.shard(i).positions for i in range(len(reader.manifest["shards"]))])
@@ -375,8 +377,8 @@ def hamlet(shakespeare, tmp_path_factory):
         mp.setenv("PDSWEEP_WORKDIR", str(work))
         trainer.train(t_spec, t_dir, tokens, backends.TorchBackend(t_spec))
         t = teacher.load(teacher_spec(f"ckpt:{t_dir}"))
-    teacher.generate(t, tokens, work / "store", 0.95, 50, 64)
-    return base, tokens, logits_store.StoreReader(work / "store", expect=teacher.store_info(t, tokens, 0.95, 50))
+    teacher_pass.generate(t, tokens, work / "store", 0.95, 50, 64)
+    return base, tokens, logits_store.StoreReader(work / "store", expect=teacher_pass.store_info(t, tokens, 0.95, 50))
 
 
 @pytest.mark.slow
@@ -390,7 +392,7 @@ def test_pd_run_reads_the_store_and_follows_its_alpha_schedule(hamlet, tmp_path)
             "logits": {"top_p": 0.9, "top_k": 20, "temperature": 2.0},
         }
     )
-    trainer.train(spec, tmp_path, tokens, backends.TorchBackend(spec), [trainer.MetricsFile(tmp_path)], store=store)
+    trainer.train(spec, tmp_path, tokens, backends.TorchBackend(spec), [callbacks.MetricsFile(tmp_path)], store=store)
     rows = [
         m
         for m in map(__import__("json").loads, (tmp_path / "metrics.jsonl").read_text().splitlines())
@@ -419,8 +421,8 @@ def test_sampled_targets_are_stored_and_train_a_student(hamlet, tmp_path) -> Non
     them all; a store of another kind is refused."""
     base, tokens, topk_store = hamlet
     t = teacher.load(teacher_spec(f"ckpt:{topk_store.path.parent / 'teacher'}"))
-    info = teacher.store_info(t, tokens, 1.0, None, sampling_draws=32)
-    teacher.generate(t, tokens, tmp_path / "sampled", 0.95, 50, 64, limit=4096, sampling_draws=32, seed=1)
+    info = teacher_pass.store_info(t, tokens, 1.0, None, sampling_draws=32)
+    teacher_pass.generate(t, tokens, tmp_path / "sampled", 0.95, 50, 64, limit=4096, sampling_draws=32, seed=1)
     store = logits_store.StoreReader(tmp_path / "sampled", expect=info)
     assert store.manifest["sampling_draws"] == 32 and store.top_p == 1.0 and store.top_k is None
     e = store.entries(np.arange(4096))
@@ -446,7 +448,7 @@ def test_sampled_targets_are_stored_and_train_a_student(hamlet, tmp_path) -> Non
         }
     )
     # A student reads every position of its corpus: a sampled store of the whole corpus.
-    teacher.generate(t, tokens, tmp_path / "sampled-all", 0.95, 50, 64, sampling_draws=32)
+    teacher_pass.generate(t, tokens, tmp_path / "sampled-all", 0.95, 50, 64, sampling_draws=32)
     full = logits_store.StoreReader(tmp_path / "sampled-all")
     result = trainer.train(spec, tmp_path / "student", tokens, backends.TorchBackend(spec), store=full)
     assert np.isfinite(result["heldout/loss"])

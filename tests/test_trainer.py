@@ -16,11 +16,12 @@ import yaml
 from pdsweep import rundir
 from pdsweep.spec import RunSpec
 from pdsweep.train import backends, trainer
+from pdsweep.train.callbacks import MetricsFile
 from tests.conftest import ROOT, TINY_RUN, Poison
 
 
 def run(spec: RunSpec, run_dir, tokens, callbacks=()) -> dict:
-    return trainer.train(spec, run_dir, tokens, backends.TorchBackend(spec), [trainer.MetricsFile(run_dir), *callbacks])
+    return trainer.train(spec, run_dir, tokens, backends.TorchBackend(spec), [MetricsFile(run_dir), *callbacks])
 
 
 def metrics(run_dir, kind="train") -> list[dict]:

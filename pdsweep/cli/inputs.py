@@ -119,7 +119,7 @@ def logits_generate(
                 task_file = worker.write(rundir.task_file(store), task)
                 result = worker.spawn_pass(task_file, store, ranks, hook)
             else:
-                from pdsweep.logits import teacher
+                from pdsweep.logits import teacher_pass
                 from pdsweep.run import launch
 
                 result = launch.generate_pass(
@@ -131,7 +131,7 @@ def logits_generate(
                     source=str(file),
                     encoders=encoders,
                     shard_positions=shard_positions,
-                    rank=teacher.pass_rank(),
+                    rank=teacher_pass.pass_rank(),
                 )
     if result.get("failed"):
         typer.echo(

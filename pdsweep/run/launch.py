@@ -21,10 +21,11 @@ from pdsweep import proc, rundir, settings
 from pdsweep.data import batches, tokenized
 from pdsweep.errors import UserError
 from pdsweep.logits import store as logits_store
-from pdsweep.logits import teacher
+from pdsweep.logits import teacher, teacher_pass
 from pdsweep.run import tracking
 from pdsweep.spec import RunSpec, expand, plan
 from pdsweep.train import backends, trainer
+from pdsweep.train.callbacks import FollowThreads, MetricsFile, RecordLogits
 
 Progress = Callable[[str, int, int], None]
 
@@ -69,7 +70,7 @@ def store_for(
     lg = spec.logits
     draws = lg.sampling.draws if lg.sampling else None
     store = plan.default_store(t.fingerprint, tokens.manifest["corpus_fingerprint"], lg)
-    teacher.generate(
+    teacher_pass.generate(
         t,
         tokens,
         store,
@@ -81,7 +82,7 @@ def store_for(
         sampling_draws=draws,
     )
     return logits_store.StoreReader(
-        store, expect=teacher.store_info(t, tokens, lg.top_p, lg.top_k, sampling_draws=draws)
+        store, expect=teacher_pass.store_info(t, tokens, lg.top_p, lg.top_k, sampling_draws=draws)
     )
 
 
@@ -233,7 +234,7 @@ def _start_and_train(
     sweep: str,
 ) -> Outcome:
     rank0 = backend.rank == 0
-    hooks: list[trainer.Callback] = [trainer.MetricsFile(run_dir)]
+    hooks: list[trainer.Callback] = [MetricsFile(run_dir)]
     if spec.train.record_logits:
         for rec in spec.train.record_logits:
             info = logits_store.StoreInfo(
@@ -247,10 +248,10 @@ def _start_and_train(
                 teacher_run=rid,
                 flops_per_position=0.0,  # recorded from the forward passes training makes anyway
             )
-            hooks.append(trainer.RecordLogits(rec, plan.recorded_store(run_dir, rec.name), info))
+            hooks.append(RecordLogits(rec, plan.recorded_store(run_dir, rec.name), info))
     tracker.start(spec, run_dir, rid, label or rid, sweep)
     hooks.append(_Track(tracker))
-    hooks.append(trainer.FollowThreads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    hooks.append(FollowThreads(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     if rank0:
         rundir.write_status(run_dir, "running", pid=os.getpid())
     try:
@@ -392,7 +393,7 @@ def generate_pass(
     work directory), resumably. With `serves` (each run's seed, steps, global_batch, seq_len and
     heldout_tokens) only the training windows those runs visit and the held-out positions they
     evaluate on are generated. `rank` (rank, ranks): this process writes its share of the shards
-    (teacher.generate). Returns the pass's counts and the store's path."""
+    (teacher_pass.generate). Returns the pass's counts and the store's path."""
     if spec.teacher is None:
         raise UserError(f"{source}: teacher: the run has no teacher" if source else "teacher: the run has no teacher")
     t = teacher.load(spec.teacher, teacher.pass_device())
@@ -419,7 +420,7 @@ def generate_pass(
         )
         heldout_limit = max(-(-r["heldout_tokens"] // r["seq_len"]) * r["seq_len"] for r in serves)
     store = store or plan.default_store(t.fingerprint, tokens.manifest["corpus_fingerprint"], lg, limit)
-    result = teacher.generate(
+    result = teacher_pass.generate(
         t,
         tokens,
         store,

@@ -186,11 +186,11 @@ def _logits(task: LogitsTask, task_file: Path) -> int:
     if spawn:
         rank, ranks = 0, task.ranks
     else:
-        from pdsweep.logits import teacher
+        from pdsweep.logits import teacher_pass
         from pdsweep.run import launch
         from pdsweep.spec import RunSpec
 
-        rank, ranks = teacher.pass_rank()
+        rank, ranks = teacher_pass.pass_rank()
     if rank == 0:
         rundir.write_status(task.store, "running", pid=os.getpid(), ranks=ranks)
     try:
