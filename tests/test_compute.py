@@ -64,13 +64,16 @@ def test_the_compute_matched_delta_reads_lm_only_at_the_rows_total_compute() -> 
     assert row.delta < 0 < row.matched.delta
     md = formats.to_markdown(t)
     assert "↑ " in md.split("| PD |")[1].split("\n")[0] and "3e4" in md and "5.3e5" in md
+    # With the teacher's training (5e5) too, LM-only would need 53,000 tokens: the budgets stop at 4,000.
+    assert row.matched_teacher is None and "LM-only too short: needs ≥ 53k tokens" in row.matched_teacher_note
+    assert "Δ% at equal compute + teacher training" in md and row.matched_teacher_note in md
 
 
 def test_a_baseline_too_short_is_said_with_the_budget_it_needs() -> None:
     budgets = {"LM-only": (1000, {0: 5.0, 1: 5.2}), "LM-only (2k tokens)": (2000, {0: 4.6, 1: 4.7})}
     t = build.build_table(_tidy({0: 4.5, 1: 4.6}, 2e4, budgets))  # needs 3,000 tokens of LM-only
     row = next(r for r in t.rows if r.label == "PD")
-    assert row.matched is None and "needs a baseline of ≥ 3,000 tokens" in row.matched_note
+    assert row.matched is None and "LM-only too short: needs ≥ 3k tokens" in row.matched_note
     assert row.matched_note in formats.to_markdown(t) and row.matched_note in formats.to_csv(t)
 
 

@@ -28,6 +28,7 @@ from pdsweep.errors import UserError
 from pdsweep.report import compute, figures, formats, stats
 from pdsweep.run import tracking
 from pdsweep.spec import expand, plan
+from pdsweep.spec.labels import human
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -199,40 +200,54 @@ def _add_compute(
     confidence: float,
 ) -> None:
     """Each row's mean compute (student, its share of the teacher pass, the teacher's training) and,
-    for PD rows, the compute-matched Δ of the primary column (report/compute.py)."""
+    for PD rows, the compute-matched Δ of the primary column (report/compute.py) — with the pass,
+    and with the teacher's training too."""
     if "flops" not in tidy.columns:
         return
     runs = tidy.drop_duplicates("run_id")
-    cost: dict[str, dict[int, float]] = {}  # label → seed → total (training + share of the pass)
     curves: dict[str, dict[int, list[compute.Point]]] = {}  # curve group → seed → LM-only points
-    for rec in runs.itertuples(index=False):
-        cost.setdefault(rec.label, {})[int(rec.seed)] = float(rec.flops) + float(rec.pass_flops)
+    for rec in runs[runs["role"] == "baseline"].itertuples(index=False):
         value = by_label.get(rec.label, {}).get(primary, {}).get(int(rec.seed))
-        if rec.role == "baseline" and value is not None and math.isfinite(rec.flops):
+        if value is not None and math.isfinite(rec.flops):
             curves.setdefault(rec.curve, {}).setdefault(int(rec.seed), []).append((float(rec.flops), value))
     for row in rows:
         mine = runs[runs["label"] == row.label]
         row.flops, row.pass_flops, row.teacher_flops = (
             float(mine[c].mean()) for c in ("flops", "pass_flops", "teacher_flops")
         )
-        if row.role == "baseline" or not math.isfinite(row.pass_flops):
-            continue
-        values = by_label[row.label].get(primary, {})
         group = str(mine["curve"].iloc[0])
-        if group not in curves:  # no LM-only baseline to compare with
-            continue
-        lm, needed = compute.matched(values, cost[row.label], curves[group])
-        per_token = float((runs[runs["curve"] == group]["flops"] / runs[runs["curve"] == group]["tokens"]).mean())
-        if set(lm) != set(values):
-            tokens = needed / per_token if per_token > 0 else math.nan
-            row.matched_note = f"LM-only too short: needs a baseline of ≥ {tokens:,.0f} tokens (baseline_tokens)"
-            continue
-        a = {s: values[s] for s in lm}
-        row.matched = Matched(
-            float((np.mean(list(a.values())) / np.mean(list(lm.values())) - 1.0) * 100.0),
-            *stats.t_delta(a, lm, confidence),
-            _effect(a, lm, confidence),
-        )
+        if row.role == "baseline" or not math.isfinite(row.pass_flops) or group not in curves:
+            continue  # an LM-only row, a pass of unknown cost, or no LM-only run to compare with
+        base = runs[(runs["curve"] == group) & (runs["role"] == "baseline")]
+        per_token = float((base["flops"] / base["tokens"]).mean())
+        values = by_label[row.label].get(primary, {})
+        total = {int(r.seed): float(r.flops) + float(r.pass_flops) for r in mine.itertuples(index=False)}
+        row.matched, row.matched_note = _matched(values, total, curves[group], per_token, confidence)
+        if math.isfinite(row.teacher_flops):
+            teacher = {int(r.seed): total[int(r.seed)] + float(r.teacher_flops) for r in mine.itertuples(index=False)}
+            row.matched_teacher, row.matched_teacher_note = _matched(
+                values, teacher, curves[group], per_token, confidence
+            )
+
+
+def _matched(
+    values: dict[int, float],
+    cost: dict[int, float],
+    curves: dict[int, list[compute.Point]],
+    per_token: float,
+    confidence: float,
+) -> tuple[Matched | None, str]:
+    """The compute-matched Δ of a row (its per-seed values at per-seed `cost`) against LM-only's
+    `curves`, or why there is none."""
+    lm, needed = compute.matched(values, cost, curves)
+    if set(lm) != set(values):
+        tokens = needed / per_token if per_token > 0 else math.nan
+        return None, f"LM-only too short: needs ≥ {human(tokens)} tokens" if math.isfinite(
+            tokens
+        ) else "LM-only too short"
+    a = {s: values[s] for s in lm}
+    delta = float((np.mean(list(a.values())) / np.mean(list(lm.values())) - 1.0) * 100.0)
+    return Matched(delta, *stats.t_delta(a, lm, confidence), _effect(a, lm, confidence)), ""
 
 
 def _effect(a: dict[int, float], b: dict[int, float], confidence: float) -> Effect:

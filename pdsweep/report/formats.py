@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pdsweep.report.table import RESOLVED, Cell, Row, Table
+from pdsweep.report.table import RESOLVED, Cell, Matched, Row, Table
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,14 +38,24 @@ def _matched_text(r: Row, arrows: tuple[str, str] = ("↑", "↓"), ci: bool = T
     if r.matched is None:
         return r.matched_note or "–"
     m = r.matched
-    return _pct(m.delta, m.lo, m.hi, _matched_resolved(r), arrows, ci)
+    return _pct(m.delta, m.lo, m.hi, _resolved(m), arrows, ci)
 
 
-def _matched_resolved(r: Row) -> bool | None:
-    m = r.matched
+def _matched_teacher_text(r: Row, arrows: tuple[str, str] = ("↑", "↓"), ci: bool = True) -> str:
+    if r.matched_teacher is None:
+        return r.matched_teacher_note or "–"
+    m = r.matched_teacher
+    return _pct(m.delta, m.lo, m.hi, _resolved(m), arrows, ci)
+
+
+def _resolved(m: Matched | None) -> bool | None:
     if m is None or not math.isfinite(m.effect.half):
         return None
     return m.effect.halfwidths >= RESOLVED
+
+
+def _matched_resolved(r: Row) -> bool | None:
+    return _resolved(r.matched)
 
 
 def _pct(delta: float, lo: float, hi: float, resolved: bool | None, arrows: tuple[str, str], ci: bool) -> str:
@@ -75,6 +85,8 @@ def _extra(t: Table) -> list[tuple[str, Callable[..., str]]]:
         cols.append(("+ teacher pass", lambda r, *a, **k: _flops(r.total_flops)))
     if any(math.isfinite(r.teacher_flops) for r in rows):
         cols.append(("+ teacher training", lambda r, *a, **k: _flops(r.total_flops + r.teacher_flops)))
+    if any(r.matched_teacher is not None or r.matched_teacher_note for r in rows):
+        cols.append(("Δ% at equal compute + teacher training", _matched_teacher_text))
     return cols
 
 
@@ -122,7 +134,12 @@ def footnotes(t: Table) -> list[str]:
         out.append(
             f"Δ% at equal compute: {t.primary_title} against LM-only at the row's compute with the teacher pass, "
             "interpolated in log FLOPs between LM-only runs of several token budgets (each a complete run; "
-            "the sweep's baseline_tokens), paired by seed."
+            "the sweep's baseline_tokens), paired by seed"
+            + (
+                "; + teacher training: with the teacher's training counted too."
+                if any(r.matched_teacher is not None or r.matched_teacher_note for r in t.rows)
+                else "."
+            )
         )
     for r in t.rows:
         if r.effect is not None and math.isfinite(r.effect.half):
@@ -198,6 +215,14 @@ def to_frame(t: Table) -> pd.DataFrame:
             "matched_effect_halfwidths": m.effect.halfwidths if m else math.nan,
             "matched_resolved": _matched_resolved(r),
             "matched_note": r.matched_note,
+        }
+        m = r.matched_teacher
+        rec |= {
+            "matched_teacher_delta_pct": m.delta if m else math.nan,
+            "matched_teacher_delta_pct_lo": m.lo if m else math.nan,
+            "matched_teacher_delta_pct_hi": m.hi if m else math.nan,
+            "matched_teacher_effect_halfwidths": m.effect.halfwidths if m else math.nan,
+            "matched_teacher_note": r.matched_teacher_note,
         }
         recs.append(rec)
     return pd.DataFrame.from_records(recs)

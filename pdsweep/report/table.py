@@ -145,6 +145,9 @@ class Row:
     matched: Matched | None = None
     matched_note: str = ""
     """Why a PD row has no compute-matched Δ (the LM-only curve does not reach its compute)."""
+    matched_teacher: Matched | None = None
+    """The compute-matched Δ with the teacher's training counted too (a teacher the sweep trained)."""
+    matched_teacher_note: str = ""
 
     @property
     def total_flops(self) -> float:
