@@ -242,9 +242,10 @@ def _matched(
     lm, needed = compute.matched(values, cost, curves)
     if set(lm) != set(values):
         tokens = needed / per_token if per_token > 0 else math.nan
-        return None, f"LM-only too short: needs ≥ {human(tokens)} tokens" if math.isfinite(
-            tokens
-        ) else "LM-only too short"
+        if not math.isfinite(tokens) or tokens <= 0:
+            return None, "LM-only too short"
+        step = 10 ** (math.floor(math.log10(tokens)) - 1)  # rounded up to 2 significant digits: a budget to give
+        return None, f"LM-only too short: needs ≥ {human(math.ceil(tokens / step) * step)} tokens"
     a = {s: values[s] for s in lm}
     delta = float((np.mean(list(a.values())) / np.mean(list(lm.values())) - 1.0) * 100.0)
     return Matched(delta, *stats.t_delta(a, lm, confidence), _effect(a, lm, confidence)), ""

@@ -74,15 +74,19 @@ def _flops(x: float) -> str:
     return f"{mantissa}e{int(exponent)}" if exponent else mantissa
 
 
-def _extra(t: Table) -> list[tuple[str, Callable[..., str]]]:
-    """The columns after Δ%: the compute-matched Δ% and the compute of each row, when recorded."""
+def _extra(t: Table, compact: bool = False) -> list[tuple[str, Callable[..., str]]]:
+    """The columns after Δ%: the compute-matched Δ% and the compute of each row, when recorded
+    (`compact`, for a terminal: the compute-matched Δ% and the total compute only)."""
     rows = t.rows
     cols: list[tuple[str, Callable[..., str]]] = []
     if any(r.matched is not None or r.matched_note for r in rows):
         cols.append(("Δ% at equal compute", _matched_text))
     if any(math.isfinite(r.flops) for r in rows):
-        cols.append(("student FLOPs", lambda r, *a, **k: _flops(r.flops)))
-        cols.append(("+ teacher pass", lambda r, *a, **k: _flops(r.total_flops)))
+        if not compact:
+            cols.append(("student FLOPs", lambda r, *a, **k: _flops(r.flops)))
+        cols.append(("+ teacher pass" if not compact else "FLOPs", lambda r, *a, **k: _flops(r.total_flops)))
+    if compact:
+        return cols
     if any(math.isfinite(r.teacher_flops) for r in rows):
         cols.append(("+ teacher training", lambda r, *a, **k: _flops(r.total_flops + r.teacher_flops)))
     if any(r.matched_teacher is not None or r.matched_teacher_note for r in rows):
@@ -302,8 +306,8 @@ def to_rich(t: Table) -> Any:
     table.add_column("")
     for _, h, _ in cols:
         table.add_column(h, justify="right")
-    table.add_column(_delta_header(t), justify="right")
-    extra = _extra(t)
+    table.add_column(_delta_header(t), justify="right", no_wrap=True)
+    extra = _extra(t, compact=True)  # the other cost columns are in report.md/.csv/.html
     for h, _ in extra:
         table.add_column(h, justify="right")
     for r in t.rows:
