@@ -75,6 +75,8 @@ def test_a_baseline_too_short_is_said_with_the_budget_it_needs() -> None:
     row = next(r for r in t.rows if r.label == "PD")
     assert row.matched is None and "LM-only too short: needs ≥ 3k tokens" in row.matched_note
     assert row.matched_note in formats.to_markdown(t) and row.matched_note in formats.to_csv(t)
+    tex = formats.to_latex(t)
+    assert r"needs $\geq$ 3k tokens" in tex and "≥" not in tex  # pdflatex without unicode packages
 
 
 def test_rows_under_two_half_widths_are_marked_not_resolved_in_every_format() -> None:
