@@ -34,28 +34,11 @@ def _delta_text(r: Row, arrows: tuple[str, str] = ("↑", "↓"), ci: bool = Tru
     return _pct(r.delta, r.delta_lo, r.delta_hi, r.resolved, arrows, ci)
 
 
-def _matched_text(r: Row, arrows: tuple[str, str] = ("↑", "↓"), ci: bool = True) -> str:
-    if r.matched is None:
-        return r.matched_note or "–"
-    m = r.matched
-    return _pct(m.delta, m.lo, m.hi, _resolved(m), arrows, ci)
-
-
-def _matched_teacher_text(r: Row, arrows: tuple[str, str] = ("↑", "↓"), ci: bool = True) -> str:
-    if r.matched_teacher is None:
-        return r.matched_teacher_note or "–"
-    m = r.matched_teacher
-    return _pct(m.delta, m.lo, m.hi, _resolved(m), arrows, ci)
-
-
-def _resolved(m: Matched | None) -> bool | None:
-    if m is None or not math.isfinite(m.effect.half):
-        return None
-    return m.effect.halfwidths >= RESOLVED
-
-
-def _matched_resolved(r: Row) -> bool | None:
-    return _resolved(r.matched)
+def _matched_cell(m: Matched | None, note: str, arrows: tuple[str, str] = ("↑", "↓"), ci: bool = True) -> str:
+    """A compute-matched Δ% cell: the Δ with its interval, or why there is none."""
+    if m is None:
+        return note or "–"
+    return _pct(m.delta, m.lo, m.hi, m.resolved, arrows, ci)
 
 
 def _pct(delta: float, lo: float, hi: float, resolved: bool | None, arrows: tuple[str, str], ci: bool) -> str:
@@ -80,7 +63,7 @@ def _extra(t: Table, compact: bool = False) -> list[tuple[str, Callable[..., str
     rows = t.rows
     cols: list[tuple[str, Callable[..., str]]] = []
     if any(r.matched is not None or r.matched_note for r in rows):
-        cols.append(("Δ% at equal compute", _matched_text))
+        cols.append(("Δ% at equal compute", lambda r, *a, **k: _matched_cell(r.matched, r.matched_note, *a, **k)))
     if any(math.isfinite(r.flops) for r in rows):
         if not compact:
             cols.append(("student FLOPs", lambda r, *a, **k: _flops(r.flops)))
@@ -90,7 +73,12 @@ def _extra(t: Table, compact: bool = False) -> list[tuple[str, Callable[..., str
     if any(math.isfinite(r.teacher_flops) for r in rows):
         cols.append(("+ teacher training", lambda r, *a, **k: _flops(r.total_flops + r.teacher_flops)))
     if any(r.matched_teacher is not None or r.matched_teacher_note for r in rows):
-        cols.append(("Δ% at equal compute + teacher training", _matched_teacher_text))
+        cols.append(
+            (
+                "Δ% at equal compute + teacher training",
+                lambda r, *a, **k: _matched_cell(r.matched_teacher, r.matched_teacher_note, *a, **k),
+            )
+        )
     return cols
 
 
@@ -118,7 +106,8 @@ def footnotes(t: Table) -> list[str]:
         f"{delta} Best in bold.",
         t.noise_floor,
     ]
-    if any(r.resolved is False or _matched_resolved(r) is False for r in t.rows):
+    matched = [m for r in t.rows for m in (r.matched, r.matched_teacher) if m is not None]
+    if any(r.resolved is False for r in t.rows) or any(m.resolved is False for m in matched):
         out.append(
             f"A Δ under {RESOLVED:g} CI half-widths from zero is marked {NOT_RESOLVED}: "
             "the seeds cannot tell it from no effect."
@@ -209,27 +198,24 @@ def to_frame(t: Table) -> pd.DataFrame:
             "total_flops": r.total_flops,
             "teacher_flops": r.teacher_flops,
         }
-        m = r.matched
-        rec |= {
-            "matched_delta_pct": m.delta if m else math.nan,
-            "matched_delta_pct_lo": m.lo if m else math.nan,
-            "matched_delta_pct_hi": m.hi if m else math.nan,
-            "matched_effect": m.effect.diff if m else math.nan,
-            "matched_effect_ci": m.effect.half if m else math.nan,
-            "matched_effect_halfwidths": m.effect.halfwidths if m else math.nan,
-            "matched_resolved": _matched_resolved(r),
-            "matched_note": r.matched_note,
-        }
-        m = r.matched_teacher
-        rec |= {
-            "matched_teacher_delta_pct": m.delta if m else math.nan,
-            "matched_teacher_delta_pct_lo": m.lo if m else math.nan,
-            "matched_teacher_delta_pct_hi": m.hi if m else math.nan,
-            "matched_teacher_effect_halfwidths": m.effect.halfwidths if m else math.nan,
-            "matched_teacher_note": r.matched_teacher_note,
-        }
+        rec |= _matched_columns("matched", r.matched, r.matched_note)
+        rec |= _matched_columns("matched_teacher", r.matched_teacher, r.matched_teacher_note)
         recs.append(rec)
     return pd.DataFrame.from_records(recs)
+
+
+def _matched_columns(prefix: str, m: Matched | None, note: str) -> dict[str, Any]:
+    e = m.effect if m else None
+    return {
+        f"{prefix}_delta_pct": m.delta if m else math.nan,
+        f"{prefix}_delta_pct_lo": m.lo if m else math.nan,
+        f"{prefix}_delta_pct_hi": m.hi if m else math.nan,
+        f"{prefix}_effect": e.diff if e else math.nan,
+        f"{prefix}_effect_ci": e.half if e else math.nan,
+        f"{prefix}_effect_halfwidths": e.halfwidths if e else math.nan,
+        f"{prefix}_resolved": m.resolved if m else None,
+        f"{prefix}_note": note,
+    }
 
 
 def to_csv(t: Table) -> str:

@@ -117,9 +117,20 @@ class Matched:
     hi: float
     effect: Effect
 
+    @property
+    def resolved(self) -> bool | None:
+        """Is the effect at least RESOLVED half-widths from zero? None without an interval."""
+        return _resolved(self.effect)
+
 
 RESOLVED = 2.0
 """A row's effect is resolved when it lies at least this many CI half-widths from zero."""
+
+
+def _resolved(effect: Effect | None) -> bool | None:
+    if effect is None or not math.isfinite(effect.half):
+        return None
+    return effect.halfwidths >= RESOLVED
 
 
 @dataclass
@@ -156,9 +167,7 @@ class Row:
     @property
     def resolved(self) -> bool | None:
         """Is the row's effect at least RESOLVED half-widths from zero? None without an effect."""
-        if self.effect is None or not math.isfinite(self.effect.half):
-            return None
-        return self.effect.halfwidths >= RESOLVED
+        return _resolved(self.effect)
 
 
 @dataclass
