@@ -8,6 +8,7 @@ remove the temporary and propagate — they are never swallowed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -28,6 +29,18 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """The fingerprint of pdsweep's own source (every module, by path and content): a finished run
+    records it, and a run is reused by another sweep only when the code that would train it is the
+    code that did (run/reuse.py)."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
 
 
 def write_bytes(path: Path, data: bytes) -> None:

@@ -3,6 +3,7 @@ executed in dependency order, each run in its own process, resumable, logged to 
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -104,6 +105,99 @@ def test_a_tiny_sweep_runs_end_to_end_and_again_does_nothing(tmp_path, workdir, 
     assert reported == new_ids - {new_teacher}  # the new students and the baselines, none of the old students
 
 
+@pytest.mark.slow
+def test_a_sweep_reuses_the_runs_another_sweep_finished_and_trains_only_the_rest(
+    tmp_path, workdir, shakespeare
+) -> None:
+    """Sweep B shares its teacher, its LM-only baseline and one PD row with sweep A: it copies those
+    (directories and MLflow runs, every metric point), trains only its new row, and reports the shared
+    row with A's numbers. Runs of other code, and `--no-reuse`, are never reused."""
+    from pdsweep import files
+    from pdsweep.run import reuse
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    a = pd_sweep("reuse-a", 6, 7, seeds=1)
+    b = {**a, "name": "reuse-b", "grid": {"loss.alpha": [0.5, 1.0]}}
+    paths = {}
+    for sweep in (a, b):
+        paths[sweep["name"]] = tmp_path / f"{sweep['name']}.yaml"
+        paths[sweep["name"]].write_text(yaml.safe_dump(sweep))
+    out = pdsweep("run", paths["reuse-a"], "--tracking-uri", uri, timeout=600)
+    assert out.returncode == 0 and "3 of 3 runs done" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    shared = set(_plan_ids(paths["reuse-a"]))
+    dry = pdsweep("run", paths["reuse-b"], "--dry-run")
+    assert dry.stdout.count("would be reused from reuse-a") == 3, dry.stdout
+    fresh = pdsweep("run", paths["reuse-b"], "--dry-run", "--no-reuse")
+    assert "would be reused" not in fresh.stdout
+
+    out = pdsweep("run", paths["reuse-b"], "--tracking-uri", uri, timeout=600)
+    assert out.returncode == 0 and "4 of 4 runs done" in out.stdout, out.stdout[-3000:] + out.stderr[-3000:]
+    root_a, root_b = workdir / "runs" / "reuse-a", workdir / "runs" / "reuse-b"
+    ids = set(_plan_ids(paths["reuse-b"]))
+    assert shared < ids and len(ids - shared) == 1
+    for rid in ids:
+        status = json.loads((root_b / rid / "status.json").read_text())
+        events = [json.loads(line)["event"] for line in (root_b / rid / "events.jsonl").open()]
+        assert status["status"] == "done" and status["code"] == files.code_fingerprint()
+        if rid in shared:  # copied: A's training events, then the reuse; the same result to the last bit
+            assert status["reused_from"] == f"reuse-a/{rid}" and events[-1] == "reused" and "start" in events
+            assert (root_b / rid / "result.json").read_text() == (root_a / rid / "result.json").read_text()
+            latest = (root_b / rid / "checkpoints" / "LATEST").read_text().strip()
+            weights = next(p for p in (root_b / rid / "checkpoints" / latest).rglob("*") if p.is_file())
+            twin = root_a / rid / weights.relative_to(root_b / rid)
+            assert weights.stat().st_ino == twin.stat().st_ino  # a checkpoint is linked, not copied
+            assert (root_b / rid / "metrics.jsonl").stat().st_ino != (root_a / rid / "metrics.jsonl").stat().st_ino
+        else:
+            assert "reused_from" not in status and events.count("start") == 1 and "reused" not in events
+    # In MLflow: B's experiment holds every run, the shared ones as copies with every metric point.
+    client = MlflowClient(tracking_uri=uri)
+    runs = {
+        e: {r.data.tags["pdsweep.run_id"]: r for r in client.search_runs([client.get_experiment_by_name(e).experiment_id])
+            if "pdsweep.run_id" in r.data.tags}
+        for e in ("reuse-a", "reuse-b")
+    }  # fmt: skip
+    assert set(runs["reuse-b"]) == ids
+    parent_b = next(
+        r for r in client.search_runs([client.get_experiment_by_name("reuse-b").experiment_id])
+        if r.data.tags.get("pdsweep.kind") == "sweep"
+    )  # fmt: skip
+    for rid in shared:
+        src, dst = runs["reuse-a"][rid], runs["reuse-b"][rid]
+        assert dst.data.tags["pdsweep.reused_from"] == f"reuse-a/{rid}" and dst.data.tags["pdsweep.sweep"] == "reuse-b"
+        assert dst.data.tags["mlflow.parentRunId"] == parent_b.info.run_id and dst.info.status == "FINISHED"
+        assert dst.data.params == src.data.params and dst.data.metrics == src.data.metrics
+        for key in ("loss", "eval/heldout/loss"):
+            history = [[(m.step, m.value) for m in client.get_metric_history(r.info.run_id, key)] for r in (src, dst)]
+            assert history[0] == history[1] and len(history[0]) >= (6 if key == "loss" else 1)  # every step
+        assert [f.path for f in client.list_artifacts(dst.info.run_id)] == [
+            f.path for f in client.list_artifacts(src.info.run_id)
+        ]
+    # The shared runs read the same in both reports (a run's metric values and costs).
+    reported = {}
+    for name, path in paths.items():
+        rep = pdsweep("report", path, "--tracking-uri", uri, "--out", tmp_path / name, "--no-plots")
+        assert rep.returncode == 0, rep.stderr
+        rows = list(csv.DictReader((tmp_path / name / "runs.csv").open()))
+        reported[name] = {(r["run_id"], r["metric"]): (r["value"], r["flops"], r["pass_flops"]) for r in rows}
+    assert reported["reuse-a"] and reported["reuse-a"].items() <= reported["reuse-b"].items()
+
+    # Another code, another spec, or no MLflow run to copy: never reused.
+    baseline = next(
+        rid for rid in shared if yaml.safe_load((root_a / rid / "spec.yaml").read_text())["teacher"] is None
+    )
+    spec = {k: v for k, v in yaml.safe_load((root_a / baseline / "spec.yaml").read_text()).items() if k != "run_id"}
+    assert reuse.source("reuse-c", baseline, spec, tracked=True) is not None
+    assert reuse.source("reuse-c", baseline, {**spec, "student": None}, tracked=True) is None
+    for where in (root_a, root_b):
+        (where / baseline / "tracking.json").rename(where / baseline / "untracked.json")
+    assert reuse.source("reuse-c", baseline, spec, tracked=True) is None
+    assert reuse.source("reuse-c", baseline, spec, tracked=False) is not None  # `--no-track` needs no MLflow run
+    status = json.loads((root_a / baseline / "status.json").read_text())
+    for where in (root_a, root_b):
+        files.write_json(where / baseline / "status.json", {**status, "code": "0123456789abcdef"})
+    assert reuse.source("reuse-c", baseline, spec, tracked=True) is None
+
+
 def _plan_ids(path) -> list[str]:
     out = pdsweep("plan", path, "--json")
     assert out.returncode == 0, out.stderr
@@ -120,8 +214,10 @@ def _alive(pid: int) -> bool:
 
 
 def _run_process(path, uri, *extra, env=None, preexec_fn=None) -> subprocess.Popen:
+    """`pdsweep run` in the background, training every run itself (another test's sweep may have
+    finished the same runs in the session's work directory: these tests stop and resume training)."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pdsweep.cli", "run", str(path), "--tracking-uri", uri, *extra],
+        [sys.executable, "-m", "pdsweep.cli", "run", str(path), "--tracking-uri", uri, "--no-reuse", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -175,7 +175,9 @@ def test_a_pd_sweep_through_slurm_equals_the_local_one_and_a_second_run_submits_
         paths[where].write_text(yaml.safe_dump(sweep))
     local = pdsweep("run", paths["local"], "--tracking-uri", uri, "--workers", "2", timeout=900)
     assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
-    through = pdsweep("run", paths["slurm"], "--executor", "slurm", "--tracking-uri", uri, timeout=900)
+    through = pdsweep(
+        "run", paths["slurm"], "--executor", "slurm", "--tracking-uri", uri, "--no-reuse", timeout=900
+    )  # trains them itself
     assert through.returncode == 0, through.stdout[-3000:] + through.stderr[-3000:]
     a, b = _results(workdir / "runs" / "pd-local"), _results(workdir / "runs" / "pd-slurm")
     assert len(a) == 4 and a.keys() == b.keys()  # the same run ids: a teacher, a baseline and 2 students
@@ -224,13 +226,15 @@ def test_a_pd_sweep_through_slurm_equals_the_local_one_and_a_second_run_submits_
 def test_detach_adopt_cancel_then_resume(tmp_path, workdir, shakespeare, slurm_cluster) -> None:
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(lm_sweep("slurm-detach", steps=400, lrs=(0.003,), seeds=2, checkpoint_every=20)))
-    first = pdsweep("run", path, "--executor", "slurm", "--detach", "--no-track")
+    first = pdsweep("run", path, "--executor", "slurm", "--detach", "--no-track", "--no-reuse")
     assert first.returncode == 0 and "2 job(s) submitted, 0 already queued or running" in first.stdout, (
         first.stdout + first.stderr
     )
     jobs = sorted(_our_jobs("slurm-detach"))
     assert len(jobs) == 2
-    second = pdsweep("run", path, "--executor", "slurm", "--detach", "--no-track")  # while they are queued or running
+    second = pdsweep(
+        "run", path, "--executor", "slurm", "--detach", "--no-track", "--no-reuse"
+    )  # while they are queued or running
     assert second.returncode == 0 and "0 job(s) submitted, 2 already queued or running" in second.stdout, second.stdout
     assert sorted(_our_jobs("slurm-detach")) == jobs
     root = workdir / "runs" / "slurm-detach"
@@ -249,7 +253,7 @@ def test_detach_adopt_cancel_then_resume(tmp_path, workdir, shakespeare, slurm_c
         json.loads((d / "status.json").read_text())["status"] for d in root.iterdir() if (d / "status.json").exists()
     ]
     assert "interrupted" in states and "running" not in states, states
-    resumed = pdsweep("run", path, "--executor", "slurm", "--no-track", timeout=900)
+    resumed = pdsweep("run", path, "--executor", "slurm", "--no-track", "--no-reuse", timeout=900)
     assert resumed.returncode == 0 and "2 of 2 runs done" in resumed.stdout, (
         resumed.stdout[-3000:] + resumed.stderr[-2000:]
     )
@@ -267,7 +271,7 @@ def test_a_warned_job_checkpoints_requeues_and_ends_like_an_uninterrupted_run(
     ref_path.write_text(yaml.safe_dump({**sweep, "name": "slurm-uninterrupted"}))
     ref = pdsweep("run", ref_path, "--no-track", timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
-    out = pdsweep("run", path, "--executor", "slurm", "--detach", "--no-track")
+    out = pdsweep("run", path, "--executor", "slurm", "--detach", "--no-track", "--no-reuse")  # not the reference's
     assert out.returncode == 0, out.stdout + out.stderr
     (job_id,) = _our_jobs("slurm-warned")
     run_dir = next(d for d in (workdir / "runs" / "slurm-warned").iterdir() if d.is_dir())
@@ -279,7 +283,9 @@ def test_a_warned_job_checkpoints_requeues_and_ends_like_an_uninterrupted_run(
     ):
         time.sleep(0.2)
     subprocess.run(["scancel", "--signal=USR1", job_id], check=True)  # Slurm's warning before a time limit
-    waited = pdsweep("run", path, "--executor", "slurm", "--no-track", timeout=900)  # adopts the job and waits
+    waited = pdsweep(
+        "run", path, "--executor", "slurm", "--no-track", "--no-reuse", timeout=900
+    )  # adopts the job and waits
     assert waited.returncode == 0 and "1 of 1 runs done" in waited.stdout, waited.stdout[-3000:] + waited.stderr[-2000:]
     log = (run_dir / "train.log").read_text()
     assert "requeueing job" in log and "attempt 2" in log, log[-3000:]
@@ -311,7 +317,7 @@ def test_a_killed_job_fails_with_slurms_reason_in_status_and_mlflow(
     path.write_text(yaml.safe_dump(lm_sweep("slurm-killed", steps=2000, lrs=(0.003,), seeds=1)))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = subprocess.Popen(
-        [*pdsweep_cmd(), "run", str(path), "--executor", "slurm", "--tracking-uri", uri],
+        [*pdsweep_cmd(), "run", str(path), "--executor", "slurm", "--tracking-uri", uri, "--no-reuse"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
     )  # fmt: skip
     root = workdir / "runs" / "slurm-killed"
@@ -368,7 +374,7 @@ def test_a_job_that_fails_before_pdsweep_starts_says_so(tmp_path, workdir, slurm
     sweep["cluster"] = {"setup": ["echo 'no such module: cuda/99' >&2", "exit 3"]}  # a broken environment line
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(sweep))
-    out = pdsweep("run", path, "--executor", "slurm", "--no-track", timeout=300)
+    out = pdsweep("run", path, "--executor", "slurm", "--no-track", "--no-reuse", timeout=300)
     assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
     (run_dir,) = [d for d in (workdir / "runs" / "slurm-setup").iterdir() if d.is_dir()]
     state = json.loads((run_dir / "status.json").read_text())

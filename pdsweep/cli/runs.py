@@ -84,6 +84,12 @@ def run(
     tracking_uri: TrackingUri = None,
     track: Track = True,
     retry_failed: Annotated[bool, typer.Option("--retry-failed", help="Run failed runs again.")] = False,
+    reuse: Annotated[
+        bool,
+        typer.Option(
+            help="Reuse runs another sweep of the work directory finished with the same spec and the same pdsweep code."
+        ),
+    ] = True,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Show what would run, in order, and exit.")] = False,
     with_report: Annotated[
         bool, typer.Option("--report", help="Then print the sweep's table and write its report (pdsweep report).")
@@ -121,6 +127,7 @@ def run(
                 tracking_uri=tracking_uri,
                 track=track,
                 retry_failed=retry_failed,
+                reuse=reuse,
                 dry_run=dry_run,
                 executor=executor,
                 cluster=cluster,

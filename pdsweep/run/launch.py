@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pdsweep import proc, rundir, settings
+from pdsweep import files, proc, rundir, settings
 from pdsweep.data import batches, tokenized
 from pdsweep.errors import UserError
 from pdsweep.logits import store as logits_store
@@ -292,7 +292,7 @@ def _train_and_record(
         return _failed_by(e, run_dir, backend.rank, tracker)
     if rank0:
         tracker.log_metrics({k: v for k, v in result.items() if k.startswith("compute/")}, result["step"])
-        rundir.write_status(run_dir, "done")
+        rundir.write_status(run_dir, "done", code=files.code_fingerprint())  # what trained it (run/reuse.py)
         tracker.log_artifact(rundir.result_file(run_dir))  # the final evaluation, every suite, as JSON
     tracker.finish("done")
     return Outcome("done", backend.rank, result=result)

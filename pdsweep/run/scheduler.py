@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from pdsweep import files, rundir, settings
 from pdsweep.errors import UserError
-from pdsweep.run import executors, worker
+from pdsweep.run import executors, reuse, worker
 from pdsweep.run.executors import Executor, Job
 from pdsweep.spec import expand, plan
 
@@ -189,6 +189,7 @@ class Scheduler:
         on_change: Callable[[list[Task]], None] = lambda tasks: None,
         executor: Executor | None = None,
         detach: bool = False,
+        reuse: bool = True,
     ):
         self.sweep, self.tasks = sweep, tasks
         self.executor: Executor = executor or executors.make("local")
@@ -197,7 +198,7 @@ class Scheduler:
         self.by_key = {t.key: t for t in tasks}
         self.slots = [None] * max(1, len(tasks)) if self.graph else device_slots(devices, workers)
         self.free = list(range(len(self.slots)))
-        self.tracking_uri, self.track, self.retry_failed = tracking_uri, track, retry_failed
+        self.tracking_uri, self.track, self.retry_failed, self.reuse = tracking_uri, track, retry_failed, reuse
         self.hostfile, self.parent_run, self.on_change = hostfile, parent_run, on_change
         for t in tasks:
             self._refresh_from_disk(t)
@@ -331,6 +332,8 @@ class Scheduler:
             t.status = "waiting"
             return False
         self._refresh_from_disk(t)  # another process may have finished it meanwhile
+        if t.status == "pending":
+            self._adopt(t)
         if t.status == "done" or (t.status == "failed" and not self.retry_failed):
             lock.close()
             t.attempted = True
@@ -351,6 +354,9 @@ class Scheduler:
         """Submit `t` to the batch system after its dependencies' jobs (or adopt its job when an earlier
         pdsweep submitted it and it is queued or running). The job takes the task's lock itself."""
         self._refresh_from_disk(t)
+        if t.status == "pending" and (lock := rundir.try_lock(t.dir)) is not None:
+            with contextlib.closing(lock):
+                self._adopt(t)
         if t.status == "done" or (t.status == "failed" and not self.retry_failed):
             t.attempted = True
             return True
@@ -363,6 +369,27 @@ class Scheduler:
         t.job_id, t.started, t.start_step = str(job.handle), time.monotonic(), t.step
         _event(t, "adopt" if job.adopted else "submit", executor=self.executor.name, job=t.job_id)
         return True
+
+    def _adopt(self, t: Task) -> None:
+        """Reuse the run another sweep of the work directory finished with this run's spec and this
+        code, instead of training it (run/reuse.py); its lock is held by the caller."""
+        if not self.reuse or t.kind != "train" or t.run is None or rundir.has_status(t.dir):
+            return
+        src = reuse.source(self.sweep, t.run.run_id, t.run.spec.model_dump(mode="json"), self.track)
+        if src is None:
+            return
+        reuse.adopt(
+            src,
+            t.dir,
+            sweep=self.sweep,
+            label=t.label,
+            seed=t.run.spec.train.seed,
+            tracking_uri=self.tracking_uri,
+            track=self.track,
+            parent_run=self.parent_run,
+        )
+        self._refresh_from_disk(t)
+        t.reason = f"reused from {src.parent.name}"
 
     def _finish(self, t: Task, rc: int) -> None:
         assert t.job is not None

@@ -12,6 +12,7 @@ from pathlib import Path
 from pdsweep import proc, rundir, settings
 from pdsweep.errors import UserError
 from pdsweep.run import executors, launch, scheduler, tracking
+from pdsweep.run import reuse as reuse_runs
 from pdsweep.run.scheduler import Task
 from pdsweep.spec import cluster as cluster_spec
 from pdsweep.spec import expand, plan
@@ -53,6 +54,7 @@ def run(
     tracking_uri: str | None = None,
     track: bool = True,
     retry_failed: bool = False,
+    reuse: bool = True,
     dry_run: bool = False,
     executor: str = "local",
     cluster: Path | None = None,
@@ -79,6 +81,10 @@ def run(
     slots = [None] if ex.submits_graph else scheduler.device_slots(devices, workers)
     if dry_run:
         sched = scheduler.Scheduler(sweep.name, tasks, workers, devices, retry_failed=retry_failed, executor=ex)
+        for t in sched.tasks if reuse else []:
+            if t.status == "pending" and t.run is not None and not rundir.has_status(t.dir):
+                src = reuse_runs.source(sweep.name, t.run.run_id, t.run.spec.model_dump(mode="json"), track)
+                t.reason = f"would be reused from {src.parent.name}" if src is not None else ""
         return Outcome(sweep.name, sched.tasks, len(slots), dry_run=True)
     if ex.name == "local":
         from pdsweep.run.executors import local
@@ -98,6 +104,7 @@ def run(
         parent,
         executor=ex,
         detach=detach,
+        reuse=reuse,
     )
     on_start(sweep.name, len(runs), len(slots))
     sched.on_change = on_change

@@ -133,8 +133,7 @@ class MlflowTracker:
         parent = os.environ.get("PDSWEEP_MLFLOW_PARENT_RUN")
         if parent:
             tags["mlflow.parentRunId"] = parent  # nested under the sweep's run in the MLflow UI
-        name = label if sweep == "single" else f"{label} · seed {spec.train.seed}"  # seeds share a label
-        run = self.client.create_run(exp_id, run_name=name, tags=tags)
+        run = self.client.create_run(exp_id, run_name=run_name(label, sweep, spec.train.seed), tags=tags)
         self.run = run.info.run_id
         from mlflow.entities import Param
 
@@ -361,3 +360,55 @@ def stop_ui(proc: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def run_name(label: str, sweep: str, seed: int) -> str:
+    """An MLflow run's name: its label, and its seed in a sweep (the seeds of a row share a label)."""
+    return label if sweep == "single" else f"{label} · seed {seed}"
+
+
+def copy_run(
+    src_dir: Path, dst_dir: Path, *, uri: str, sweep: str, label: str, seed: int, reused_from: str, parent: str | None
+) -> None:
+    """Track a run directory copied from another sweep (run/reuse.py) in `sweep`'s experiment: a new
+    MLflow run with the source run's params, every point of every metric, its artifacts and its tags
+    (its sweep and label this sweep's, `pdsweep.reused_from` added), nested under the sweep's run
+    `parent`, ended as the source ended.
+    UserError when the source run cannot be read."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not over the live view
+    from mlflow.artifacts import download_artifacts
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    known = files.read_json(rundir.tracking_file(src_dir)) if rundir.tracking_file(src_dir).exists() else {}
+    if not known.get("mlflow_run_id"):
+        raise UserError(f"{src_dir}: the run was not tracked (no {rundir.TRACKING})")
+    try:
+        source = MlflowClient(tracking_uri=known["uri"])
+        src = source.get_run(known["mlflow_run_id"])
+    except Exception as e:  # noqa: BLE001 - any failure here means the source cannot be copied
+        raise UserError(f"{src_dir}: cannot read its MLflow run ({proc.first_line(e, 200)})") from None
+    dst = MlflowTracker(uri)
+    keep = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.")}
+    tags = {"pdsweep.sweep": sweep, "pdsweep.label": label, "pdsweep.reused_from": reused_from}
+    run = dst.client.create_run(
+        dst.experiment(sweep),
+        run_name=run_name(label, sweep, seed),
+        start_time=src.info.start_time,
+        tags={**keep, **tags, **({"mlflow.parentRunId": parent} if parent else {})},
+    )
+    params = [Param(k, v) for k, v in src.data.params.items()]
+    for i in range(0, len(params), 100):
+        dst.client.log_batch(run.info.run_id, params=params[i : i + 100])
+    for key in src.data.metrics:
+        points = [Metric(key, m.value, m.timestamp, m.step) for m in source.get_metric_history(src.info.run_id, key)]
+        for i in range(0, len(points), 1000):
+            dst.client.log_batch(run.info.run_id, metrics=points[i : i + 1000])
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if source.list_artifacts(src.info.run_id):
+            local = download_artifacts(run_id=src.info.run_id, tracking_uri=known["uri"], dst_path=tmp)
+            dst.client.log_artifacts(run.info.run_id, local)
+    dst.client.set_terminated(run.info.run_id, status=src.info.status, end_time=src.info.end_time)
+    files.write_json(rundir.tracking_file(dst_dir), {"uri": uri, "mlflow_run_id": run.info.run_id, "experiment": sweep})

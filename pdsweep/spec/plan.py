@@ -187,6 +187,11 @@ def run_dir(sweep: str, run_id: str) -> Path:
     return sweep_dir(sweep) / run_id
 
 
+def run_dirs(run_id: str) -> list[Path]:
+    """Every directory of the work directory holding a run with this run_id, in any sweep."""
+    return sorted(p for p in (settings.workdir() / "runs").glob(f"*/{run_id}") if p.is_dir())
+
+
 def single_run_dir(run_id: str) -> Path:
     """Where `pdsweep train` puts a run of a single run spec."""
     return sweep_dir("single") / run_id
