@@ -112,6 +112,36 @@ def test_shard_round_trip_within_1e_3(gamma) -> None:
     assert np.allclose(sh.lse, lse, rtol=1e-3)
 
 
+def test_a_shard_of_tied_values_and_a_large_vocabulary_round_trips() -> None:
+    """Format 5 on the hard cases: many entries tie on the value grid (kept in their ids' rank order,
+    the argmax first), ranks beyond the symbol bytes' range (stored whole), the exact top-p counts,
+    and an empty shard."""
+    gen = torch.Generator().manual_seed(11)
+    logits = (torch.randn(400, 100_000, generator=gen) * 2).round() / 2  # few distinct values: ties
+    logits[:, 7] += 0.25  # an argmax inside the top value's neighbours on the grid
+    s = truncation.top_p_k(logits, 0.95, 250)
+    ids, lp, count, lse = s.ids.numpy(), s.logprobs.numpy(), s.count.numpy(), s.lse.numpy()
+    grid = truncation.grid_below(0.95)
+    data = codec.encode_shard(np.arange(400), ids, lp, count, lse, s.cuts.numpy(), grid)
+    sh = codec.decode_shard(data)
+    header = json.loads(data[10 : 10 + int.from_bytes(data[6:10], "little")])
+    assert {c["name"]: c["n"] for c in header["columns"]}["lead_escapes"] > 0  # ranks past 32,640
+    assert np.array_equal(sh.count, count) and np.array_equal(sh.cuts, s.cuts.numpy())
+    assert np.array_equal(sh.ids[:, 0], ids[:, 0])  # the argmax first, even where it ties
+    q_in, q_out = codec.quantize(lp), codec.quantize(sh.logprobs)
+    tied = 0
+    for i in range(400):
+        n = count[i]
+        assert dict(zip(ids[i, :n].tolist(), q_in[i, :n].tolist(), strict=True)) == dict(
+            zip(sh.ids[i, :n].tolist(), q_out[i, :n].tolist(), strict=True)
+        )
+        assert np.all(np.diff(q_out[i, :n]) <= 0)  # probability order, up to ties on the grid
+        tied += not np.array_equal(sh.ids[i, :n], ids[i, :n])
+    assert tied > 100  # ties are common here: the test exercises their order
+    empty = codec.decode_shard(codec.encode_shard(np.arange(0), ids[:0], lp[:0], count[:0], lse[:0]))
+    assert len(empty.positions) == 0 and len(empty.flat_ids) == 0
+
+
 INFO = logits_store.StoreInfo("teacher-fp", "tok-fp", "corpus-fp", 3000, 0.95, 64)
 
 

@@ -13,8 +13,8 @@ import yaml
 
 from pdsweep.data import batches, corpora, tokenized
 from pdsweep.errors import UserError
+from pdsweep.logits import codec, teacher, teacher_pass
 from pdsweep.logits import store as logits_store
-from pdsweep.logits import teacher, teacher_pass
 from pdsweep.nn import model
 from pdsweep.spec import RunSpec, teacher_spec
 from pdsweep.train import backends, callbacks, trainer
@@ -166,11 +166,18 @@ def exact_kept(order: np.ndarray, sorted_p: np.ndarray, p: float, k: int) -> tup
     return n, near
 
 
+def grid_value(p: np.ndarray) -> np.ndarray:
+    """The store's value grid point of each probability (entries on one point are stored in the order
+    of their ids' ranks, not of their probabilities)."""
+    return codec.quantize(np.log(np.maximum(p, 1e-300)))
+
+
 @pytest.mark.slow
 def test_real_pretrained_teacher_store_reads_are_exact(tmp_path, workdir) -> None:
     """SmolLM2-135M over 2,048 positions of the default corpus, with its own tokenizer, against a
     float64 reference: every read the truncation sweep makes from the one top-0.95-100 store keeps
-    exactly the set that truncating the teacher's distribution keeps, and the targets are within
+    exactly the set that truncating the teacher's distribution keeps — up to entries on one point of
+    the value grid, whose true probabilities differ by less than its resolution — and the targets are within
     2e-3 at τ = 1 and 2 wherever the kept mass is at least a half (renormalising a smaller mass
     scales the 1e-3 value error by 1/mass; those positions are checked against that bound)."""
     spec = RunSpec.model_validate(
@@ -202,9 +209,14 @@ def test_real_pretrained_teacher_store_reads_are_exact(tmp_path, workdir) -> Non
         n, near = exact_kept(order, sorted_p, p, k)
         assert near.mean() < 0.01, (p, k)
         ids, _, kept = reader.truncated(np.arange(2048), p, k)
-        same = np.array([set(ids[i, : n[i]].tolist()) == set(order[i, : n[i]].tolist()) for i in range(2048)])
-        same &= kept.sum(1).numpy() == n
-        assert np.all(same | near), (p, k, np.flatnonzero(~same & ~near)[:5])
+        assert np.array_equal(kept.sum(1).numpy()[~near], n[~near]), (p, k)
+        boundary = grid_value(sorted_p[np.arange(2048), n - 1])
+        for i in np.flatnonzero(~near):
+            read, exact = set(ids[i, : n[i]].tolist()), set(order[i, : n[i]].tolist())
+            # The same set, or one that swaps entries on the boundary's grid point: candidates whose
+            # true probabilities differ by less than the grid's resolution there.
+            swapped = np.array(sorted(read ^ exact))
+            assert not len(swapped) or np.all(grid_value(probs[i, swapped]) == boundary[i]), (p, k, i)
         for tau in (1.0, 2.0):
             read_ids, read, kept, _ = reader.targets(np.arange(2048), p, k, tau)
             exact = np.take_along_axis(probs, read_ids.numpy(), axis=1) ** (1 / tau) * kept.numpy()

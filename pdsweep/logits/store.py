@@ -1,7 +1,8 @@
 """The teacher's logits store: a directory of shards and a sealed manifest, keyed by global position.
 
 Per position (the global position in the tokenized corpus) it keeps the top-p-k entries of the
-teacher's distribution in probability order, their probabilities within 1e-3, the exact top-p
+teacher's distribution in probability order (up to ties on the value grid), their probabilities
+within 1e-3, the exact top-p
 counts at P_GRID and the log-sum-exp, so any p ≤ p_max, k ≤ k_max and τ are applied at read time:
 one teacher pass serves a whole truncation and temperature sweep.
 

@@ -140,7 +140,8 @@ def truncate_entries(
 ) -> tuple[Any, Any, Any]:
     """Stored top-p_max-k_max entries cut to a smaller p and k (torch tensors in, torch out).
 
-    The entries are in exact probability order, so a smaller k keeps exactly the k most probable.
+    The entries are in probability order (up to ties on the store's value grid), so a smaller k
+    keeps the k most probable.
     At p ≥ `stored_p` (the store's own p) every stored entry is kept; at a grid point of `p_grid`
     the exact count recorded in `cuts` is used; at any other p the cut falls where the decoded
     cumulative mass reaches p, clamped between the exact counts of the grid points around it.
