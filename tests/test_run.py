@@ -149,6 +149,8 @@ def test_a_sweep_reuses_the_runs_another_sweep_finished_and_trains_only_the_rest
             assert (root_b / rid / "metrics.jsonl").stat().st_ino != (root_a / rid / "metrics.jsonl").stat().st_ino
         else:
             assert "reused_from" not in status and events.count("start") == 1 and "reused" not in events
+    rows = json.loads(pdsweep("status", paths["reuse-b"], "--json").stdout)
+    assert sorted(r["task"] for r in rows if r["reason"] == "reused from reuse-a") == sorted(shared)
     # In MLflow: B's experiment holds every run, the shared ones as copies with every metric point.
     client = MlflowClient(tracking_uri=uri)
     runs = {

@@ -208,6 +208,8 @@ class Scheduler:
     def _refresh_from_disk(self, t: Task) -> None:
         state = rundir.read_status(t.dir)
         t.status, t.reason = state["status"], state.get("reason", "")
+        if state.get("reused_from"):  # copied from another sweep (run/reuse.py)
+            t.reason = f"reused from {state['reused_from'].split('/')[0]}"
         if t.status == "running":  # left by a process that is gone (or another pdsweep's: see _start)
             t.status = "pending"
         if t.kind == "train":
@@ -389,7 +391,6 @@ class Scheduler:
             parent_run=self.parent_run,
         )
         self._refresh_from_disk(t)
-        t.reason = f"reused from {src.parent.name}"
 
     def _finish(self, t: Task, rc: int) -> None:
         assert t.job is not None
