@@ -391,6 +391,7 @@ def copy_run(
     dst = MlflowTracker(uri)
     keep = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.")}
     tags = {"pdsweep.sweep": sweep, "pdsweep.label": label, "pdsweep.reused_from": reused_from}
+    tags.update(json.loads(os.environ.get("PDSWEEP_MLFLOW_TAGS") or "{}"))  # as `start` does: a tune trial's
     run = dst.client.create_run(
         dst.experiment(sweep),
         run_name=run_name(label, sweep, seed),
