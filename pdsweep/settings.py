@@ -27,6 +27,13 @@ def sqlite_file(uri: str) -> Path | None:
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
+def shown_paths(text: str) -> str:
+    """`text` as a committed report may show it: the work directory's path written `<workdir>`."""
+    for where in sorted({str(workdir()), str(workdir().resolve())}, key=len, reverse=True):
+        text = text.replace(where, "<workdir>")
+    return text
+
+
 def shown_uri(uri: str) -> str:
     """A tracking or storage URI as a committed report may show it: a database file in the work
     directory as `sqlite:///<workdir>/NAME`, one elsewhere by its file name only, and a server URL

@@ -287,3 +287,11 @@ def test_a_killed_study_resumes_its_stale_trial(tmp_path, workdir, shakespeare) 
     assert retry.params == trials[0].params and retry.user_attrs["run_id"] == run_dir.name  # in its run directory
     assert search.counted(_study("tune-kill", url)) == (2, 0)  # and the study still has exactly 2 trials
     assert json.loads((run_dir / "result.json").read_text())["resumed_from"] == killed_at  # from its checkpoint
+
+
+def test_a_committed_report_shows_the_work_directory_as_a_placeholder(tmp_path, monkeypatch) -> None:
+    from pdsweep import settings
+
+    monkeypatch.setenv("PDSWEEP_WORKDIR", str(tmp_path / "work"))
+    text = f"source: ckpt:{tmp_path / 'work'}/runs/tune-x/b0fa2a1c2904\nother: {tmp_path}/elsewhere"
+    assert settings.shown_paths(text) == f"source: ckpt:<workdir>/runs/tune-x/b0fa2a1c2904\nother: {tmp_path}/elsewhere"

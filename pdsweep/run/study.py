@@ -213,7 +213,8 @@ def write_report(s: StudyStatus, out: Path) -> Path:
     md += [s.frame.to_markdown(index=False, floatfmt=".6g"), ""]
     if s.importances:
         md += ["Parameter importances (fANOVA): " + ", ".join(f"`{k}` {v:.2f}" for k, v in s.importances.items()), ""]
-    md += ["Best trial, as a RunSpec:", "", "```yaml", s.best.rstrip(), "```", ""] if s.best else []
+    best = settings.shown_paths(s.best.rstrip())  # a teacher run's checkpoint, without this machine's path
+    md += ["Best trial, as a RunSpec:", "", "```yaml", best, "```", ""] if s.best else []
     files.write_text(out / "report.md", "\n".join(md))
     files.write_text(out / "trials.csv", s.frame.to_csv(index=False, float_format="%.6g"))
     return out / "report.md"
