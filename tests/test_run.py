@@ -190,8 +190,13 @@ def test_a_sweep_reuses_the_runs_another_sweep_finished_and_trains_only_the_rest
     spec = {k: v for k, v in yaml.safe_load((root_a / baseline / "spec.yaml").read_text()).items() if k != "run_id"}
     assert reuse.source("reuse-c", baseline, spec, tracked=True) is not None
     assert reuse.source("reuse-c", baseline, {**spec, "student": None}, tracked=True) is None
+    gone = tmp_path / "gone.db"  # its MLflow store deleted since: train it (and create no store there)
     for where in (root_a, root_b):
         (where / baseline / "tracking.json").rename(where / baseline / "untracked.json")
+        files.write_json(where / baseline / "tracking.json", {"uri": f"sqlite:///{gone}", "mlflow_run_id": "0" * 32})
+    assert reuse.source("reuse-c", baseline, spec, tracked=True) is None and not gone.exists()
+    for where in (root_a, root_b):
+        (where / baseline / "tracking.json").unlink()
     assert reuse.source("reuse-c", baseline, spec, tracked=True) is None
     assert reuse.source("reuse-c", baseline, spec, tracked=False) is not None  # `--no-track` needs no MLflow run
     status = json.loads((root_a / baseline / "status.json").read_text())

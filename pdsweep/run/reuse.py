@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pdsweep import files, rundir
+from pdsweep.errors import UserError
 from pdsweep.spec import plan
 
 NOT_COPIED = {rundir.LOCK, rundir.STATUS, rundir.TRACKING, rundir.THREADS, "task.json", "job.json"}
@@ -48,8 +49,11 @@ def source(sweep: str, run_id: str, spec: dict[str, Any], tracked: bool) -> Path
             continue
         if rundir.read_spec(d) != want or rundir.read_result(d) is None:
             continue
-        if tracked and not rundir.tracking_file(d).exists():
-            continue
+        if tracked:
+            from pdsweep.run import tracking
+
+            if not tracking.readable(d):  # its store is gone or unreachable: train the run instead
+                continue
         return d
     return None
 
@@ -67,27 +71,34 @@ def adopt(
 ) -> None:
     """Make `dst` (locked by the caller) a finished copy of the run directory `src`, tracked under the
     sweep's MLflow run `parent_run`; its done status is written last, so an interrupted copy is simply
-    made again."""
+    made again. On failure (UserError, OSError) `dst` is emptied again (but for its lock), so the run
+    trains from scratch."""
     dst.mkdir(parents=True, exist_ok=True)
-    for path in sorted(src.rglob("*")):
-        rel = path.relative_to(src)
-        if rel.parts[0] in NOT_COPIED or path.is_dir():
-            continue
-        _place(path, dst / rel, link=rel.parts[0] in LINKED and path.suffix != ".jsonl")
     reused_from = f"{src.parent.name}/{src.name}"
-    if track:
-        from pdsweep.run import tracking
+    try:
+        for path in sorted(src.rglob("*")):
+            rel = path.relative_to(src)
+            if rel.parts[0] in NOT_COPIED or path.is_dir():
+                continue
+            _place(path, dst / rel, link=rel.parts[0] in LINKED and path.suffix != ".jsonl")
+        if track:
+            from pdsweep.run import tracking
 
-        tracking.copy_run(
-            src,
-            dst,
-            uri=tracking_uri or tracking.default_uri(),
-            sweep=sweep,
-            label=label,
-            seed=seed,
-            reused_from=reused_from,
-            parent=parent_run,
-        )
+            tracking.copy_run(
+                src,
+                dst,
+                uri=tracking_uri or tracking.default_uri(),
+                sweep=sweep,
+                label=label,
+                seed=seed,
+                reused_from=reused_from,
+                parent=parent_run,
+            )
+    except (UserError, OSError):
+        for path in dst.iterdir():
+            if path.name != rundir.LOCK:
+                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        raise
     rundir.append_event(dst, {"event": "reused", "time": time.time(), "pid": os.getpid(), "from": reused_from})
     fields = {k: v for k, v in rundir.read_status(src).items() if k != "status"}
     rundir.write_status(dst, "done", **{**fields, "reused_from": reused_from})

@@ -380,16 +380,20 @@ class Scheduler:
         src = reuse.source(self.sweep, t.run.run_id, t.run.spec.model_dump(mode="json"), self.track)
         if src is None:
             return
-        reuse.adopt(
-            src,
-            t.dir,
-            sweep=self.sweep,
-            label=t.label,
-            seed=t.run.spec.train.seed,
-            tracking_uri=self.tracking_uri,
-            track=self.track,
-            parent_run=self.parent_run,
-        )
+        try:
+            reuse.adopt(
+                src,
+                t.dir,
+                sweep=self.sweep,
+                label=t.label,
+                seed=t.run.spec.train.seed,
+                tracking_uri=self.tracking_uri,
+                track=self.track,
+                parent_run=self.parent_run,
+            )
+        except (UserError, OSError) as e:  # the copy failed and was undone: the run trains as if new
+            _event(t, "reuse-failed", source=str(src), reason=str(e)[:500])
+            return
         self._refresh_from_disk(t)
 
     def _finish(self, t: Task, rc: int) -> None:

@@ -367,6 +367,23 @@ def run_name(label: str, sweep: str, seed: int) -> str:
     return label if sweep == "single" else f"{label} · seed {seed}"
 
 
+def readable(run_dir: Path) -> bool:
+    """Can the MLflow run a run directory logged to be read now (its store reachable, the run there)?"""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    known = files.read_json(rundir.tracking_file(run_dir)) if rundir.tracking_file(run_dir).exists() else {}
+    db = settings.sqlite_file(known.get("uri", ""))
+    if not known.get("mlflow_run_id") or (db is not None and not db.is_file()):  # never create a store here
+        return False
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(tracking_uri=known["uri"]).get_run(known["mlflow_run_id"])
+    except Exception:  # noqa: BLE001 - any failure means it cannot be copied
+        return False
+    return True
+
+
 def copy_run(
     src_dir: Path, dst_dir: Path, *, uri: str, sweep: str, label: str, seed: int, reused_from: str, parent: str | None
 ) -> None:
@@ -398,18 +415,24 @@ def copy_run(
         start_time=src.info.start_time,
         tags={**keep, **tags, **({"mlflow.parentRunId": parent} if parent else {})},
     )
-    params = [Param(k, v) for k, v in src.data.params.items()]
-    for i in range(0, len(params), 100):
-        dst.client.log_batch(run.info.run_id, params=params[i : i + 100])
-    for key in src.data.metrics:
-        points = [Metric(key, m.value, m.timestamp, m.step) for m in source.get_metric_history(src.info.run_id, key)]
-        for i in range(0, len(points), 1000):
-            dst.client.log_batch(run.info.run_id, metrics=points[i : i + 1000])
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
-        if source.list_artifacts(src.info.run_id):
-            local = download_artifacts(run_id=src.info.run_id, tracking_uri=known["uri"], dst_path=tmp)
-            dst.client.log_artifacts(run.info.run_id, local)
-    dst.client.set_terminated(run.info.run_id, status=src.info.status, end_time=src.info.end_time)
+    try:
+        params = [Param(k, v) for k, v in src.data.params.items()]
+        for i in range(0, len(params), 100):
+            dst.client.log_batch(run.info.run_id, params=params[i : i + 100])
+        for key in src.data.metrics:
+            history = source.get_metric_history(src.info.run_id, key)
+            points = [Metric(key, m.value, m.timestamp, m.step) for m in history]
+            for i in range(0, len(points), 1000):
+                dst.client.log_batch(run.info.run_id, metrics=points[i : i + 1000])
+        with tempfile.TemporaryDirectory() as tmp:
+            if source.list_artifacts(src.info.run_id):
+                local = download_artifacts(run_id=src.info.run_id, tracking_uri=known["uri"], dst_path=tmp)
+                dst.client.log_artifacts(run.info.run_id, local)
+        dst.client.set_terminated(run.info.run_id, status=src.info.status, end_time=src.info.end_time)
+    except Exception as e:  # noqa: BLE001 - no half copy is left behind: the run trains instead
+        with contextlib.suppress(Exception):
+            dst.client.delete_run(run.info.run_id)
+        raise UserError(f"{src_dir}: cannot copy its MLflow run ({proc.first_line(e, 200)})") from None
     files.write_json(rundir.tracking_file(dst_dir), {"uri": uri, "mlflow_run_id": run.info.run_id, "experiment": sweep})
