@@ -7,6 +7,7 @@ import json
 import pytest
 import yaml
 
+from pdsweep import files
 from tests.conftest import TINY_RUN, pdsweep
 
 
@@ -18,7 +19,8 @@ def test_train_a_run_file(tmp_path, shakespeare) -> None:
     assert out.returncode == 0, out.stderr
     assert "done:" in out.stdout and "held-out loss" in out.stdout
     run = tmp_path / "run"
-    assert json.loads((run / "status.json").read_text()) == {"status": "done"}
+    # Done, with the fingerprint of the code that trained it (a run another sweep reuses must match it).
+    assert json.loads((run / "status.json").read_text()) == {"status": "done", "code": files.code_fingerprint()}
     assert yaml.safe_load((run / "spec.yaml").read_text())["student"]["preset"] == "tiny-xs"
     assert json.loads((run / "result.json").read_text())["step"] == 30
     # Running it again finds it finished and changes nothing.
