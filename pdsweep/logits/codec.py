@@ -187,14 +187,6 @@ def _bytes_decode(sym: np.ndarray, low: np.ndarray, escapes: np.ndarray) -> np.n
     return out
 
 
-def _segment_cumsum(steps: np.ndarray, starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Running sums of `steps` restarting at every segment (given by its start and size, covering
-    the array)."""
-    total = np.cumsum(steps)
-    before = total[starts] - steps[starts]
-    return total - np.repeat(before, sizes)
-
-
 def encode_shard(
     positions: np.ndarray,
     ids: np.ndarray,
@@ -241,8 +233,9 @@ def encode_shard(
     starts = np.flatnonzero(group_start)
     sizes = np.diff(np.append(starts, len(flat_q)))
     row_starts = np.flatnonzero(row_start)
-    tied = sizes[row_start[starts]] > 1  # positions whose argmax ties on the grid
-    top_sizes = sizes[row_start[starts]][tied]
+    top_group_sizes = sizes[row_start[starts]]
+    tied = top_group_sizes > 1  # positions whose argmax ties on the grid
+    top_sizes = top_group_sizes[tied]
     in_top_group = np.repeat(np.flatnonzero(tied), top_sizes)
     where = np.arange(len(in_top_group)) - np.repeat(np.cumsum(top_sizes) - top_sizes, top_sizes)
     hit = ranks[row_starts[in_top_group] + where] == top[in_top_group]
@@ -427,9 +420,9 @@ def decode_shard(data: bytes, name: str = "shard") -> Shard:
     g_steps = np.zeros(len(sizes), dtype=np.int64)
     g_steps[first_group] = cols["first"]
     g_steps[~first_group] = -drops
-    group_starts = np.flatnonzero(first_group)
-    values = _segment_cumsum(g_steps, group_starts, np.diff(np.append(group_starts, len(sizes))))
-    flat_q = np.repeat(values, sizes)
+    group_offsets = np.append(np.flatnonzero(first_group), len(sizes))  # each position's groups
+    _restart_rows(g_steps, group_offsets, np.diff(group_offsets))
+    flat_q = np.repeat(np.cumsum(g_steps), sizes)
     # Ranks: each group's first, then the gaps to the next (+ 1), as one running sum: a group's
     # first step is its first rank less the last rank of the group before.
     group_start = np.zeros(entries, dtype=bool)

@@ -30,11 +30,20 @@ from typing import Any
 from pdsweep import files, rundir
 from pdsweep.errors import UserError
 from pdsweep.spec import plan
+from pdsweep.spec.expand import PlannedRun
 
 NOT_COPIED = {rundir.LOCK, rundir.STATUS, rundir.TRACKING, rundir.THREADS, "task.json", "job.json"}
 """The source's own process state (and its status, written last: the copy is done only when whole)."""
 LINKED = {rundir.CHECKPOINTS, "logits", "hf"}
 """Directories whose files are written once (atomically) and never changed in place: hard-linked."""
+
+
+def source_for(sweep: str, run: PlannedRun, run_dir: Path, tracked: bool) -> Path | None:
+    """The run directory to copy into `run_dir` for this planned run of `sweep`: None when `run_dir`
+    already holds an attempt of its own (any status) or no other sweep finished the run."""
+    if rundir.has_status(run_dir):
+        return None
+    return source(sweep, run.run_id, run.spec.model_dump(mode="json"), tracked)
 
 
 def source(sweep: str, run_id: str, spec: dict[str, Any], tracked: bool) -> Path | None:
@@ -96,8 +105,12 @@ def adopt(
             )
     except (UserError, OSError):
         for path in dst.iterdir():
-            if path.name != rundir.LOCK:
-                shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+            if path.name == rundir.LOCK:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         raise
     rundir.append_event(dst, {"event": "reused", "time": time.time(), "pid": os.getpid(), "from": reused_from})
     fields = {k: v for k, v in rundir.read_status(src).items() if k != "status"}

@@ -373,28 +373,24 @@ class Scheduler:
         return True
 
     def _adopt(self, t: Task) -> None:
-        """Reuse the run another sweep of the work directory finished with this run's spec and this
-        code, instead of training it (run/reuse.py); its lock is held by the caller."""
-        if not self.reuse or t.kind != "train" or t.run is None or rundir.has_status(t.dir):
-            return
-        src = reuse.source(self.sweep, t.run.run_id, t.run.spec.model_dump(mode="json"), self.track)
-        if src is None:
+        """Copy the run another sweep of the work directory finished with this run's spec and this
+        code instead of training it (run/reuse.py); its lock is held by the caller."""
+        src = self.reuse_source(t)
+        if src is None or t.run is None:
             return
         try:
-            reuse.adopt(
-                src,
-                t.dir,
-                sweep=self.sweep,
-                label=t.label,
-                seed=t.run.spec.train.seed,
-                tracking_uri=self.tracking_uri,
-                track=self.track,
-                parent_run=self.parent_run,
-            )
+            reuse.adopt(src, t.dir, sweep=self.sweep, label=t.label, seed=t.run.spec.train.seed,
+                        tracking_uri=self.tracking_uri, track=self.track, parent_run=self.parent_run)  # fmt: skip
         except (UserError, OSError) as e:  # the copy failed and was undone: the run trains as if new
             _event(t, "reuse-failed", source=str(src), reason=str(e)[:500])
             return
         self._refresh_from_disk(t)
+
+    def reuse_source(self, t: Task) -> Path | None:
+        """The run directory of another sweep that `t` would be copied from (None: it trains)."""
+        if not self.reuse or t.kind != "train" or t.run is None:
+            return None
+        return reuse.source_for(self.sweep, t.run, t.dir, self.track)
 
     def _finish(self, t: Task, rc: int) -> None:
         assert t.job is not None

@@ -12,7 +12,6 @@ from pathlib import Path
 from pdsweep import proc, rundir, settings
 from pdsweep.errors import UserError
 from pdsweep.run import executors, launch, scheduler, tracking
-from pdsweep.run import reuse as reuse_runs
 from pdsweep.run.scheduler import Task
 from pdsweep.spec import cluster as cluster_spec
 from pdsweep.spec import expand, plan
@@ -80,11 +79,12 @@ def run(
     ex = executors.make(executor, profile, sweep.name)
     slots = [None] if ex.submits_graph else scheduler.device_slots(devices, workers)
     if dry_run:
-        sched = scheduler.Scheduler(sweep.name, tasks, workers, devices, retry_failed=retry_failed, executor=ex)
-        for t in sched.tasks if reuse else []:
-            if t.status == "pending" and t.run is not None and not rundir.has_status(t.dir):
-                src = reuse_runs.source(sweep.name, t.run.run_id, t.run.spec.model_dump(mode="json"), track)
-                t.reason = f"would be reused from {src.parent.name}" if src is not None else ""
+        sched = scheduler.Scheduler(
+            sweep.name, tasks, workers, devices, track=track, retry_failed=retry_failed, executor=ex, reuse=reuse
+        )
+        for t in sched.tasks:
+            if t.status == "pending" and (src := sched.reuse_source(t)) is not None:
+                t.reason = f"would be reused from {src.parent.name}"
         return Outcome(sweep.name, sched.tasks, len(slots), dry_run=True)
     if ex.name == "local":
         from pdsweep.run.executors import local

@@ -45,6 +45,12 @@ def check_exists(uri: str, sweep: str | None = None) -> None:
         raise UserError(f"tracking: no MLflow store at {uri} yet: {what} (run the sweep first)")
 
 
+def _fail_fast() -> None:
+    """An unreachable MLflow server answers in seconds, not after MLflow's retries with backoff."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """{"logits": {"top_p": 0.95}} → {"logits.top_p": 0.95} (lists stay values)."""
     if not isinstance(data, dict):
@@ -93,8 +99,7 @@ class MlflowTracker:
 
     def __init__(self, uri: str | None = None):
         self.uri = uri or default_uri()
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        _fail_fast()
         from mlflow.tracking import MlflowClient
 
         with contextlib.ExitStack() as stack:
@@ -369,8 +374,7 @@ def run_name(label: str, sweep: str, seed: int) -> str:
 
 def readable(run_dir: Path) -> bool:
     """Can the MLflow run a run directory logged to be read now (its store reachable, the run there)?"""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    _fail_fast()
     known = files.read_json(rundir.tracking_file(run_dir)) if rundir.tracking_file(run_dir).exists() else {}
     db = settings.sqlite_file(known.get("uri", ""))
     if not known.get("mlflow_run_id") or (db is not None and not db.is_file()):  # never create a store here
