@@ -49,6 +49,9 @@ CHECKPOINT_STATE = "trainer.json"
 TRACKING = "tracking.json"
 THREADS = "threads"
 EVENTS = "events.jsonl"
+TASK = "task.json"
+JOB = "job.json"
+HF_EXPORT = "hf"
 HANDED_LOCK_ENV = "PDSWEEP_LOCK_HELD"
 
 
@@ -319,11 +322,11 @@ def eval_file(directory: Path, harness: bool = False) -> Path:
 
 
 def hf_export_dir(run_dir: Path) -> Path:
-    return run_dir / "hf"
+    return run_dir / HF_EXPORT
 
 
 def task_file(run_dir: Path) -> Path:
-    return run_dir / "task.json"
+    return run_dir / TASK
 
 
 def log_file(run_dir: Path, kind: str) -> Path:
@@ -331,7 +334,7 @@ def log_file(run_dir: Path, kind: str) -> Path:
 
 
 def job_file(run_dir: Path) -> Path:
-    return run_dir / "job.json"
+    return run_dir / JOB
 
 
 def read_job(run_dir: Path) -> dict[str, Any] | None:

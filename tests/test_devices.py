@@ -12,6 +12,7 @@ import pytest
 
 from pdsweep.errors import UserError
 from pdsweep.run import launch, scheduler, worker
+from pdsweep.run.executors import local
 from pdsweep.spec import expand
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
     ],
 )
 def test_devices_split_evenly_among_workers(devices, workers, slots) -> None:
-    assert scheduler.device_slots(devices, workers) == slots
+    assert local.device_slots(devices, workers) == slots
 
 
 @pytest.mark.parametrize(
@@ -42,14 +43,14 @@ def test_devices_split_evenly_among_workers(devices, workers, slots) -> None:
 )
 def test_bad_devices_are_one_clear_error(devices, workers, message) -> None:
     with pytest.raises(UserError, match=message):
-        scheduler.device_slots(devices, workers)
+        local.device_slots(devices, workers)
 
 
 def test_auto_takes_the_visible_gpus_and_falls_back_to_cpu(monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5,7")
-    assert scheduler.device_slots("auto", 2) == ["2,3", "5,7"]
+    assert local.device_slots("auto", 2) == ["2,3", "5,7"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
-    assert scheduler.device_slots("auto", 2) == [None, None]
+    assert local.device_slots("auto", 2) == [None, None]
 
 
 @pytest.fixture()

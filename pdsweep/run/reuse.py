@@ -32,9 +32,9 @@ from pdsweep.errors import UserError
 from pdsweep.spec import plan
 from pdsweep.spec.expand import PlannedRun
 
-NOT_COPIED = {rundir.LOCK, rundir.STATUS, rundir.TRACKING, rundir.THREADS, "task.json", "job.json"}
+NOT_COPIED = {rundir.LOCK, rundir.STATUS, rundir.TRACKING, rundir.THREADS, rundir.TASK, rundir.JOB}
 """The source's own process state (and its status, written last: the copy is done only when whole)."""
-LINKED = {rundir.CHECKPOINTS, "logits", "hf"}
+LINKED = {rundir.CHECKPOINTS, plan.RECORDED_STORES, rundir.HF_EXPORT}
 """Directories whose files are written once (atomically) and never changed in place: hard-linked."""
 
 

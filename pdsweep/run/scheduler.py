@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pdsweep import files, rundir, settings
 from pdsweep.errors import UserError
 from pdsweep.run import executors, reuse, worker
 from pdsweep.run.executors import Executor, Job
+from pdsweep.run.executors.local import device_slots
 from pdsweep.spec import expand, plan
 
 POLL_S = 0.5
@@ -136,35 +136,6 @@ def build(sweep: str, runs: list[expand.PlannedRun]) -> list[Task]:
             task.deps = [needs.teacher_run_id] if needs.teacher_run_id else [pass_task[needs.pass_id or ""]]
         tasks.append(task)
     return tasks
-
-
-def device_slots(devices: str, workers: int) -> list[str | None]:
-    """One device set per worker: None (CPU) or a CUDA_VISIBLE_DEVICES value."""
-    if devices == "auto":
-        ids = _cuda_ids()
-        if not ids:
-            return [None] * workers
-    elif devices == "cpu":
-        return [None] * workers
-    else:
-        if not devices.startswith("cuda:") or not all(x.strip().isdigit() for x in devices[5:].split(",")):
-            raise UserError(f"--devices: must be cpu, auto or cuda:0,1,…, got {devices!r}")
-        ids = [x.strip() for x in devices[5:].split(",")]
-    if len(ids) % workers:
-        raise UserError(f"--devices: {len(ids)} GPUs do not split evenly into {workers} workers")
-    per = len(ids) // workers
-    return [",".join(ids[w * per : (w + 1) * per]) for w in range(workers)]
-
-
-def _cuda_ids() -> list[str]:
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return [x for x in visible.split(",") if x.strip()]
-    try:
-        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
-    except (OSError, subprocess.SubprocessError):
-        return []
-    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
 
 
 def _event(task: Task, event: str, **extra: Any) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from pdsweep import proc, rundir, settings
 from pdsweep.errors import UserError
 from pdsweep.run import executors, launch, scheduler, tracking
+from pdsweep.run.executors import local
 from pdsweep.run.scheduler import Task
 from pdsweep.spec import cluster as cluster_spec
 from pdsweep.spec import expand, plan
@@ -77,7 +78,7 @@ def run(
     if executor != "slurm" and (cluster is not None or detach):
         raise UserError(f"--{'cluster' if cluster is not None else 'detach'}: needs --executor slurm")
     ex = executors.make(executor, profile, sweep.name)
-    slots = [None] if ex.submits_graph else scheduler.device_slots(devices, workers)
+    slots = [None] if ex.submits_graph else local.device_slots(devices, workers)
     if dry_run:
         sched = scheduler.Scheduler(
             sweep.name, tasks, workers, devices, track=track, retry_failed=retry_failed, executor=ex, reuse=reuse
@@ -87,8 +88,6 @@ def run(
                 t.reason = f"would be reused from {src.parent.name}"
         return Outcome(sweep.name, sched.tasks, len(slots), dry_run=True)
     if ex.name == "local":
-        from pdsweep.run.executors import local
-
         local.warm_up()
     tracker = tracking.make(tracking_uri, track)  # an unreachable store fails here, before any run
     parent = tracker.start_sweep(sweep.name, plan.sweep_dir(sweep.name), sweep_file, len(runs))

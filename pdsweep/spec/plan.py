@@ -202,9 +202,13 @@ def pass_dir(sweep: str, pass_id: str) -> Path:
     return sweep_dir(sweep) / "logits" / pass_id
 
 
+RECORDED_STORES = "logits"
+"""The directory of a run directory that holds the stores the run recorded (`recorded_store`)."""
+
+
 def recorded_store(run_dir: Path, name: str) -> Path:
     """The store a run records its own logits into (`train.record_logits[].name`)."""
-    return run_dir / "logits" / name
+    return run_dir / RECORDED_STORES / name
 
 
 def store_name(

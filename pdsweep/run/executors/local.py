@@ -8,6 +8,9 @@ is still a process of its own — a run that fails or is killed takes nothing el
 server is started on the first job, from a fresh interpreter (no threads, no CUDA), and ends with
 this process (its children, the jobs, get SIGKILL then). `PDSWEEP_WARM_WORKERS=0` starts every job
 in a fresh interpreter instead (`python -m pdsweep.run.worker TASK.json`).
+
+Which of this machine's GPUs each worker's jobs see (`--devices`) is decided here too
+(`device_slots`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pdsweep import proc
+from pdsweep.errors import UserError
 from pdsweep.run import worker
 from pdsweep.run.executors import Job, JobState
 
@@ -164,3 +168,32 @@ class LocalExecutor:
 
     def log(self, job: Job) -> Path:
         return job.log
+
+
+def device_slots(devices: str, workers: int) -> list[str | None]:
+    """One device set per worker: None (CPU) or a CUDA_VISIBLE_DEVICES value."""
+    if devices == "auto":
+        ids = _cuda_ids()
+        if not ids:
+            return [None] * workers
+    elif devices == "cpu":
+        return [None] * workers
+    else:
+        if not devices.startswith("cuda:") or not all(x.strip().isdigit() for x in devices[5:].split(",")):
+            raise UserError(f"--devices: must be cpu, auto or cuda:0,1,…, got {devices!r}")
+        ids = [x.strip() for x in devices[5:].split(",")]
+    if len(ids) % workers:
+        raise UserError(f"--devices: {len(ids)} GPUs do not split evenly into {workers} workers")
+    per = len(ids) // workers
+    return [",".join(ids[w * per : (w + 1) * per]) for w in range(workers)]
+
+
+def _cuda_ids() -> list[str]:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [x for x in visible.split(",") if x.strip()]
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
