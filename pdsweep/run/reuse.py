@@ -25,12 +25,15 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pdsweep import files, rundir
 from pdsweep.errors import UserError
 from pdsweep.spec import plan
 from pdsweep.spec.expand import PlannedRun
+
+if TYPE_CHECKING:
+    from pdsweep.run.tracking import Tracker
 
 NOT_COPIED = {rundir.LOCK, rundir.STATUS, rundir.TRACKING, rundir.THREADS, rundir.TASK, rundir.JOB}
 """The source's own process state (and its status, written last: the copy is done only when whole)."""
@@ -74,8 +77,7 @@ def adopt(
     sweep: str,
     label: str,
     seed: int,
-    tracking_uri: str | None,
-    track: bool,
+    tracker: Tracker,
     parent_run: str | None = None,
 ) -> None:
     """Make `dst` (locked by the caller) a finished copy of the run directory `src`, tracked under the
@@ -90,19 +92,7 @@ def adopt(
             if rel.parts[0] in NOT_COPIED or path.is_dir():
                 continue
             _place(path, dst / rel, link=rel.parts[0] in LINKED and path.suffix != ".jsonl")
-        if track:
-            from pdsweep.run import tracking
-
-            tracking.copy_run(
-                src,
-                dst,
-                uri=tracking_uri or tracking.default_uri(),
-                sweep=sweep,
-                label=label,
-                seed=seed,
-                reused_from=reused_from,
-                parent=parent_run,
-            )
+        tracker.copy_run(src, dst, sweep=sweep, label=label, seed=seed, reused_from=reused_from, parent=parent_run)
     except (UserError, OSError):
         for path in dst.iterdir():
             if path.name == rundir.LOCK:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from pdsweep import files, rundir, settings
 from pdsweep.errors import UserError
-from pdsweep.run import executors, reuse, worker
+from pdsweep.run import executors, reuse, tracking, worker
 from pdsweep.run.executors import Executor, Job
 from pdsweep.run.executors.local import device_slots
 from pdsweep.spec import expand, plan
@@ -161,6 +161,7 @@ class Scheduler:
         executor: Executor | None = None,
         detach: bool = False,
         reuse: bool = True,
+        tracker: tracking.Tracker | None = None,
     ):
         self.sweep, self.tasks = sweep, tasks
         self.executor: Executor = executor or executors.make("local")
@@ -171,6 +172,7 @@ class Scheduler:
         self.free = list(range(len(self.slots)))
         self.tracking_uri, self.track, self.retry_failed, self.reuse = tracking_uri, track, retry_failed, reuse
         self.hostfile, self.parent_run, self.on_change = hostfile, parent_run, on_change
+        self.tracker = tracker
         for t in tasks:
             self._refresh_from_disk(t)
 
@@ -351,11 +353,17 @@ class Scheduler:
             return
         try:
             reuse.adopt(src, t.dir, sweep=self.sweep, label=t.label, seed=t.run.spec.train.seed,
-                        tracking_uri=self.tracking_uri, track=self.track, parent_run=self.parent_run)  # fmt: skip
+                        tracker=self._tracker(), parent_run=self.parent_run)  # fmt: skip
         except (UserError, OSError) as e:  # the copy failed and was undone: the run trains as if new
             _event(t, "reuse-failed", source=str(src), reason=str(e)[:500])
             return
         self._refresh_from_disk(t)
+
+    def _tracker(self) -> tracking.Tracker:
+        """Where copies of reused runs are tracked (made on the first copy: a dry run writes nothing)."""
+        if self.tracker is None:
+            self.tracker = tracking.make(self.tracking_uri, self.track)
+        return self.tracker
 
     def reuse_source(self, t: Task) -> Path | None:
         """The run directory of another sweep that `t` would be copied from (None: it trains)."""
@@ -389,8 +397,6 @@ class Scheduler:
                 rundir.write_status(t.dir, t.status, reason=t.reason)
             if slurm and t.kind == "train" and not never_ran:
                 with contextlib.suppress(Exception):  # its MLflow run says so too, as far as the store answers
-                    from pdsweep.run import tracking
-
                     tracking.end_run(t.dir, t.status, t.reason)
         self._refresh_progress(t)
         if t.kind == "train" and t.status == "done" and (result := rundir.read_result(t.dir)) is not None:

@@ -104,6 +104,7 @@ def run(
         executor=ex,
         detach=detach,
         reuse=reuse,
+        tracker=tracker,
     )
     on_start(sweep.name, len(runs), len(slots))
     sched.on_change = on_change

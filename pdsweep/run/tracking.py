@@ -67,6 +67,9 @@ class Tracker(Protocol):
     def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
     def log_artifact(self, path: Path) -> None: ...
     def finish(self, status: str, reason: str = "") -> None: ...
+    def copy_run(
+        self, src_dir: Path, dst_dir: Path, *, sweep: str, label: str, seed: int, reused_from: str, parent: str | None
+    ) -> None: ...
 
 
 def make(uri: str | None, track: bool = True) -> Tracker:
@@ -93,9 +96,19 @@ class NullTracker:
     def finish(self, status: str, reason: str = "") -> None:
         pass
 
+    def copy_run(
+        self, src_dir: Path, dst_dir: Path, *, sweep: str, label: str, seed: int, reused_from: str, parent: str | None
+    ) -> None:
+        pass
+
 
 class MlflowTracker:
     """Logs to an MLflow tracking store (a sqlite file or a server) through MlflowClient."""
+
+    def copy_run(
+        self, src_dir: Path, dst_dir: Path, *, sweep: str, label: str, seed: int, reused_from: str, parent: str | None
+    ) -> None:
+        _copy_run(self, src_dir, dst_dir, sweep=sweep, label=label, seed=seed, reused_from=reused_from, parent=parent)
 
     def __init__(self, uri: str | None = None):
         self.uri = uri or default_uri()
@@ -388,8 +401,16 @@ def readable(run_dir: Path) -> bool:
     return True
 
 
-def copy_run(
-    src_dir: Path, dst_dir: Path, *, uri: str, sweep: str, label: str, seed: int, reused_from: str, parent: str | None
+def _copy_run(
+    dst: MlflowTracker,
+    src_dir: Path,
+    dst_dir: Path,
+    *,
+    sweep: str,
+    label: str,
+    seed: int,
+    reused_from: str,
+    parent: str | None,
 ) -> None:
     """Track a run directory copied from another sweep (run/reuse.py) in `sweep`'s experiment: a new
     MLflow run with the source run's params, every point of every metric, its artifacts and its tags
@@ -409,7 +430,6 @@ def copy_run(
         src = source.get_run(known["mlflow_run_id"])
     except Exception as e:  # noqa: BLE001 - any failure here means the source cannot be copied
         raise UserError(f"{src_dir}: cannot read its MLflow run ({proc.first_line(e, 200)})") from None
-    dst = MlflowTracker(uri)
     keep = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.")}
     tags = {"pdsweep.sweep": sweep, "pdsweep.label": label, "pdsweep.reused_from": reused_from}
     tags.update(json.loads(os.environ.get("PDSWEEP_MLFLOW_TAGS") or "{}"))  # as `start` does: a tune trial's
@@ -439,4 +459,6 @@ def copy_run(
         with contextlib.suppress(Exception):
             dst.client.delete_run(run.info.run_id)
         raise UserError(f"{src_dir}: cannot copy its MLflow run ({proc.first_line(e, 200)})") from None
-    files.write_json(rundir.tracking_file(dst_dir), {"uri": uri, "mlflow_run_id": run.info.run_id, "experiment": sweep})
+    files.write_json(
+        rundir.tracking_file(dst_dir), {"uri": dst.uri, "mlflow_run_id": run.info.run_id, "experiment": sweep}
+    )
