@@ -323,3 +323,38 @@ def test_the_default_delta_interval_holds_its_level_at_a_few_seeds(paired) -> No
         assert covered / 2000 >= 0.93, (n, covered / 2000)
         if n == 8 and paired:
             assert percentile / 2000 < 0.93, percentile / 2000  # what the old default did
+
+
+def test_delta_vs_size_draws_a_line_per_configuration_and_per_teacher() -> None:
+    """Figure 1 (vanilla PD and PD* at two sizes) gets a line per configuration, Figure 4 (two teachers
+    at two sizes) a line per teacher; each line runs over the student sizes in order."""
+    pd_star = pd.DataFrame(
+        {
+            "label": ["vanilla PD + tiny-xs", "PD* + tiny-xs", "vanilla PD + tiny-s", "PD* + tiny-s"],
+            "teacher": ["run:teacher"] * 4,
+            "params": [360_768, 360_768, 1_311_872, 1_311_872],
+            "student.preset": ["tiny-xs", "tiny-xs", "tiny-s", "tiny-s"],
+            "logits.temperature": [1.0, 2.0, 1.0, 2.0],
+            "loss.kd": ["nll", "kld", "nll", "kld"],
+        }
+    )
+    per_teacher, lines = figures.size_lines(pd_star)
+    assert not per_teacher
+    assert {name: list(g["label"]) for name, g in lines} == {
+        "vanilla PD": ["vanilla PD + tiny-xs", "vanilla PD + tiny-s"],
+        "PD*": ["PD* + tiny-xs", "PD* + tiny-s"],
+    }
+    sizes = pd.DataFrame(
+        {
+            "label": ["tiny-s + teacher-s", "tiny-xs + teacher-s", "tiny-xs + teacher-m", "tiny-s + teacher-m"],
+            "teacher": ["run:teacher-s", "run:teacher-s", "run:teacher-m", "run:teacher-m"],
+            "params": [1_311_872, 360_768, 360_768, 1_311_872],
+            "student.preset": ["tiny-s", "tiny-xs", "tiny-xs", "tiny-s"],
+        }
+    )
+    per_teacher, lines = figures.size_lines(sizes)
+    assert per_teacher
+    assert {name: list(g["params"]) for name, g in lines} == {
+        "teacher-m": [360_768, 1_311_872],
+        "teacher-s": [360_768, 1_311_872],
+    }

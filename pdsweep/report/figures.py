@@ -1,8 +1,9 @@
 """A report's figures, as PNG and SVG: Δ% vs each numeric swept axis with the other axes at their
 most common value (so one truncation sweep gives the paper's Figure 2, Δ vs p, and Figure 3, Δ vs k),
 with the logits bytes per token of the sweep's own store on a second axis for top_p / top_k; Δ% vs
-student size, a line per teacher (Figure 4); the primary held-out metric vs tokens seen (Figure 5);
-the primary metric vs compute, teacher included; training loss curves. Each curve is a configuration's mean over seeds, with its interval."""
+student size, a line per teacher (Figure 4) or per configuration (vanilla PD and PD*, Figure 1); the
+primary held-out metric vs tokens seen (Figure 5); the primary metric vs compute, teacher included;
+training loss curves. Each curve is a configuration's mean over seeds, with its interval."""
 
 from __future__ import annotations
 
@@ -136,35 +137,56 @@ def _errs(rows: Sequence[Row]) -> Any:
 
 
 def _delta_vs_size(data: SweepData, t: Table, out: Path) -> tuple[str, Path] | None:
-    """Δ vs student parameters, one line per teacher (Figure 4), when the sweep varies the student."""
+    """Δ vs student parameters when the sweep varies the student: one line per everything else the
+    students differ in — per teacher (Figure 4), per configuration (vanilla PD vs PD*, Figure 1)."""
     import matplotlib.pyplot as plt
 
     students = data.tidy[data.tidy["role"] == "student"].drop_duplicates("label")
     if not any(c.startswith("student") for c in students.columns) or students["params"].nunique() < 2:
         return None
     rows = {r.label: r for r in t.rows}
+    per_teacher, lines = size_lines(students)
     fig, ax = plt.subplots(figsize=(5.6, 3.6))
-    for i, (teacher, grp) in enumerate(students.groupby("teacher", dropna=False, sort=True)):
-        grp = grp[grp["label"].map(lambda lab: math.isfinite(rows[lab].delta))].sort_values("params")
+    for i, (name, grp) in enumerate(lines):
+        grp = grp[grp["label"].map(lambda lab: math.isfinite(rows[lab].delta))]
         if grp.empty:
             continue
         rs = [rows[lab] for lab in grp["label"]]
         ax.errorbar(
-            grp["params"],
-            [r.delta for r in rs],
-            yerr=_errs(rs),
-            marker="o",
-            capsize=3,
-            color=f"C{i}",
-            label=str(teacher),
+            grp["params"], [r.delta for r in rs], yerr=_errs(rs), marker="o", capsize=3, color=f"C{i}", label=name
         )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xscale("log")
     ax.set_xlabel("student parameters")
     ax.set_ylabel(f"Δ% {t.primary_title} vs LM-only")
-    ax.legend(title="teacher", fontsize=8)
+    ax.legend(title="teacher" if per_teacher else None, fontsize=8)
     ax.set_title(f"{data.name}: Δ vs student size")
-    return f"Δ% of {t.primary_title} vs student size, per teacher", _save(fig, out, "delta_vs_size")
+    what = "per teacher" if per_teacher else "a line per configuration"
+    return f"Δ% of {t.primary_title} vs student size, {what}", _save(fig, out, "delta_vs_size")
+
+
+def size_lines(students: Any) -> tuple[bool, list[tuple[str, Any]]]:
+    """The lines of Δ vs student size: students (one row per label) grouped by every design column
+    they differ in besides the student's own, each line sorted by size; True when that is the teacher
+    alone (Figure 4's legend)."""
+    design = [c for c in students.columns if c == "teacher" or ("." in c and not c.startswith("student."))]
+    keys = [c for c in design if students[c].astype(str).nunique() > 1]
+    groups = students.groupby(keys, dropna=False, sort=True) if keys else [((), students)]
+    lines = [(_series_name(grp, key), grp.sort_values("params")) for key, grp in groups]
+    return keys == ["teacher"], lines
+
+
+def _series_name(grp: Any, key: Any) -> str:
+    """What a line's runs share: their labels without the student's preset ("vanilla PD + tiny-xs" and
+    "vanilla PD + tiny-s" → "vanilla PD"), else the values that tell the lines apart."""
+    presets = [str(p) for p in grp["student.preset"]] if "student.preset" in grp else []
+    names = set()
+    for label, preset in zip(grp["label"], presets or [""] * len(grp), strict=True):
+        parts = [p for p in str(label).split(" + ") if p != preset]
+        names.add(" + ".join(parts))
+    if len(names) == 1 and (name := names.pop()):
+        return name
+    return ", ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))) or "PD"
 
 
 def _vs_compute(data: SweepData, t: Table, out: Path) -> tuple[str, Path] | None:
