@@ -161,8 +161,8 @@ def _delta_vs_size(data: SweepData, t: Table, out: Path) -> tuple[str, Path] | N
     ax.set_ylabel(f"Δ% {t.primary_title} vs LM-only")
     ax.legend(title="teacher" if per_teacher else None, fontsize=8)
     ax.set_title(f"{data.name}: Δ vs student size")
-    what = "per teacher" if per_teacher else "a line per configuration"
-    return f"Δ% of {t.primary_title} vs student size, {what}", _save(fig, out, "delta_vs_size")
+    what = ", per teacher" if per_teacher else ", a line per configuration" if len(lines) > 1 else ""
+    return f"Δ% of {t.primary_title} vs student size{what}", _save(fig, out, "delta_vs_size")
 
 
 def size_lines(students: Any) -> tuple[bool, list[tuple[str, Any]]]:
