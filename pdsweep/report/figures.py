@@ -215,8 +215,9 @@ def _vs_compute(data: SweepData, t: Table, out: Path) -> tuple[str, Path] | None
             capsize=3,
             label=base[0].label if len(groups) > 1 else "LM-only",
         )
+    pd_colours = [f"C{c}" for c in range(10) if c != 7]  # C7 is grey: LM-only's
     for i, r in enumerate(r for r in rows if r.role != "baseline"):
-        y, colour = r.cells[t.primary].mean, f"C{i % 10}"
+        y, colour = r.cells[t.primary].mean, pd_colours[i % len(pd_colours)]
         ax.plot([r.flops, r.total_flops], [y, y], ":", color=colour, lw=1)
         ax.errorbar([r.total_flops], [y], yerr=[_half(r, t.primary)], fmt="o", color=colour, capsize=3, label=r.label)
         if math.isfinite(r.teacher_flops):
@@ -227,7 +228,10 @@ def _vs_compute(data: SweepData, t: Table, out: Path) -> tuple[str, Path] | None
         + ("; hollow: + teacher training" if any(math.isfinite(r.teacher_flops) for r in rows) else "")
     )
     ax.set_ylabel(t.primary_title)
-    ax.legend(fontsize=7, ncol=1 + len(rows) // 10)
+    if len(rows) > 6:  # beside the axes: inside, it would hide the points
+        ax.legend(fontsize=7, ncol=1 + len(rows) // 16, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.legend(fontsize=7)
     ax.set_title(f"{data.name}: {t.primary_title} vs compute (mean ± CI over seeds)")
     return f"{t.primary_title} vs compute", _save(fig, out, "metric_vs_compute")
 
