@@ -5,6 +5,7 @@ importing this module costs nothing."""
 
 from __future__ import annotations
 
+import math
 import shutil
 from typing import Any
 
@@ -195,8 +196,6 @@ def progress_bar():  # noqa: ANN202 - (rich Progress, progress hook)
 def task_table(tasks, title: str):  # noqa: ANN001, ANN202 - scheduler Tasks → a rich Table
     from rich.table import Table
 
-    from pdsweep.run import scheduler
-
     colors = {"done": "green", "failed": "red", "running": "cyan", "interrupted": "yellow", "waiting": "magenta",
               "queued": "blue"}  # fmt: skip
     jobs = any(t.job_id for t in tasks)  # cluster jobs: the batch system's view beside pdsweep's
@@ -218,7 +217,7 @@ def task_table(tasks, title: str):  # noqa: ANN001, ANN202 - scheduler Tasks →
             f"[{c}]{t.status}[/{c}]",
             f"{t.step}/{t.total_steps}" if t.kind == "train" else "",
             f"{t.loss:.4f}" if t.loss is not None else "",
-            scheduler.fmt_eta(t.eta_s),
+            fmt_eta(t.eta_s),
         ]
         row += [t.job_id, t.job_state, t.node, t.elapsed] if jobs else []
         table.add_row(*row, note)
@@ -298,3 +297,11 @@ def matched_budget(p: Any, students: list[dict[str, Any]], budgets: list[int]) -
         f"pass {p.pass_id}: a student costs up to {ratio:.2g}x an LM-only run of its tokens with its share of "
         f"the pass; a compute-matched Δ needs LM-only up to {human(need)} tokens (baseline_tokens: {have})"
     )
+
+
+def fmt_eta(seconds: float | None) -> str:
+    """A task's time to go as h:mm:ss or m:ss ("" when unknown)."""
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

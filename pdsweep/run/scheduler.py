@@ -17,7 +17,6 @@ and retries failed ones only with `retry_failed`. Ctrl-C interrupts the running 
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import time
 from collections.abc import Callable
@@ -493,10 +492,3 @@ class Scheduler:
             with contextlib.suppress(OSError):  # stopping goes on when a file cannot be written (full disk)
                 self._finish(t, ended[t.key])
         self.on_change(self.tasks)
-
-
-def fmt_eta(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds):
-        return ""
-    s = int(seconds)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"

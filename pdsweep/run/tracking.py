@@ -105,11 +105,6 @@ class NullTracker:
 class MlflowTracker:
     """Logs to an MLflow tracking store (a sqlite file or a server) through MlflowClient."""
 
-    def copy_run(
-        self, src_dir: Path, dst_dir: Path, *, sweep: str, label: str, seed: int, reused_from: str, parent: str | None
-    ) -> None:
-        _copy_run(self, src_dir, dst_dir, sweep=sweep, label=label, seed=seed, reused_from=reused_from, parent=parent)
-
     def __init__(self, uri: str | None = None):
         self.uri = uri or default_uri()
         _fail_fast()
@@ -239,6 +234,60 @@ class MlflowTracker:
         if reason:
             self.client.set_tag(self.run, "pdsweep.reason", reason[:5000])
         self.client.set_terminated(self.run, status={"done": "FINISHED", "failed": "FAILED"}.get(status, "KILLED"))
+
+    def copy_run(
+        self, src_dir: Path, dst_dir: Path, *, sweep: str, label: str, seed: int, reused_from: str, parent: str | None
+    ) -> None:
+        """Track a run directory copied from another sweep (run/reuse.py) in `sweep`'s experiment: a new
+        MLflow run with the source run's params, every point of every metric, its artifacts and its tags
+        (its sweep and label this sweep's, `pdsweep.reused_from` added), nested under the sweep's run
+        `parent`, ended as the source ended.
+        UserError when the source run cannot be read."""
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not over the live view
+        from mlflow.artifacts import download_artifacts
+        from mlflow.entities import Metric, Param
+        from mlflow.tracking import MlflowClient
+
+        known = files.read_json(rundir.tracking_file(src_dir)) if rundir.tracking_file(src_dir).exists() else {}
+        if not known.get("mlflow_run_id"):
+            raise UserError(f"{src_dir}: the run was not tracked (no {rundir.TRACKING})")
+        try:
+            source = MlflowClient(tracking_uri=known["uri"])
+            src = source.get_run(known["mlflow_run_id"])
+        except Exception as e:  # noqa: BLE001 - any failure here means the source cannot be copied
+            raise UserError(f"{src_dir}: cannot read its MLflow run ({proc.first_line(e, 200)})") from None
+        keep = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.")}
+        tags = {"pdsweep.sweep": sweep, "pdsweep.label": label, "pdsweep.reused_from": reused_from}
+        tags.update(json.loads(os.environ.get("PDSWEEP_MLFLOW_TAGS") or "{}"))  # as `start` does: a tune trial's
+        run = self.client.create_run(
+            self.experiment(sweep),
+            run_name=run_name(label, sweep, seed),
+            start_time=src.info.start_time,
+            tags={**keep, **tags, **({"mlflow.parentRunId": parent} if parent else {})},
+        )
+        import tempfile
+
+        try:
+            params = [Param(k, v) for k, v in src.data.params.items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(run.info.run_id, params=params[i : i + 100])
+            for key in src.data.metrics:
+                history = source.get_metric_history(src.info.run_id, key)
+                points = [Metric(key, m.value, m.timestamp, m.step) for m in history]
+                for i in range(0, len(points), 1000):
+                    self.client.log_batch(run.info.run_id, metrics=points[i : i + 1000])
+            with tempfile.TemporaryDirectory() as tmp:
+                if source.list_artifacts(src.info.run_id):
+                    local = download_artifacts(run_id=src.info.run_id, tracking_uri=known["uri"], dst_path=tmp)
+                    self.client.log_artifacts(run.info.run_id, local)
+            self.client.set_terminated(run.info.run_id, status=src.info.status, end_time=src.info.end_time)
+        except Exception as e:  # noqa: BLE001 - no half copy is left behind: the run trains instead
+            with contextlib.suppress(Exception):
+                self.client.delete_run(run.info.run_id)
+            raise UserError(f"{src_dir}: cannot copy its MLflow run ({proc.first_line(e, 200)})") from None
+        files.write_json(
+            rundir.tracking_file(dst_dir), {"uri": self.uri, "mlflow_run_id": run.info.run_id, "experiment": sweep}
+        )
 
 
 def end_run(run_dir: Path, status: str, reason: str) -> None:
@@ -399,66 +448,3 @@ def readable(run_dir: Path) -> bool:
     except Exception:  # noqa: BLE001 - any failure means it cannot be copied
         return False
     return True
-
-
-def _copy_run(
-    dst: MlflowTracker,
-    src_dir: Path,
-    dst_dir: Path,
-    *,
-    sweep: str,
-    label: str,
-    seed: int,
-    reused_from: str,
-    parent: str | None,
-) -> None:
-    """Track a run directory copied from another sweep (run/reuse.py) in `sweep`'s experiment: a new
-    MLflow run with the source run's params, every point of every metric, its artifacts and its tags
-    (its sweep and label this sweep's, `pdsweep.reused_from` added), nested under the sweep's run
-    `parent`, ended as the source ended.
-    UserError when the source run cannot be read."""
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # not over the live view
-    from mlflow.artifacts import download_artifacts
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-
-    known = files.read_json(rundir.tracking_file(src_dir)) if rundir.tracking_file(src_dir).exists() else {}
-    if not known.get("mlflow_run_id"):
-        raise UserError(f"{src_dir}: the run was not tracked (no {rundir.TRACKING})")
-    try:
-        source = MlflowClient(tracking_uri=known["uri"])
-        src = source.get_run(known["mlflow_run_id"])
-    except Exception as e:  # noqa: BLE001 - any failure here means the source cannot be copied
-        raise UserError(f"{src_dir}: cannot read its MLflow run ({proc.first_line(e, 200)})") from None
-    keep = {k: v for k, v in src.data.tags.items() if not k.startswith("mlflow.")}
-    tags = {"pdsweep.sweep": sweep, "pdsweep.label": label, "pdsweep.reused_from": reused_from}
-    tags.update(json.loads(os.environ.get("PDSWEEP_MLFLOW_TAGS") or "{}"))  # as `start` does: a tune trial's
-    run = dst.client.create_run(
-        dst.experiment(sweep),
-        run_name=run_name(label, sweep, seed),
-        start_time=src.info.start_time,
-        tags={**keep, **tags, **({"mlflow.parentRunId": parent} if parent else {})},
-    )
-    import tempfile
-
-    try:
-        params = [Param(k, v) for k, v in src.data.params.items()]
-        for i in range(0, len(params), 100):
-            dst.client.log_batch(run.info.run_id, params=params[i : i + 100])
-        for key in src.data.metrics:
-            history = source.get_metric_history(src.info.run_id, key)
-            points = [Metric(key, m.value, m.timestamp, m.step) for m in history]
-            for i in range(0, len(points), 1000):
-                dst.client.log_batch(run.info.run_id, metrics=points[i : i + 1000])
-        with tempfile.TemporaryDirectory() as tmp:
-            if source.list_artifacts(src.info.run_id):
-                local = download_artifacts(run_id=src.info.run_id, tracking_uri=known["uri"], dst_path=tmp)
-                dst.client.log_artifacts(run.info.run_id, local)
-        dst.client.set_terminated(run.info.run_id, status=src.info.status, end_time=src.info.end_time)
-    except Exception as e:  # noqa: BLE001 - no half copy is left behind: the run trains instead
-        with contextlib.suppress(Exception):
-            dst.client.delete_run(run.info.run_id)
-        raise UserError(f"{src_dir}: cannot copy its MLflow run ({proc.first_line(e, 200)})") from None
-    files.write_json(
-        rundir.tracking_file(dst_dir), {"uri": dst.uri, "mlflow_run_id": run.info.run_id, "experiment": sweep}
-    )
